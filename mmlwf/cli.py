@@ -1,0 +1,125 @@
+"""``mmlwf <command>``: the command line the workflow rules and users share.
+
+Every command exits 0 on success and non-zero with a one-line reason on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import ConfigError, DataError
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    out = convert(
+        args.sources,
+        args.output,
+        fmt=args.format,
+        energy_unit=args.energy_unit,
+        length_unit=args.length_unit,
+        dipole_unit=args.dipole_unit,
+        keys=args.key,
+        overwrite=args.overwrite,
+        progress=args.progress,
+    )
+    from .packed import read_manifest
+
+    m = read_manifest(out)
+    print(f"wrote {out}: {m['n_molecules']} structures, {m['n_atoms']} atoms")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import validate_dataset
+
+    report = validate_dataset(args.dataset, check_checksums=not args.no_checksums)
+    if args.report:
+        report.write_json(args.report)
+    for finding in report.findings:
+        stream = sys.stderr if finding.level == "error" else sys.stdout
+        print(f"{args.dataset}: {finding.one_line()}", file=stream)
+    if not report.ok:
+        return 1
+    print(f"{args.dataset}: valid ({report.n_molecules} structures, {len(report.warnings)} warning(s))")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .info import dataset_info, format_info
+
+    info = dataset_info(args.dataset)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmlwf", description="Machine-learned force-field workflow: data, training, evaluation."
+    )
+    parser.add_argument("--version", action="version", version=f"mmlwf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "convert",
+        help="convert NPZ / extxyz (any ase.io format) / ASE db / HDF5 files into a packed dataset",
+        description="Convert one or more sources (concatenated in order) into a packed dataset "
+        "directory in canonical units (Å, eV, eV/Å, e, e·Å). Default units per format: npz eV/Å "
+        "(sGDML npz: kcal/mol, or its e_unit/r_unit), extxyz/ase eV/Å, db eV/Å, hdf5 eV/Å "
+        "(or the dataset's 'units' attribute).",
+    )
+    p.add_argument("sources", nargs="+", metavar="SRC", help="input files")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
+    p.add_argument("--format", choices=["npz", "extxyz", "ase", "db", "hdf5"], help="input format (default: from the extension)")
+    p.add_argument("--energy-unit", metavar="U", help="eV, meV, Hartree, kcal/mol, kJ/mol, Rydberg")
+    p.add_argument("--length-unit", metavar="U", help="Angstrom, Bohr, nm")
+    p.add_argument("--dipole-unit", metavar="U", help="e*Angstrom, Debye, e*Bohr")
+    p.add_argument("--key", action="append", default=[], metavar="CANONICAL=SOURCE",
+                   help="map a canonical field (R Z N E F D Qtot q) to the source's name; repeatable")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically)")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("validate", help="check a packed dataset's integrity and flag outliers",
+                       description="Errors (exit 1): sizes, truncation, offsets, Z range, NaN/Inf, atoms "
+                       "closer than 0.1 Å. Warnings (exit 0): atoms closer than 0.5 Å, energy and force "
+                       "outliers, duplicate structures.")
+    p.add_argument("dataset", metavar="DIR")
+    p.add_argument("--report", metavar="FILE.json", help="write the findings as JSON")
+    p.add_argument("--no-checksums", action="store_true", help="skip the manifest checksum check")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("info", help="counts, elements, size histogram and fields of a packed dataset")
+    p.add_argument("dataset", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def _terminate(signum, frame):  # pragma: no cover - exercised through subprocess tests
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # SIGTERM (cluster pre-emption, snakemake cancel) unwinds like Ctrl-C: temporaries are removed
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, ConfigError, FileExistsError, FileNotFoundError) as exc:
+        print(f"mmlwf {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mmlwf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

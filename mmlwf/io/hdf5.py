@@ -1,0 +1,165 @@
+"""HDF5 sources: ANI-style groups and flat padded arrays, always read in slices.
+
+* ANI-style: every group holding ``species``/``atomic_numbers`` ``(n_atoms,)`` (numbers
+  or element symbols) and ``coordinates (n_conf, n_atoms, 3)`` with ``energies (n_conf,)``
+  and optional ``forces``; groups may nest.
+* Flat: ``R``/``Z``/``E`` (and aliases) padded arrays at the root, as in the NPZ reader.
+
+Units default to eV and Å; a ``units`` (or ``unit``) attribute on the energy or
+coordinate dataset overrides the default; ``--energy-unit``/``--length-unit`` override both.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from ..structure import Structure
+from ..units import SourceUnits
+from . import DEFAULT_UNITS, Source
+from .keys import resolve
+from .padded import PaddedArrays
+
+_ANI_Z = ("species", "atomic_numbers", "numbers", "Z", "z")
+_ANI_R = ("coordinates", "positions", "R")
+
+
+class Hdf5Source(Source):
+    format = "hdf5"
+
+    def __init__(self, path, keys=None, chunk: int = 4096):
+        super().__init__(path, keys)
+        import h5py
+
+        self.chunk = int(chunk)
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise self.fail(f"not a readable HDF5 file ({exc})")
+        root_datasets = [k for k, v in self._h5.items() if isinstance(v, h5py.Dataset)]
+        self.flat = resolve(root_datasets, "R", self.keys) is not None and resolve(root_datasets, "Z", self.keys) is not None
+        if self.flat:
+            self._padded = PaddedArrays(self, self._h5, self.keys, chunk=self.chunk)
+            self._groups = []
+        else:
+            self._groups = self._find_groups()
+            if not self._groups:
+                raise self.fail(
+                    "no structures: neither flat arrays (R, Z, E) at the root nor groups with "
+                    "species/atomic_numbers and coordinates"
+                )
+
+    def _find_groups(self) -> list[str]:
+        import h5py
+
+        found = []
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group):
+                names = list(obj.keys())
+                if any(k in names for k in _ANI_Z) and any(k in names for k in _ANI_R):
+                    found.append(name)
+
+        visit("/", self._h5)
+        self._h5.visititems(visit)
+        return found
+
+    def _group_key(self, group, canonical: str) -> str | None:
+        names = list(group.keys())
+        if canonical == "Z" and "Z" not in self.keys:
+            return next((k for k in _ANI_Z if k in names), None)
+        if canonical == "R" and "R" not in self.keys:
+            return next((k for k in _ANI_R if k in names), None)
+        return resolve(names, canonical, self.keys)
+
+    @property
+    def units(self) -> SourceUnits:
+        units = DEFAULT_UNITS["hdf5"]
+        if self.flat:
+            e_ds = self._h5[self._padded.key["E"]]
+            r_ds = self._h5[self._padded.key["R"]]
+        else:
+            g = self._h5[self._groups[0]]
+            ek, rk = self._group_key(g, "E"), self._group_key(g, "R")
+            e_ds = g[ek] if ek else None
+            r_ds = g[rk] if rk else None
+        found = {}
+        for kind, ds in (("energy", e_ds), ("length", r_ds)):
+            if ds is None:
+                continue
+            for attr in ("units", "unit"):
+                if attr in ds.attrs:
+                    value = ds.attrs[attr]
+                    found[kind] = value.decode() if isinstance(value, bytes) else str(value)
+        return units.replace(**found)
+
+    def __iter__(self) -> Iterator[Structure]:
+        if self.flat:
+            yield from self._padded
+            return
+        index = 0
+        for gname in self._groups:
+            yield from self._iter_group(gname, index)
+            index += int(self._h5[gname][self._group_key(self._h5[gname], "R")].shape[0])
+
+    def _iter_group(self, gname: str, start: int) -> Iterator[Structure]:
+        g = self._h5[gname]
+        zkey, rkey, ekey = (self._group_key(g, c) for c in ("Z", "R", "E"))
+        where = f"group '{gname}'"
+        if ekey is None:
+            raise self.fail(f"missing energies in {where} (use --key E=NAME)", field="E", index=start)
+        Z = _atomic_numbers(g[zkey][()], self, f"{gname}/{zkey}", start)
+        R = g[rkey]
+        n_conf = R.shape[0]
+        if R.shape[1:] != (Z.shape[0], 3):
+            raise self.fail(f"shape {R.shape} does not match {Z.shape[0]} atoms", field=f"{gname}/{rkey}", index=start)
+        opt = {c: self._group_key(g, c) for c in ("F", "D", "Qtot", "q")}
+        expected = {
+            ekey: [(n_conf,), (n_conf, 1)],
+            opt["F"]: [(n_conf, Z.shape[0], 3)],
+            opt["D"]: [(n_conf, 3)],
+            opt["Qtot"]: [(n_conf,), (n_conf, 1)],
+            opt["q"]: [(n_conf, Z.shape[0])],
+        }
+        for name, shapes in expected.items():
+            if name is not None and tuple(g[name].shape) not in shapes:
+                raise self.fail(
+                    f"wrong shape {g[name].shape}, expected {' or '.join(map(str, shapes))}",
+                    field=f"{gname}/{name}",
+                    index=start,
+                )
+        for a in range(0, n_conf, self.chunk):
+            b = min(a + self.chunk, n_conf)
+            Rs = R[a:b]
+            Es = g[ekey][a:b].reshape(b - a)
+            parts = {c: (g[k][a:b] if k else None) for c, k in opt.items()}
+            for j in range(b - a):
+                s = Structure(Z=Z, R=Rs[j], E=Es[j], index=start + a + j)
+                if parts["F"] is not None:
+                    s.F = parts["F"][j]
+                if parts["D"] is not None:
+                    s.D = parts["D"][j]
+                if parts["Qtot"] is not None:
+                    s.Qtot = parts["Qtot"][j]
+                if parts["q"] is not None:
+                    s.q = parts["q"][j]
+                yield s
+
+
+def _atomic_numbers(raw: np.ndarray, source: Source, field: str, index: int) -> np.ndarray:
+    """Atomic numbers from numbers or element symbols (bytes or str)."""
+    from ase.data import atomic_numbers
+
+    arr = np.asarray(raw).reshape(-1)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int32)
+    if arr.dtype.kind in "SUO":
+        out = np.empty(arr.shape[0], np.int32)
+        for k, sym in enumerate(arr):
+            s = sym.decode() if isinstance(sym, bytes) else str(sym)
+            if s not in atomic_numbers:
+                raise source.fail(f"unknown element symbol '{s}' at atom {k}", field=field, index=index)
+            out[k] = atomic_numbers[s]
+        return out
+    raise source.fail(f"atomic numbers of dtype {arr.dtype}", field=field, index=index)
