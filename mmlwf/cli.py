@@ -28,6 +28,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         keys=args.key,
         overwrite=args.overwrite,
         progress=args.progress,
+        chunk_atoms=args.chunk_atoms,
     )
     from .packed import read_manifest
 
@@ -59,12 +60,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (the full usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mmlwf", description="Machine-learned force-field workflow: data, training, evaluation."
     )
     parser.add_argument("--version", action="version", version=f"mmlwf {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser(
         "convert",
@@ -76,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("sources", nargs="+", metavar="SRC", help="input files")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
-    p.add_argument("--format", choices=["npz", "extxyz", "ase", "db", "hdf5"], help="input format (default: from the extension)")
+    p.add_argument("--format", metavar="F", help="npz, extxyz, ase (any ase.io format), db, hdf5 (default: from the extension)")
     p.add_argument("--energy-unit", metavar="U", help="eV, meV, Hartree, kcal/mol, kJ/mol, Rydberg")
     p.add_argument("--length-unit", metavar="U", help="Angstrom, Bohr, nm")
     p.add_argument("--dipole-unit", metavar="U", help="e*Angstrom, Debye, e*Bohr")
@@ -84,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="map a canonical field (R Z N E F D Qtot q) to the source's name; repeatable")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--chunk-atoms", type=int, default=1 << 20, metavar="N",
+                   help="atoms buffered before each write (bounds memory; default %(default)s)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("validate", help="check a packed dataset's integrity and flag outliers",
@@ -110,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # SIGTERM (cluster pre-emption, snakemake cancel) unwinds like Ctrl-C: temporaries are removed
-    signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except (DataError, ConfigError, FileExistsError, FileNotFoundError) as exc:
@@ -119,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mmlwf {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
