@@ -1,0 +1,25 @@
+# mmlwf: reference data -> packed datasets -> trained force fields -> report.
+# Run the demo with `snakemake --cores 2` (or `--profile profiles/default`);
+# add `--sdm conda` to run every step in its environment from envs/.
+
+from snakemake.utils import min_version, validate
+
+min_version("8.20")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "schemas/config.schema.yaml")  # fills in the schema's defaults
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    input:
+        expand("results/datasets/{dataset}/validation.json", dataset=config["datasets"]),
+    default_target: True
+    localrule: True

@@ -1,0 +1,145 @@
+"""Demo data that needs no download: small molecules sampled by MD with a cheap "teacher".
+
+:func:`generate_demo_data` builds molecules with :func:`ase.build.molecule`, samples
+conformers by a short Langevin MD driven by the teacher calculator, labels each conformer
+with the teacher's energy and forces, and writes them to one extxyz file. The output is
+byte-identical for the same settings and is written atomically (temporary file, then rename).
+
+The only teacher so far is ASE's EMT (covers H, C, N, O): physically crude for molecules,
+but instant, and enough to exercise the whole workflow. The teacher is a setting so that a
+better one (GFN2-xTB) can take its place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MOLECULES = ("H2O", "CH4", "NH3", "CH3OH")
+TEACHERS = ("emt",)
+
+
+def make_teacher(name: str):
+    """The reference calculator called ``name`` (one of :data:`TEACHERS`)."""
+    if name == "emt":
+        from ase.calculators.emt import EMT
+
+        return EMT()
+    raise ConfigError(f"demo teacher '{name}' is unknown (known: {', '.join(TEACHERS)})")
+
+
+def sample_molecule(
+    name: str,
+    n: int,
+    *,
+    rng: np.random.Generator,
+    teacher: str = "emt",
+    temperature_K: float = 300.0,
+    steps_between: int = 20,
+    timestep_fs: float = 0.5,
+    friction: float = 0.02,
+) -> list:
+    """``n`` labelled conformers of molecule ``name`` from Langevin MD at ``temperature_K``.
+
+    The MD starts from the ASE geometry with Maxwell-Boltzmann momenta, runs
+    ``steps_between`` steps before the first sample (burn-in) and between samples.
+    Returns ``ase.Atoms`` carrying a SinglePointCalculator with energy (eV) and forces (eV/Å).
+    """
+    from ase import Atoms, units
+    from ase.build import molecule
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.md.langevin import Langevin
+
+    try:
+        atoms = molecule(name)
+    except KeyError:
+        raise ConfigError(f"demo molecule '{name}' is not one ase.build.molecule knows (e.g. H2O, CH4)")
+    atoms.calc = make_teacher(teacher)
+    # Maxwell-Boltzmann momenta, drawn here so that only ``rng`` decides them
+    kT = units.kB * float(temperature_K)
+    masses = atoms.get_masses()
+    atoms.set_momenta(rng.standard_normal((len(atoms), 3)) * np.sqrt(masses * kT)[:, None])
+    dyn = Langevin(
+        atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction, fixcm=False, rng=rng
+    )
+    frames = []
+    for _ in range(n):
+        try:
+            dyn.run(steps_between)
+            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        except NotImplementedError as exc:  # EMT: element without parameters
+            raise ConfigError(f"demo teacher '{teacher}' cannot handle molecule '{name}' ({exc})")
+        frame = Atoms(numbers=atoms.numbers, positions=atoms.positions)
+        frame.info["molecule"] = name
+        frame.calc = SinglePointCalculator(frame, energy=float(energy), forces=np.array(forces))
+        frames.append(frame)
+    return frames
+
+
+def generate_demo_data(
+    out_path: str | os.PathLike,
+    molecules: Sequence[str] = DEFAULT_MOLECULES,
+    n_per_molecule: int = 8,
+    seed: int = 0,
+    temperature_K: float = 300.0,
+    teacher: str = "emt",
+    steps_between: int = 20,
+) -> Path:
+    """Write ``n_per_molecule`` labelled conformers of each molecule to ``out_path`` (extxyz).
+
+    Each molecule has its own random stream (from ``seed`` and its position in the list), so
+    the file depends only on the arguments. Energies in eV, forces in eV/Å.
+    """
+    import ase.io
+
+    if not molecules:
+        raise ConfigError("demo: 'molecules' is empty")
+    if int(n_per_molecule) < 1:
+        raise ConfigError(f"demo: 'n_per_molecule' must be at least 1, got {n_per_molecule}")
+    if int(steps_between) < 1:
+        raise ConfigError(f"demo: 'steps_between' must be at least 1, got {steps_between}")
+    if not float(temperature_K) > 0:
+        raise ConfigError(f"demo: 'temperature_K' must be positive, got {temperature_K}")
+    make_teacher(teacher)  # fail on an unknown teacher before any work
+    frames = []
+    for k, name in enumerate(molecules):
+        rng = np.random.default_rng([int(seed), k])
+        frames += sample_molecule(
+            name,
+            int(n_per_molecule),
+            rng=rng,
+            teacher=teacher,
+            temperature_K=float(temperature_K),
+            steps_between=int(steps_between),
+        )
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            ase.io.write(fh, frames, format="extxyz")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    names = ", ".join(molecules)
+    log.info("wrote %s: %d structures (%s; teacher %s, seed %d)", out, len(frames), names, teacher, seed)
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

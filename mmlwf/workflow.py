@@ -1,0 +1,134 @@
+"""What the Snakemake ``script:`` wrappers in ``scripts/`` share: logging and the data steps.
+
+Each wrapper is ``with log_to(snakemake.log[0]): <one call>``. Inside, stdout, stderr and
+Python logging go to the terminal and to the rule's log file. Bad input (``DataError``,
+``ConfigError``, a missing or existing file) ends the job with exit status 1 and the one-line
+reason in both places; any other exception keeps its traceback, which also goes to the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from .errors import ConfigError, DataError
+
+log = logging.getLogger("mmlwf")
+
+#: errors that are the input's fault: reported as one line, without a traceback
+EXPECTED_ERRORS = (DataError, ConfigError, FileExistsError, FileNotFoundError)
+
+
+class _Tee:
+    """A text stream writing to the original stream and to the log file."""
+
+    def __init__(self, stream, log_file) -> None:
+        self._stream, self._log = stream, log_file
+
+    def write(self, text: str) -> int:
+        self._stream.write(text)
+        self._log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+        self._log.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name):  # fileno, encoding, ...: those of the original stream
+        return getattr(self._stream, name)
+
+
+def _terminate(signum, frame):  # SIGTERM (snakemake cancel, cluster pre-emption) unwinds
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def log_to(path: str | os.PathLike, level: int = logging.INFO) -> Iterator[None]:
+    """Tee stdout, stderr and logging to ``path``; expected errors exit 1 with one line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    with open(path, "w", buffering=1) as fh:
+        old_out, old_err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(old_out, fh), _Tee(old_err, fh)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        old_level = root.level
+        root.addHandler(handler)
+        root.setLevel(level)
+        old_term = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            yield
+        except EXPECTED_ERRORS as exc:
+            print(f"mmlwf: error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except Exception:
+            fh.write(traceback.format_exc())  # the terminal gets it when the exception propagates
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+            root.removeHandler(handler)
+            root.setLevel(old_level)
+            sys.stdout, sys.stderr = old_out, old_err
+
+
+def convert_step(
+    sources: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    format: str = "auto",
+    energy_unit: str | None = None,
+    length_unit: str | None = None,
+    dipole_unit: str | None = None,
+    keys: Mapping[str, str] | None = None,
+) -> Path:
+    """Rule ``convert``: the sources into the packed directory ``out`` (replacing it)."""
+    from .convert import convert
+    from .packed import read_manifest
+
+    log.info("converting %d source(s) into %s (format %s)", len(sources), out, format)
+    convert(
+        [str(s) for s in sources],
+        out,
+        fmt=None if format == "auto" else format,
+        energy_unit=energy_unit,
+        length_unit=length_unit,
+        dipole_unit=dipole_unit,
+        keys=dict(keys or {}),
+        overwrite=True,
+    )
+    manifest = read_manifest(out)
+    log.info("wrote %s: %d structures, %d atoms", out, manifest["n_molecules"], manifest["n_atoms"])
+    return Path(out)
+
+
+def validate_step(packed: str | os.PathLike, report_json: str | os.PathLike):
+    """Rule ``validate``: check ``packed``; write ``report_json`` only when it has no errors.
+
+    Every finding is logged; with errors, raises :class:`DataError` whose message carries the
+    first error's one-line description.
+    """
+    from .validate import validate_dataset
+
+    report = validate_dataset(packed)
+    for finding in report.findings:
+        log.log(logging.ERROR if finding.level == "error" else logging.WARNING, finding.one_line())
+    if not report.ok:
+        errors = report.errors
+        raise DataError(
+            f"invalid, {len(errors)} error(s); first: {errors[0].one_line()}", path=os.fspath(packed)
+        )
+    report.write_json(report_json)
+    log.info(
+        "%s: valid (%d structures, %d warning(s))", packed, report.n_molecules, len(report.warnings)
+    )
+    return report

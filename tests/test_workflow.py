@@ -1,0 +1,189 @@
+"""The workflow itself, driven through the snakemake CLI on tiny data in temporary directories.
+
+Every run uses the repository's Snakefile (``-s``) with a temporary working directory
+(``--directory``) holding the test's own ``config.yaml``, so nothing is written to the repo.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = pytest.mark.workflow
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+
+TINY = {
+    "demo": {"molecules": ["H2O", "CH4"], "n_per_molecule": 3, "seed": 1, "steps_between": 5},
+    "datasets": {"demo": {"sources": ["results/demo/demo.extxyz"]}},
+}
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m snakemake`` on the repository's Snakefile in ``workdir``."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
+           "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def write_extxyz(path: Path, n: int = 3, *, nan_force_at: int | None = None, close_at: int | None = None):
+    """``n`` water molecules with energies and forces; optionally a NaN force or two atoms 0.03 Å apart."""
+    import ase.io
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for i in range(n):
+        atoms = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0.01 * i, 0], [-0.24, 0.93, 0.01 * i]])
+        if i == close_at:
+            atoms.positions[2] = atoms.positions[1] + [0.03, 0, 0]
+        forces = np.full((3, 3), 0.1 * i)
+        if i == nan_force_at:
+            forces[2, 1] = np.nan
+        atoms.calc = SinglePointCalculator(atoms, energy=-14.0 - 0.01 * i, forces=forces)
+        frames.append(atoms)
+    ase.io.write(path, frames, format="extxyz")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The tiny demo run end to end once: (workdir, completed process)."""
+    workdir = tmp_path_factory.mktemp("demo")
+    write_config(workdir, TINY)
+    return workdir, snakemake(workdir)
+
+
+def test_demo_runs_end_to_end(demo_run):
+    workdir, proc = demo_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((workdir / "results/datasets/demo/validation.json").read_text())
+    assert report["ok"] is True and report["n_errors"] == 0
+    assert report["n_molecules"] == 6
+    manifest = json.loads((workdir / "results/datasets/demo/packed/manifest.json").read_text())
+    assert manifest["n_molecules"] == 6
+    assert manifest["elements"] == [1, 6, 8]
+    assert {"E", "F", "R", "Z"} <= set(manifest["fields"])
+    for log in ("logs/demo_data/demo.log", "logs/convert/demo.log", "logs/validate/demo.log"):
+        assert (workdir / log).stat().st_size > 0, log
+    assert (workdir / "results/benchmarks/convert/demo.tsv").exists()
+
+
+def test_rerun_plans_nothing_and_params_trigger_only_downstream(demo_run):
+    workdir, proc = demo_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    again = snakemake(workdir, "-n")
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # a changed conversion setting re-runs convert and validate, not the demo data
+    config = json.loads(json.dumps(TINY))
+    config["datasets"]["demo"]["energy_unit"] = "meV"
+    write_config(workdir, config)
+    try:
+        plan = snakemake(workdir, "-n")
+    finally:
+        write_config(workdir, TINY)
+    out = plan.stdout + plan.stderr
+    assert plan.returncode == 0, out[-4000:]
+    assert "rule convert:" in out and "rule validate:" in out
+    assert "rule demo_data:" not in out
+
+
+def test_bad_data_stops_the_workflow_with_the_one_line_reason(tmp_path):
+    write_extxyz(tmp_path / "nan.extxyz", nan_force_at=1)  # rejected by the converter
+    write_extxyz(tmp_path / "close.extxyz", close_at=2)  # converts, rejected by the validator
+    write_config(tmp_path, {"datasets": {"nan": {"sources": ["nan.extxyz"]},
+                                         "close": {"sources": ["close.extxyz"]}}})
+    proc = snakemake(tmp_path, "--keep-going")
+    assert proc.returncode != 0
+
+    nan_reason = "nan.extxyz: field 'F': structure 1: contains NaN or Inf"
+    assert nan_reason in proc.stderr
+    assert nan_reason in (tmp_path / "logs/convert/nan.log").read_text()
+    assert not (tmp_path / "results/datasets/nan/packed").exists()
+
+    close_reason = "error [too_close] field 'R' structure 2"
+    assert close_reason in proc.stderr
+    assert close_reason in (tmp_path / "logs/validate/close.log").read_text()
+    assert not (tmp_path / "results/datasets/close/validation.json").exists()
+    assert not list((tmp_path / "results/datasets").rglob("*.tmp*"))
+
+
+@pytest.mark.parametrize(
+    "datasets, expected",
+    [
+        ({"x": {"sources": ["a.extxyz"], "format": "xlsx"}},
+         ["'xlsx' is not one of", "['datasets']['x']['format']"]),
+        ({"a/b": {"sources": ["a.extxyz"]}}, ["'a/b' does not match", "['datasets']"]),
+        ({"..": {"sources": ["a.extxyz"]}}, ["'..' does not match"]),
+        ({"x": {"sources": []}}, ["should be non-empty", "['datasets']['x']['sources']"]),
+        ({"x": {"sources": ["a.extxyz"], "keys": {"Energy": "e"}}}, ["'Energy' is not one of"]),
+        ({"x": {"sources": ["a.extxyz"], "units": "eV"}}, ["'units' was unexpected"]),
+    ],
+    ids=["unknown-format", "slash-in-name", "dotdot-name", "empty-sources", "unknown-key", "unknown-setting"],
+)
+def test_bad_config_fails_before_any_job(tmp_path, datasets, expected):
+    write_config(tmp_path, {"datasets": datasets})
+    proc = snakemake(tmp_path)
+    assert proc.returncode != 0
+    assert "Error validating config file" in proc.stderr
+    for text in expected:
+        assert text in proc.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
+def test_lint_is_clean(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "-s", str(SNAKEFILE), "--directory", str(tmp_path),
+         "--configfile", str(REPO / "config.yaml")],
+        capture_output=True, text=True, timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Congratulations, your workflow is in a good condition!" in out
+    assert "Lints for" not in out
+
+
+# ----------------------------------------------------------------------------- mmlwf.workflow
+
+
+def test_log_to_tees_output_and_turns_bad_input_into_one_line(tmp_path, capsys):
+    import logging
+
+    from mmlwf.errors import DataError
+    from mmlwf.workflow import log_to
+
+    handlers, stdout = list(logging.getLogger().handlers), sys.stdout
+    log = tmp_path / "logs" / "step.log"
+    with log_to(log):
+        print("to stdout")
+        logging.getLogger("mmlwf.test").info("a log record")
+    text = log.read_text()
+    assert "to stdout" in text and "a log record" in text
+    assert "to stdout" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exc:
+        with log_to(log):
+            raise DataError("contains NaN or Inf", path="x.extxyz", field="F", index=1)
+    assert exc.value.code == 1
+    line = "mmlwf: error: x.extxyz: field 'F': structure 1: contains NaN or Inf"
+    assert line in log.read_text()
+    assert line in capsys.readouterr().err
+
+    with pytest.raises(RuntimeError):
+        with log_to(log):
+            raise RuntimeError("unexpected")
+    assert "Traceback" in log.read_text()  # unexpected errors keep their traceback
+    assert logging.getLogger().handlers == handlers and sys.stdout is stdout  # all restored
