@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .errors import ConfigError
+from .fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -122,24 +122,8 @@ def generate_demo_data(
             steps_between=int(steps_between),
         )
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            ase.io.write(fh, frames, format="extxyz")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(out) as fh:
+        ase.io.write(fh, frames, format="extxyz")
     names = ", ".join(molecules)
     log.info("wrote %s: %d structures (%s; teacher %s, seed %d)", out, len(frames), names, teacher, seed)
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import DataError
+from .fileio import atomic_write
 from .packed import (
     FIELDS,
     MANIFEST,
@@ -146,22 +146,9 @@ class ValidationReport:
 
     def write_json(self, path: str | os.PathLike) -> None:
         """Write the report as JSON atomically (temporary file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_dict(), fh, indent=2)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        with atomic_write(path) as fh:
+            json.dump(self.to_dict(), fh, indent=2)
+            fh.write("\n")
 
     @classmethod
     def read_json(cls, path: str | os.PathLike) -> "ValidationReport":
