@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -42,42 +43,109 @@ def convert(
         opened.append((src, units))
     records = []
     bar = _progress(progress)
-    with PackedWriter(out, overwrite=overwrite, chunk_atoms=chunk_atoms) as writer:
-        for src, units in opened:
-            where = str(src.path)
-            before = writer.n_molecules
-            for s in src:
-                writer.add(s.checked(where).to_canonical(units), where=where)
-                if bar is not None:
-                    bar.update(1)
-            count = writer.n_molecules - before
-            if count == 0:
-                raise DataError("empty: no structures in this file", path=where)
-            records.append(
-                {
-                    "path": where,
-                    "name": src.path.name,
-                    "sha256": sha256_file(src.path) if src.path.is_file() else None,
-                    "format": src.format,
-                    "units": units.as_dict(),
-                    "n_molecules": count,
-                    "first_index": before,
-                }
+    # the sources' SHA-256 (a second read of each file) is computed beside the conversion
+    hasher = _SourceHasher([src.path for src, _ in opened])
+    try:
+        with PackedWriter(out, overwrite=overwrite, chunk_atoms=chunk_atoms) as writer:
+            for k, (src, units) in enumerate(opened):
+                where = str(src.path)
+                before = writer.n_molecules
+                _convert_source(src, units, writer, where, bar)
+                count = writer.n_molecules - before
+                if count == 0:
+                    raise DataError("empty: no structures in this file", path=where)
+                records.append(
+                    {
+                        "path": where,
+                        "name": src.path.name,
+                        "sha256": hasher.result(k),
+                        "format": src.format,
+                        "units": units.as_dict(),
+                        "n_molecules": count,
+                        "first_index": before,
+                    }
+                )
+            writer.close(
+                sources=records,
+                converter={
+                    "mmlwf_version": __version__,
+                    "format": fmt,
+                    "energy_unit": energy_unit,
+                    "length_unit": length_unit,
+                    "dipole_unit": dipole_unit,
+                    "keys": key_map,
+                },
             )
-        writer.close(
-            sources=records,
-            converter={
-                "mmlwf_version": __version__,
-                "format": fmt,
-                "energy_unit": energy_unit,
-                "length_unit": length_unit,
-                "dipole_unit": dipole_unit,
-                "keys": key_map,
-            },
-        )
+    finally:
+        hasher.close()
     if bar is not None:
         bar.close()
     return Path(out)
+
+
+def _convert_source(src, units, writer: PackedWriter, where: str, bar) -> None:
+    """Check, convert and append every structure of ``src``.
+
+    Readers of array formats hand out blocks of structures: a block whose structures all
+    pass the checks goes to the writer at once; any other block goes structure by structure
+    (``Structure.checked``), which raises the error naming file, field and structure index
+    exactly as if there were no blocks. The bytes written are the same either way.
+    """
+    blocks = src.blocks()
+    if blocks is None:
+        for s in src:
+            writer.add(s.checked(where).to_canonical(units), where=where)
+            if bar is not None:
+                bar.update(1)
+        return
+    for block in blocks:
+        if block.is_clean():
+            writer.add_block(block.to_canonical(units), where=where)
+            n = len(block)
+        else:
+            n = 0
+            for s in block.structures():
+                writer.add(s.checked(where).to_canonical(units), where=where)
+                n += 1
+        if bar is not None:
+            bar.update(n)
+
+
+class _SourceHasher:
+    """SHA-256 of the source files, read block by block in one background thread (hashlib
+    and file reads release the GIL), so that the conversion does not wait for it."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self._paths = [Path(p) for p in paths]
+        self._results: dict[int, str | None | BaseException] = {}
+        self._done = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mmlwf-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for k, path in enumerate(self._paths):
+            try:
+                value = sha256_file(path, stop=self._stop) if path.is_file() else None
+            except BaseException as exc:  # handed to the caller of result()
+                value = exc
+            with self._done:
+                self._results[k] = value
+                self._done.notify_all()
+            if self._stop.is_set():
+                return
+
+    def result(self, k: int) -> str | None:
+        with self._done:
+            self._done.wait_for(lambda: k in self._results)
+            value = self._results[k]
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _progress(enabled: bool):

@@ -13,6 +13,7 @@ renames it into place only when complete; :class:`PackedDataset` memory-maps the
 from __future__ import annotations
 
 import array
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ import numpy as np
 
 from . import __version__
 from .errors import DataError
-from .structure import Structure
+from .structure import Structure, StructureBlock
 from .units import CANONICAL
 
 FORMAT_NAME = "mmlwf-packed"
@@ -70,15 +71,29 @@ PER_ATOM = tuple(n for n, f in FIELDS.items() if f.per == "atom")
 PER_GRID = tuple(n for n, f in FIELDS.items() if f.per == "grid")
 # streamed fields in the order the writer fills them (n_atoms/offsets are written at the end)
 _STREAMED = ("E", "Qtot", "D", "Z", "R", "F", "q", "grid", "esp")
+# the writer's temporary per-structure count files (removed before the directory is renamed)
+_COUNTS_FILES = {"atoms": ".n_atoms.tmp", "grid": ".n_grid.tmp"}
+_MAX_Z = 118
 
 
-def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
-    """SHA-256 of a file's bytes, read in blocks."""
+def sha256_file(path: str | os.PathLike, block: int = 1 << 22, stop=None) -> str | None:
+    """SHA-256 of a file's bytes, read in blocks of ``block`` bytes into one buffer (memory:
+    one block, whatever the file size). ``stop``: a :class:`threading.Event` that abandons
+    the work (returns None) when set."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
+    buf = bytearray(block)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            if stop is not None and stop.is_set():
+                return None
     return h.hexdigest()
+
+
+def _npy_header(fh, n: int) -> None:
+    """The header :func:`numpy.save` writes for a 1-d int64 array of ``n`` entries."""
+    np.lib.format.write_array_header_1_0(fh, {"descr": "<i8", "fortran_order": False, "shape": (n,)})
 
 
 def array_checksum(arr: np.ndarray, block_rows: int = 1 << 20) -> str:
@@ -97,8 +112,15 @@ class PackedWriter:
 
     Use as a context manager: on success the temporary directory is renamed to ``out``;
     on any exception it is removed and ``out`` is untouched. Memory is bounded by
-    ``chunk_atoms`` plus 16 bytes per molecule for the counts.
+    ``chunk_atoms`` whatever the number of structures: the per-structure counts go to a
+    temporary file at every flush as well, and ``n_atoms.npy``/``offsets.npy`` are written
+    from it block by block at the end.
+
+    :meth:`add` takes one :class:`Structure`; :meth:`add_block` a clean, canonical
+    :class:`StructureBlock` of many (the fast path): both write the same bytes.
     """
+
+    _COUNTS_BLOCK = 1 << 20  # entries per block when writing n_atoms/offsets at the end
 
     def __init__(
         self,
@@ -118,13 +140,19 @@ class PackedWriter:
         self.overwrite = overwrite
         self.chunk_atoms = int(chunk_atoms)
         self.fields: tuple[str, ...] | None = None
-        self.n_atoms = array.array("q")
-        self.n_grid = array.array("q")
-        self._pending: dict[str, list[np.ndarray]] = {}
+        # per-structure values added since the last flush (add); blocks are written at once
+        self._rows: dict[str, list] = {}
+        self._row_atoms = array.array("q")
+        self._row_grid = array.array("q")
         self._pending_atoms = 0
         self._files: dict[str, object] = {}
         self._hash: dict[str, "hashlib._Hash"] = {}
-        self._elements: set[int] = set()
+        self._elements = np.zeros(_MAX_Z + 1, dtype=bool)
+        self._other_elements: set[int] = set()
+        # counts of the flushed structures, in temporary files (8 bytes per structure on disk)
+        self._counts = {"atoms": open(self.tmp / _COUNTS_FILES["atoms"], "wb", buffering=1 << 20)}
+        self._n_molecules = 0
+        self._n_atoms_total = 0
         self._closed = False
 
     # -- context manager
@@ -138,17 +166,15 @@ class PackedWriter:
             self.abort()
 
     # -- adding data
-    def add(self, s: Structure, *, where: str | None = None) -> None:
-        """Append one checked structure in canonical units."""
-        fields = ("E", "Qtot", "Z", "R") + s.present()
-        if s.E is None:
-            raise DataError("missing energy", path=where, field="E", index=s.index)
+    def _set_fields(self, fields: tuple[str, ...], where, index) -> None:
         if self.fields is None:
             self.fields = fields
             for name in fields:
-                self._files[name] = open(self.tmp / FIELDS[name].file, "wb")
+                self._files[name] = open(self.tmp / FIELDS[name].file, "wb", buffering=1 << 20)
                 self._hash[name] = hashlib.sha256()
-                self._pending[name] = []
+                self._rows[name] = []
+            if "grid" in fields:
+                self._counts["grid"] = open(self.tmp / _COUNTS_FILES["grid"], "wb", buffering=1 << 20)
         elif fields != self.fields:
             extra = sorted(set(fields) - set(self.fields))
             missing = sorted(set(self.fields) - set(fields))
@@ -159,19 +185,27 @@ class PackedWriter:
                 "dataset must carry the same fields)",
                 path=where,
                 field=name,
-                index=s.index,
+                index=index,
             )
-        p = self._pending
+
+    def add(self, s: Structure, *, where: str | None = None) -> None:
+        """Append one checked structure in canonical units."""
+        present = s.present()
+        if s.E is None:
+            raise DataError("missing energy", path=where, field="E", index=s.index)
+        self._set_fields(("E", "Qtot", "Z", "R") + present, where, s.index)
+        p = self._rows
         p["E"].append(np.float64(s.E))
         p["Qtot"].append(np.float64(s.Qtot))
         p["Z"].append(s.Z)
         p["R"].append(s.R)
-        for name in s.present():
+        for name in present:
             p[name].append(getattr(s, name))
-        self.n_atoms.append(s.n_atoms)
+        n = s.n_atoms
+        self._row_atoms.append(n)
         if s.grid is not None:
-            self.n_grid.append(int(s.grid.shape[0]))
-        self._pending_atoms += s.n_atoms + (0 if s.grid is None else s.grid.shape[0])
+            self._row_grid.append(int(s.grid.shape[0]))
+        self._pending_atoms += n + (0 if s.grid is None else s.grid.shape[0])
         if self._pending_atoms >= self.chunk_atoms:
             self.flush()
 
@@ -182,33 +216,80 @@ class PackedWriter:
             n += 1
         return n
 
+    def add_block(self, block: StructureBlock, *, where: str | None = None) -> None:
+        """Append a clean block (:meth:`StructureBlock.is_clean`) in canonical units
+        (:meth:`StructureBlock.to_canonical`): the bytes written are those :meth:`add` writes
+        for the same structures one by one."""
+        if len(block) == 0:
+            return
+        if block.E is None:
+            raise DataError("missing energy", path=where, field="E", index=block.start)
+        present = block.present()
+        self._set_fields(("E", "Qtot", "Z", "R") + present, where, block.start)
+        self.flush()  # structures added one by one before this block go first
+        qtot = block.Qtot if block.Qtot is not None else np.zeros(len(block))
+        for name in self.fields:
+            self._write(name, qtot if name == "Qtot" else getattr(block, name))
+        self._write_counts("atoms", block.n_atoms)
+        self._n_molecules += len(block)
+        self._n_atoms_total += int(block.Z.shape[0])
+
     def flush(self) -> None:
         """Write pending structures to the temporary files."""
-        if not self.fields:
+        if not self.fields or not self._row_atoms:
             return
         for name in self.fields:
-            items = self._pending[name]
-            if not items:
-                continue
+            items = self._rows[name]
             spec = FIELDS[name]
             if spec.per == "molecule" and spec.trailing == ():
                 block = np.asarray(items, dtype=spec.dtype)
             elif spec.per == "molecule":
-                block = np.stack(items).astype(spec.dtype, copy=False)
+                block = np.stack(items)
             else:
-                block = np.concatenate(items).astype(spec.dtype, copy=False)
-            if name == "Z":
-                self._elements.update(np.unique(block).tolist())
-            data = np.ascontiguousarray(block).tobytes()
-            self._files[name].write(data)
-            self._hash[name].update(data)
+                block = np.concatenate(items)
+            self._write(name, block)
             items.clear()
+        counts = np.frombuffer(self._row_atoms, dtype=np.int64)
+        self._write_counts("atoms", counts)
+        self._n_molecules += counts.shape[0]
+        self._n_atoms_total += int(counts.sum())
+        self._row_atoms = array.array("q")
+        if self._row_grid:
+            grid = np.frombuffer(self._row_grid, dtype=np.int64)
+            self._write_counts("grid", grid)
+            self._row_grid = array.array("q")
         self._pending_atoms = 0
+
+    def _write(self, name: str, values: np.ndarray) -> None:
+        """Append rows to a field's file and checksum (in the field's stored dtype)."""
+        data = np.ascontiguousarray(values, dtype=FIELDS[name].dtype)
+        if name == "Z":
+            self._note_elements(data)
+        raw = data.reshape(-1).view(np.uint8)
+        self._files[name].write(raw)
+        self._hash[name].update(raw)
+
+    def _write_counts(self, kind: str, counts: np.ndarray) -> None:
+        self._counts[kind].write(np.ascontiguousarray(counts, dtype=np.int64).view(np.uint8))
+
+    def _note_elements(self, Z: np.ndarray) -> None:
+        if Z.size == 0:
+            return
+        lo, hi = int(Z.min()), int(Z.max())
+        if lo >= 0 and hi <= _MAX_Z:
+            self._elements |= np.bincount(Z, minlength=_MAX_Z + 1) > 0
+        else:  # only for unchecked structures
+            self._other_elements.update(np.unique(Z).tolist())
+
+    @property
+    def elements(self) -> list[int]:
+        """Atomic numbers written so far (flushed structures)."""
+        return sorted(set(np.flatnonzero(self._elements).tolist()) | self._other_elements)
 
     # -- finishing
     @property
     def n_molecules(self) -> int:
-        return len(self.n_atoms)
+        return self._n_molecules + len(self._row_atoms)
 
     def close(self, **manifest_extra) -> Path:
         """Finish the files, write the manifest and move the directory into place."""
@@ -221,6 +302,8 @@ class PackedWriter:
             for fh in self._files.values():
                 fh.flush()
                 os.fsync(fh.fileno())
+                fh.close()
+            for fh in self._counts.values():
                 fh.close()
             manifest = self._manifest(manifest_extra)
             with open(self.tmp / MANIFEST, "w") as fh:
@@ -235,7 +318,7 @@ class PackedWriter:
 
     def abort(self) -> None:
         """Remove the temporary directory; ``out`` is left as it was."""
-        for fh in self._files.values():
+        for fh in (*self._files.values(), *self._counts.values()):
             try:
                 fh.close()
             except Exception:
@@ -243,28 +326,56 @@ class PackedWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._closed = True
 
+    def _counts_to_npy(self, kind: str, counts_name: str | None, offsets_name: str) -> tuple[dict, int]:
+        """Write the counts (as field ``counts_name``, unless None) and their running sum from
+        0 (as ``offsets_name``) to .npy files, block by block from the temporary counts file;
+        return their checksums (of the data bytes, as :func:`array_checksum`) and the total."""
+        raw = self.tmp / _COUNTS_FILES[kind]
+        n = raw.stat().st_size // 8
+        outputs = []  # (name, file, hash, is_offsets)
+        with contextlib.ExitStack() as stack:
+            src = stack.enter_context(open(raw, "rb"))
+            for name, is_offsets in ((counts_name, False), (offsets_name, True)):
+                if name is None:
+                    continue
+                fh = stack.enter_context(open(self.tmp / FIELDS[name].file, "wb", buffering=1 << 20))
+                _npy_header(fh, n + 1 if is_offsets else n)
+                outputs.append((name, fh, hashlib.sha256(), is_offsets))
+            zero = np.zeros(1, dtype=np.int64).view(np.uint8)
+            for _, fh, h, is_offsets in outputs:
+                if is_offsets:
+                    fh.write(zero)
+                    h.update(zero)
+            total = 0
+            while True:
+                counts = np.frombuffer(src.read(8 * self._COUNTS_BLOCK), dtype=np.int64)
+                if counts.shape[0] == 0:
+                    break
+                offsets = np.cumsum(counts)
+                offsets += total
+                total = int(offsets[-1])
+                for _, fh, h, is_offsets in outputs:
+                    data = (offsets if is_offsets else counts).view(np.uint8)
+                    fh.write(data)
+                    h.update(data)
+        raw.unlink()
+        return {name: h.hexdigest() for name, _, h, _ in outputs}, total
+
     def _manifest(self, extra: dict) -> dict:
-        n_atoms = np.frombuffer(self.n_atoms, dtype=np.int64)
-        offsets = np.zeros(n_atoms.shape[0] + 1, dtype=np.int64)
-        np.cumsum(n_atoms, out=offsets[1:])
-        np.save(self.tmp / FIELDS["n_atoms"].file, n_atoms)
-        np.save(self.tmp / FIELDS["offsets"].file, offsets)
-        sums = {"n_atoms": array_checksum(n_atoms), "offsets": array_checksum(offsets)}
+        N = self._n_molecules
+        sums, A = self._counts_to_npy("atoms", "n_atoms", "offsets")
+        assert A == self._n_atoms_total
         stored = ["offsets", "n_atoms", *self.fields]
         n_grid_total = 0
         if "grid" in self.fields:
-            n_grid = np.frombuffer(self.n_grid, dtype=np.int64)
-            goff = np.zeros(n_grid.shape[0] + 1, dtype=np.int64)
-            np.cumsum(n_grid, out=goff[1:])
-            np.save(self.tmp / FIELDS["grid_offsets"].file, goff)
-            sums["grid_offsets"] = array_checksum(goff)
+            gsums, n_grid_total = self._counts_to_npy("grid", None, "grid_offsets")
+            sums["grid_offsets"] = gsums["grid_offsets"]
             stored.insert(2, "grid_offsets")
-            n_grid_total = int(goff[-1])
         counts = {
-            "molecule": int(n_atoms.shape[0]),
-            "atom": int(offsets[-1]),
+            "molecule": N,
+            "atom": A,
             "grid": n_grid_total,
-            "offsets": int(n_atoms.shape[0]) + 1,
+            "offsets": N + 1,
         }
         fields = {}
         for name in stored:
@@ -285,7 +396,7 @@ class PackedWriter:
             "n_molecules": counts["molecule"],
             "n_atoms": counts["atom"],
             "n_grid_points": n_grid_total,
-            "elements": sorted(int(z) for z in self._elements),
+            "elements": self.elements,
             "units": dict(CANONICAL),
             "fields": fields,
         }

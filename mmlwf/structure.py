@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -128,3 +129,108 @@ def _per_atom(value, n, trailing, name, fail, required=False):
         where = np.flatnonzero(~np.isfinite(arr.reshape(n, -1)).all(axis=1))
         raise fail(name, f"contains NaN or Inf (atom {int(where[0])})")
     return arr
+
+
+# ----------------------------------------------------------------------------- blocks
+
+#: dtypes the block path takes as they are (anything else goes the per-structure way)
+_NUMERIC = "iuf"
+
+
+@dataclass
+class StructureBlock:
+    """Consecutive structures of one source as flat arrays, in the source's units.
+
+    The block-wise fast path of the readers: ``n_atoms (k,)``; per atom ``Z (A,)``,
+    ``R (A, 3)`` and optional ``F (A, 3)``, ``q (A,)``; per structure ``E (k,)`` and optional
+    ``Qtot (k,)``, ``D (k, 3)``, where ``A = n_atoms.sum()``. ``start`` is the source index of
+    the first structure. ``valid`` is False when the reader's own per-structure checks
+    (counts, padding) failed for some structure of the block.
+
+    ``structures()`` yields the very same structures one at a time, the reader's
+    per-structure checks included: whenever :meth:`is_clean` says no, callers take that
+    path, so that the error raised (file, field, structure index, message) is exactly the
+    one the per-structure path gives. Blocks carry no ESP grids.
+    """
+
+    n_atoms: np.ndarray
+    Z: np.ndarray | None
+    R: np.ndarray | None
+    E: np.ndarray | None
+    structures: Callable[[], Iterator[Structure]]
+    F: np.ndarray | None = None
+    Qtot: np.ndarray | None = None
+    D: np.ndarray | None = None
+    q: np.ndarray | None = None
+    start: int = 0
+    valid: bool = True
+
+    def __len__(self) -> int:
+        return int(self.n_atoms.shape[0])
+
+    @property
+    def atoms(self) -> int:
+        return int(self.Z.shape[0]) if self.Z is not None else int(self.n_atoms.sum())
+
+    def present(self) -> tuple[str, ...]:
+        """Names of the optional fields the block's structures carry (as Structure.present)."""
+        return tuple(name for name in OPTIONAL_FIELDS if getattr(self, name, None) is not None)
+
+    def is_clean(self, *, require_energy: bool = True) -> bool:
+        """True when every structure of the block passes :meth:`Structure.checked` (the same
+        checks, vectorised); False on any problem or any unusual dtype."""
+        if not self.valid or self.Z is None or self.R is None:
+            return False
+        k = len(self)
+        counts = self.n_atoms
+        if k == 0 or counts.ndim != 1 or counts.dtype.kind not in "iu" or int(counts.min()) < 1:
+            return False
+        A = int(counts.sum())
+        Z = self.Z
+        if Z.shape != (A,) or Z.dtype.kind not in _NUMERIC:
+            return False
+        if Z.dtype.kind == "f" and not (np.isfinite(Z).all() and (Z == np.round(Z)).all()):
+            return False
+        if not (Z.min() >= 1 and Z.max() <= 118):
+            return False
+        for name, shape in (("R", (A, 3)), ("F", (A, 3)), ("q", (A,)), ("D", (k, 3)), ("Qtot", (k,))):
+            arr = getattr(self, name)
+            if arr is None:
+                continue
+            if arr.shape != shape or arr.dtype.kind not in _NUMERIC:
+                return False
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                return False
+        if self.E is None:
+            return not require_energy
+        E = self.E
+        if E.shape != (k,) or E.dtype.kind not in _NUMERIC:
+            return False
+        return bool(E.dtype.kind != "f" or np.isfinite(E).all())
+
+    def to_canonical(self, units: SourceUnits) -> "StructureBlock":
+        """The block converted to the canonical units, value for value as
+        ``Structure.checked().to_canonical()`` computes it (float64 products), so that the
+        stored float32/float64 bytes are identical. Call only on a clean block."""
+        lf, ef = units.length_factor, units.energy_factor
+        k = len(self)
+        return StructureBlock(
+            n_atoms=self.n_atoms.astype(np.int64, copy=False),
+            Z=self.Z.astype(np.int32, copy=False),
+            R=_scaled(self.R, lf),
+            E=None if self.E is None else self.E.astype(np.float64) * ef,
+            F=None if self.F is None else _scaled(self.F, ef / lf),
+            Qtot=np.zeros(k) if self.Qtot is None else self.Qtot.astype(np.float64, copy=False),
+            D=None if self.D is None else _scaled(self.D, units.dipole_factor),
+            q=None if self.q is None else _scaled(self.q, 1.0),
+            start=self.start,
+            structures=self.structures,
+        )
+
+
+def _scaled(arr: np.ndarray, factor: float) -> np.ndarray:
+    """``asarray(arr, float64) * factor`` (what the per-structure path computes), without the
+    float64 round trip where it cannot change a value: float32/float64 data times 1.0."""
+    if factor == 1.0 and arr.dtype in (np.float32, np.float64):
+        return arr
+    return arr.astype(np.float64) * factor

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from ..errors import ConfigError, DataError
-from ..structure import Structure
+from ..structure import Structure, StructureBlock
 from ..units import SourceUnits
 from .keys import CANONICAL_KEYS, parse_key_map
 
@@ -56,6 +56,11 @@ class Source:
 
     def __iter__(self) -> Iterator[Structure]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def blocks(self) -> "Iterator[StructureBlock] | None":
+        """The structures as :class:`~mmlwf.structure.StructureBlock` s (the block-wise fast
+        path of formats stored as arrays), or None where the reader has only ``__iter__``."""
+        return None
 
     def fail(self, message: str, field: str | None = None, index: int | None = None) -> DataError:
         return DataError(message, path=self.path, field=field, index=index)

@@ -15,11 +15,11 @@ from typing import Iterator
 
 import numpy as np
 
-from ..structure import Structure
+from ..structure import Structure, StructureBlock
 from ..units import SourceUnits
 from . import DEFAULT_UNITS, Source
 from .keys import resolve
-from .padded import PaddedArrays
+from .padded import PaddedArrays, slice_length
 
 _ANI_Z = ("species", "atomic_numbers", "numbers", "Z", "z")
 _ANI_R = ("coordinates", "positions", "R")
@@ -51,22 +51,36 @@ class Hdf5Source(Source):
                 )
 
     def _find_groups(self) -> list[str]:
+        """Every group holding atomic numbers and positions, in the file's visiting order.
+
+        Walks the object names (no h5py object per name: opening each one costs more than
+        the rest of a conversion for files of many small groups)."""
         import h5py
 
         found = []
+        root = list(self._h5.keys())
+        if any(k in root for k in _ANI_Z) and any(k in root for k in _ANI_R):
+            found.append("/")
+        groups: list[str] = []  # every group, in visiting order
+        has_z: set[str] = set()
+        has_r: set[str] = set()
 
-        def visit(name, obj):
-            if isinstance(obj, h5py.Group):
-                names = list(obj.keys())
-                if any(k in names for k in _ANI_Z) and any(k in names for k in _ANI_R):
-                    found.append(name)
+        def visit(name: bytes, info) -> None:
+            name = name.decode("utf-8", "surrogateescape")
+            if info.type == h5py.h5o.TYPE_GROUP:
+                groups.append(name)
+            parent, _, base = name.rpartition("/")
+            if base in _ANI_Z:
+                has_z.add(parent)
+            if base in _ANI_R:
+                has_r.add(parent)
 
-        visit("/", self._h5)
-        self._h5.visititems(visit)
+        h5py.h5o.visit(self._h5.id, visit, info=True)
+        found.extend(name for name in groups if name in has_z and name in has_r)
         return found
 
-    def _group_key(self, group, canonical: str) -> str | None:
-        names = list(group.keys())
+    def _group_key(self, group, canonical: str, names: list[str] | None = None) -> str | None:
+        names = list(group.keys()) if names is None else names
         if canonical == "Z" and "Z" not in self.keys:
             return next((k for k in _ANI_Z if k in names), None)
         if canonical == "R" and "R" not in self.keys:
@@ -100,12 +114,34 @@ class Hdf5Source(Source):
             return
         index = 0
         for gname in self._groups:
-            yield from self._iter_group(gname, index)
-            index += int(self._h5[gname][self._group_key(self._h5[gname], "R")].shape[0])
+            grp = self._open_group(gname, index)
+            step = slice_length(self.chunk, grp.Z.shape[0])
+            for a in range(0, grp.n_conf, step):
+                b = min(a + step, grp.n_conf)
+                yield from grp.structures(*grp.read(a, b), index + a)
+            index += grp.n_conf
 
-    def _iter_group(self, gname: str, start: int) -> Iterator[Structure]:
+    def blocks(self) -> Iterator[StructureBlock]:
+        """The structures as :class:`StructureBlock` s: ``chunk`` conformations of one group
+        (fewer for large molecules: at most ``SLICE_ROWS`` atoms) or ``chunk`` frames of the
+        flat layout at a time, from the same slices as :meth:`__iter__`."""
+        if self.flat:
+            yield from self._padded.blocks()
+            return
+        index = 0
+        for gname in self._groups:
+            grp = self._open_group(gname, index)
+            step = slice_length(self.chunk, grp.Z.shape[0])
+            for a in range(0, grp.n_conf, step):
+                b = min(a + step, grp.n_conf)
+                yield grp.block(*grp.read(a, b), index + a)
+            index += grp.n_conf
+
+    def _open_group(self, gname: str, start: int) -> "_Group":
+        """A group's datasets after the group-wide checks (shapes, energies present)."""
         g = self._h5[gname]
-        zkey, rkey, ekey = (self._group_key(g, c) for c in ("Z", "R", "E"))
+        names = list(g.keys())
+        zkey, rkey, ekey = (self._group_key(g, c, names) for c in ("Z", "R", "E"))
         where = f"group '{gname}'"
         if ekey is None:
             raise self.fail(f"missing energies in {where} (use --key E=NAME)", field="E", index=start)
@@ -114,7 +150,8 @@ class Hdf5Source(Source):
         n_conf = R.shape[0]
         if R.shape[1:] != (Z.shape[0], 3):
             raise self.fail(f"shape {R.shape} does not match {Z.shape[0]} atoms", field=f"{gname}/{rkey}", index=start)
-        opt = {c: self._group_key(g, c) for c in ("F", "D", "Qtot", "q")}
+        opt = {c: self._group_key(g, c, names) for c in ("F", "D", "Qtot", "q")}
+        datasets = {ekey: g[ekey], **{k: g[k] for k in opt.values() if k is not None}}
         expected = {
             ekey: [(n_conf,), (n_conf, 1)],
             opt["F"]: [(n_conf, Z.shape[0], 3)],
@@ -123,28 +160,57 @@ class Hdf5Source(Source):
             opt["q"]: [(n_conf, Z.shape[0])],
         }
         for name, shapes in expected.items():
-            if name is not None and tuple(g[name].shape) not in shapes:
+            if name is not None and tuple(datasets[name].shape) not in shapes:
                 raise self.fail(
-                    f"wrong shape {g[name].shape}, expected {' or '.join(map(str, shapes))}",
+                    f"wrong shape {datasets[name].shape}, expected {' or '.join(map(str, shapes))}",
                     field=f"{gname}/{name}",
                     index=start,
                 )
-        for a in range(0, n_conf, self.chunk):
-            b = min(a + self.chunk, n_conf)
-            Rs = R[a:b]
-            Es = g[ekey][a:b].reshape(b - a)
-            parts = {c: (g[k][a:b] if k else None) for c, k in opt.items()}
-            for j in range(b - a):
-                s = Structure(Z=Z, R=Rs[j], E=Es[j], index=start + a + j)
-                if parts["F"] is not None:
-                    s.F = parts["F"][j]
-                if parts["D"] is not None:
-                    s.D = parts["D"][j]
-                if parts["Qtot"] is not None:
-                    s.Qtot = parts["Qtot"][j]
-                if parts["q"] is not None:
-                    s.q = parts["q"][j]
-                yield s
+        return _Group(Z, R, datasets[ekey], {c: (datasets[k] if k else None) for c, k in opt.items()}, n_conf)
+
+
+class _Group:
+    """One ANI-style group: shared atomic numbers and its open datasets, read in slices."""
+
+    def __init__(self, Z, R, E, opt, n_conf: int) -> None:
+        self.Z, self.R, self.E, self.opt, self.n_conf = Z, R, E, opt, n_conf
+
+    def read(self, a: int, b: int):
+        Rs = self.R[a:b]
+        Es = self.E[a:b].reshape(b - a)
+        parts = {c: (ds[a:b] if ds is not None else None) for c, ds in self.opt.items()}
+        return Rs, Es, parts
+
+    def structures(self, Rs, Es, parts, first: int) -> Iterator[Structure]:
+        Z = self.Z
+        for j in range(Rs.shape[0]):
+            s = Structure(Z=Z, R=Rs[j], E=Es[j], index=first + j)
+            if parts["F"] is not None:
+                s.F = parts["F"][j]
+            if parts["D"] is not None:
+                s.D = parts["D"][j]
+            if parts["Qtot"] is not None:
+                s.Qtot = parts["Qtot"][j]
+            if parts["q"] is not None:
+                s.q = parts["q"][j]
+            yield s
+
+    def block(self, Rs, Es, parts, first: int) -> StructureBlock:
+        n = self.Z.shape[0]
+        k = Rs.shape[0]
+        F, q, D, Q = parts["F"], parts["q"], parts["D"], parts["Qtot"]
+        return StructureBlock(
+            n_atoms=np.full(k, n, dtype=np.int64),
+            Z=np.tile(self.Z, k),
+            R=Rs.reshape(k * n, 3),
+            E=Es,
+            F=None if F is None else F.reshape(k * n, 3),
+            q=None if q is None else q.reshape(k * n),
+            D=D,
+            Qtot=None if Q is None else Q.reshape(k),
+            start=first,
+            structures=lambda: self.structures(Rs, Es, parts, first),
+        )
 
 
 def _atomic_numbers(raw: np.ndarray, source: Source, field: str, index: int) -> np.ndarray:
