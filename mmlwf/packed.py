@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -99,6 +100,8 @@ def _npy_header(fh, n: int) -> None:
 def array_checksum(arr: np.ndarray, block_rows: int = 1 << 20) -> str:
     """SHA-256 of an array's C-order data bytes (what the manifest records), blockwise."""
     h = hashlib.sha256()
+    if arr.ndim == 0:
+        return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
     for start in range(0, max(arr.shape[0], 1), block_rows):
         h.update(np.ascontiguousarray(arr[start : start + block_rows]).tobytes())
     return h.hexdigest()
@@ -417,7 +420,7 @@ class PackedWriter:
 
 def remove_stale_temporaries(out: Path) -> None:
     """Remove temporary directories of ``out`` left by writers that were killed."""
-    for cand in out.parent.glob(f".{out.name}.tmp-*"):
+    for cand in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
         try:
             pid = int(cand.name[len(out.name) + 6 :].split("-")[0])
         except ValueError:
@@ -451,9 +454,14 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
             manifest = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})", path=mpath)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("fields"), dict):
+        raise DataError("not a manifest (expected an object with 'fields')", path=mpath)
     if manifest.get("format") != FORMAT_NAME:
         raise DataError(f"unknown format {manifest.get('format')!r}", path=mpath, field="format")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if not isinstance(version, int):
+        raise DataError(f"format_version {version!r} is not an integer", path=mpath, field="format_version")
+    if version > FORMAT_VERSION:
         raise DataError(
             f"format version {manifest['format_version']} is newer than this mmlwf reads "
             f"({FORMAT_VERSION})",
@@ -468,8 +476,10 @@ def _load_npy(path: Path, name: str) -> np.ndarray:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"unreadable or truncated .npy ({exc})", path=path, field=name)
-    if arr.dtype != np.int64 or arr.ndim != 1:
-        raise DataError(f"expected a 1-d int64 array, got {arr.dtype} {arr.shape}", path=path, field=name)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        raise DataError(f"expected a 1-d integer array, got {arr.dtype} {arr.shape}", path=path, field=name)
+    if arr.dtype != np.int64:  # users' files may hold int32: 8 bytes per molecule in memory
+        arr = arr.astype(np.int64)
     return arr
 
 
@@ -491,10 +501,23 @@ def structural_problems(path: str | os.PathLike) -> list[DataError]:
     for name in REQUIRED:
         if name not in present:
             problems.append(DataError("required file missing", path=root / FIELDS[name].file, field=name))
+    if manifest is not None:
+        for name, entry in manifest["fields"].items():
+            spec = FIELDS.get(name)
+            if spec is None:
+                continue
+            if name not in present and name not in REQUIRED:
+                problems.append(DataError("listed in the manifest but missing", path=root / spec.file, field=name))
+            if isinstance(entry, dict) and entry.get("dtype", spec.dtype) != spec.dtype:
+                problems.append(DataError(f"manifest dtype {entry.get('dtype')!r}, the format stores {spec.dtype}",
+                                          path=root / MANIFEST, field=name))
     if problems:
         return problems
-    offsets = _load_npy(root / FIELDS["offsets"].file, "offsets")
-    n_atoms = _load_npy(root / FIELDS["n_atoms"].file, "n_atoms")
+    try:
+        offsets = _load_npy(root / FIELDS["offsets"].file, "offsets")
+        n_atoms = _load_npy(root / FIELDS["n_atoms"].file, "n_atoms")
+    except DataError as exc:
+        return [exc]
     off_path = root / FIELDS["offsets"].file
     N = n_atoms.shape[0]
     if offsets.shape[0] != N + 1:
@@ -509,7 +532,8 @@ def structural_problems(path: str | os.PathLike) -> list[DataError]:
     if bad.size:
         problems.append(
             DataError(
-                f"offsets not increasing at {bad.size} structure(s) (first {bad[:10].tolist()})",
+                f"offsets not increasing (a structure with no atoms, or offsets out of order) at "
+                f"{bad.size} structure(s) (first {bad[:10].tolist()})",
                 path=off_path,
                 field="offsets",
                 index=int(bad[0]),
@@ -525,10 +549,15 @@ def structural_problems(path: str | os.PathLike) -> list[DataError]:
                 index=int(mismatch[0]),
             )
         )
+    if problems:  # sizes implied by broken offsets would only add noise
+        return problems
     A = int(offsets[-1])
     G = None
     if "grid_offsets" in present:
-        goff = _load_npy(root / FIELDS["grid_offsets"].file, "grid_offsets")
+        try:
+            goff = _load_npy(root / FIELDS["grid_offsets"].file, "grid_offsets")
+        except DataError as exc:
+            return problems + [exc]
         if goff.shape[0] != N + 1 or goff[0] != 0 or np.any(np.diff(goff) < 0):
             problems.append(
                 DataError("grid offsets must have n_molecules + 1 non-decreasing entries from 0",
@@ -537,7 +566,7 @@ def structural_problems(path: str | os.PathLike) -> list[DataError]:
         else:
             G = int(goff[-1])
     if manifest is not None:
-        for key, value in (("n_molecules", N), ("n_atoms", A)):
+        for key, value in (("n_molecules", N), ("n_atoms", A), ("n_grid_points", G or 0)):
             if int(manifest.get(key, value)) != value:
                 problems.append(
                     DataError(f"manifest says {manifest[key]}, the offsets say {value}", path=root / MANIFEST, field=key)
@@ -567,11 +596,9 @@ def structural_problems(path: str | os.PathLike) -> list[DataError]:
 
 
 def _present_fields(root: Path, manifest: dict | None) -> list[str]:
+    """Fields whose files exist: those the manifest lists, else every known file present."""
     if manifest is not None:
-        names = [n for n in manifest.get("fields", {}) if n in FIELDS]
-        for n in names:
-            if not (root / FIELDS[n].file).exists():
-                pass  # reported as missing below through REQUIRED or at open
+        names = [n for n in manifest["fields"] if n in FIELDS]
         return [n for n in names if (root / FIELDS[n].file).exists()] + [
             n for n in REQUIRED if n not in names and (root / FIELDS[n].file).exists()
         ]

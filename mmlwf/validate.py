@@ -218,21 +218,9 @@ def _structure_findings(root: Path) -> list[Finding]:
     """Findings for missing files, wrong sizes and bad offsets (empty when the arrays open)."""
     try:
         problems = structural_problems(root)
-    except DataError as exc:  # e.g. an unreadable offsets.npy
-        problems = [exc]
-    except (TypeError, KeyError, AttributeError, ValueError, OSError) as exc:  # e.g. odd manifest JSON
-        return [Finding(ERROR, "unreadable", "dataset", f"cannot read the dataset: {type(exc).__name__}: {exc}")]
-    if problems:
-        return [_from_data_error(p, root) for p in problems]
-    manifest = read_manifest(root)
-    missing = []
-    if manifest is not None:
-        for name in manifest.get("fields", {}):
-            if name in FIELDS and not (root / FIELDS[name].file).exists():
-                missing.append(
-                    Finding(ERROR, "missing_file", name, f"{FIELDS[name].file}: listed in the manifest but missing")
-                )
-    return missing
+    except OSError as exc:  # e.g. a file that cannot be read at all
+        return [Finding(ERROR, "unreadable", "dataset", f"cannot read the dataset: {exc}")]
+    return [_from_data_error(p, root) for p in problems]
 
 
 def _from_data_error(err: DataError, root: Path) -> Finding:

@@ -10,11 +10,10 @@ numpy).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
-from ..errors import DataError
 from ..structure import Structure, StructureBlock
 from ..units import SourceUnits
 from . import DEFAULT_UNITS, Source
