@@ -6,7 +6,6 @@ import h5py
 import numpy as np
 import pytest
 from ase import units as u
-from ase.calculators.singlepoint import SinglePointCalculator
 
 from mmlwf.convert import convert
 from mmlwf.io import open_source
@@ -179,3 +178,24 @@ def test_npz_atomic_charges_mono(tmp_path):
     np.savez(tmp_path / "m.npz", R=R, Z=np.array([[8, 1, 1]] * 2), E=np.zeros(2), mono=mono)
     ds = PackedDataset(convert([tmp_path / "m.npz"], tmp_path / "ds"))
     _assert_f32(ds[1]["q"], mono[1])
+
+
+REFERENCE_FILES = {  # file -> units its README gives (converter defaults where they agree)
+    "h2co_b3lyp_4001.npz": {},
+    "sgdml_ethanol_ccsd_t-train.npz": {"energy_unit": "kcal/mol"},
+    "rmd17_ethanol_train_1000.xyz": {},
+    "rmd17_ethanol_test_1000.xyz": {},
+    "ethanol_isolated_atoms.xyz": {},
+    "rmd17_aspirin_train.xyz": {},
+    "rmd17_aspirin_test.xyz": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_FILES))
+def test_every_reference_file_converts_and_validates(tmp_path, name):
+    from mmlwf.validate import validate_dataset
+
+    out = convert([shared_file(name)], tmp_path / "ds", **REFERENCE_FILES[name])
+    report = validate_dataset(out)
+    assert report.ok, [f.one_line() for f in report.errors]
+    assert report.n_molecules == len(PackedDataset(out))
