@@ -9,7 +9,7 @@ import argparse
 import json
 import signal
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from . import __version__
 from .errors import ConfigError, DataError
@@ -67,6 +67,41 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def _cmd_split(args: argparse.Namespace) -> int:
+    from .split import split_dataset
+
+    split = split_dataset(args.dataset, args.output, valid=args.valid, test=args.test, seed=args.seed,
+                          group_by=args.group_by)
+    sizes = ", ".join(f"{k} {v}" for k, v in split.sizes().items())
+    print(f"wrote {args.output}: {sizes}")
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from .stats import compute_stats, write_stats
+
+    stats = compute_stats(args.dataset, args.split, cutoff=args.cutoff, batch_size=args.batch_size,
+                          n_shapes=args.n_shapes)
+    write_stats(stats, args.output)
+    shapes = len(stats["batching"]["budgets"])
+    print(f"wrote {args.output}: {stats['n_train']} training structures, {shapes} batch shapes")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_loader
+
+    cutoff = None if args.cutoff is not None and args.cutoff <= 0 else args.cutoff
+    result = bench_loader(args.dataset, cutoff=cutoff, batch_size=args.batch_size, epochs=args.epochs,
+                          prefetch=args.prefetch)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>26}: {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mmlwf", description="Machine-learned force-field workflow: data, training, evaluation."
@@ -104,6 +139,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE.json", help="write the findings as JSON")
     p.add_argument("--no-checksums", action="store_true", help="skip the manifest checksum check")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("split", help="reproducible train/valid/test split of a packed dataset",
+                       description="Sizes are fractions (< 1) or counts (>= 1). The same inputs give a "
+                       "byte-identical file.")
+    p.add_argument("dataset", metavar="DIR")
+    p.add_argument("-o", "--output", required=True, metavar="SPLIT.npz")
+    p.add_argument("--valid", type=float, default=0.1, metavar="F", help="default %(default)s")
+    p.add_argument("--test", type=float, default=0.1, metavar="F", help="default %(default)s")
+    p.add_argument("--seed", type=int, default=0, help="default %(default)s")
+    p.add_argument("--group-by", choices=["none", "formula"], default="none",
+                   help="formula: every conformer of one composition on one side")
+    p.set_defaults(func=_cmd_split)
+
+    p = sub.add_parser("stats", help="statistics of the training split (element energies, batch budgets ...)")
+    p.add_argument("dataset", metavar="DIR")
+    p.add_argument("--split", required=True, metavar="SPLIT.npz")
+    p.add_argument("-o", "--output", required=True, metavar="STATS.json")
+    p.add_argument("--cutoff", type=float, default=5.0, help="model cutoff in Å (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="molecules per batch on average (default %(default)s)")
+    p.add_argument("--n-shapes", type=int, default=4, help="fixed batch shapes (default %(default)s)")
+    p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser("bench", help="measure a part of the pipeline (loader)")
+    bench = p.add_subparsers(dest="target", required=True, metavar="TARGET", parser_class=_Parser)
+    p = bench.add_parser("loader", help="batch loader throughput, padding efficiency, shapes, peak memory")
+    p.add_argument("dataset", metavar="DIR")
+    p.add_argument("--cutoff", type=float, default=5.0, help="neighbour-list cutoff in Å; 0 for none (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=128, help="default %(default)s")
+    p.add_argument("--epochs", type=int, default=1, help="default %(default)s")
+    p.add_argument("--prefetch", type=int, default=2, help="background batches; 0 for none (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("info", help="counts, elements, size histogram and fields of a packed dataset")
     p.add_argument("dataset", metavar="DIR")

@@ -1,0 +1,245 @@
+"""The batch loader: packed datasets -> padded graph batches (DESIGN §5), prefetched.
+
+Atoms of all molecules in a batch are concatenated, pairs come from a neighbour list within
+the cutoff, and each batch is padded to one of a few fixed budgets. Only the rows a batch
+needs are read from the memory-mapped dataset, so memory follows the batch size.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..packed import PackedDataset
+from .gather import gather_rows
+from .neighbours import count_pairs, neighbour_pairs
+from .plan import BatchPlan, Budget, derive_budgets, plan_epoch, size_table
+
+
+@dataclass
+class _Member:
+    """One dataset of the loader: its rows, the molecules used, and their sizes."""
+
+    name: str
+    ds: PackedDataset
+    indices: np.ndarray  # molecule indices used from ds
+    sizes: np.ndarray  # (len(indices), 4): graphs, atoms, pairs, grid points
+    weight: float
+
+
+def molecule_sizes(ds: PackedDataset, indices: np.ndarray, cutoff: float | None, chunk: int = 1 << 16) -> np.ndarray:
+    """Per-molecule (1, atoms, pairs within cutoff, grid points) for ``indices``, in chunks."""
+    n_atoms = np.asarray(ds.n_atoms[indices])
+    pairs = np.zeros(indices.shape[0], np.int64)
+    if cutoff is not None:
+        for s in range(0, indices.shape[0], chunk):
+            part = indices[s : s + chunk]
+            g = ds.gather(part, fields=("R",))
+            pairs[s : s + chunk] = count_pairs(g["R"], g["offsets"], cutoff)
+    grid = None
+    if ds.grid_offsets is not None:
+        grid = np.asarray(ds.grid_offsets[indices + 1]) - np.asarray(ds.grid_offsets[indices])
+    return size_table(n_atoms, pairs, grid)
+
+
+class BatchLoader:
+    """Padded graph batches from one dataset or a weighted mixture of several.
+
+    Each epoch visits every molecule of every dataset ``weight`` times (a fractional weight
+    visits a seeded random part), in an order fixed by ``(seed, epoch)``. Batches come from
+    one dataset each and carry its number in ``batch["dataset"]``. Batch arrays are numpy;
+    :meth:`epoch` with ``device=True`` moves them to the default JAX device in the
+    background thread.
+    """
+
+    def __init__(
+        self,
+        datasets: PackedDataset | Sequence[PackedDataset],
+        indices: np.ndarray | Sequence[np.ndarray | None] | None = None,
+        *,
+        batch_size: int = 32,
+        cutoff: float | None = 5.0,
+        budgets: Sequence[Budget] | None = None,
+        n_shapes: int = 4,
+        shuffle: bool = True,
+        seed: int = 0,
+        weights: Sequence[float] | None = None,
+        names: Sequence[str] | None = None,
+        fields: Sequence[str] | None = None,
+        prefetch: int = 2,
+    ) -> None:
+        single = isinstance(datasets, PackedDataset)
+        dss = [datasets] if single else list(datasets)
+        if single or indices is None or isinstance(indices, np.ndarray):
+            indices = [indices] * len(dss) if not single else [indices]
+        weights = [1.0] * len(dss) if weights is None else [float(w) for w in weights]
+        names = [f"dataset{k}" for k in range(len(dss))] if names is None else list(names)
+        if not (len(indices) == len(weights) == len(names) == len(dss)):
+            raise ConfigError("datasets, indices, weights and names must have the same length")
+        if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+            raise ConfigError(f"mixture weights must be >= 0 and not all 0, got {weights}")
+        self.cutoff = None if cutoff is None else float(cutoff)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.prefetch = int(prefetch)
+        self.members: list[_Member] = []
+        for ds, idx, w, name in zip(dss, indices, weights, names):
+            idx = np.arange(len(ds), dtype=np.int64) if idx is None else np.asarray(idx, dtype=np.int64)
+            self.members.append(_Member(name, ds, idx, molecule_sizes(ds, idx, self.cutoff), w))
+        common = set.intersection(*(set(m.ds.fields) for m in self.members))
+        self.fields = tuple(f for f in self.members[0].ds.fields if f in common) if fields is None else tuple(fields)
+        if budgets is None:
+            budgets = derive_budgets(np.concatenate([m.sizes for m in self.members]), batch_size, n_shapes, self.seed)
+        self.budgets = sorted(budgets, reverse=True)
+
+    # -- planning
+    def _visits(self, member: _Member, rng: np.random.Generator) -> np.ndarray:
+        n = member.indices.shape[0]
+        whole, frac = divmod(member.weight, 1.0)
+        parts = [np.arange(n)] * int(whole)
+        if frac > 0:
+            parts.append(np.sort(rng.choice(n, size=int(round(frac * n)), replace=False)))
+        order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return rng.permutation(order) if self.shuffle else order
+
+    def plan(self, epoch: int = 0) -> list[tuple[int, np.ndarray, int]]:
+        """``(dataset number, molecule positions, shape id)`` of every batch of ``epoch``."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        batches = []
+        for k, m in enumerate(self.members):
+            order = self._visits(m, rng)
+            if order.size == 0:
+                continue
+            p: BatchPlan = plan_epoch(m.sizes, self.budgets, order)
+            batches += [(k, p.batch(b), int(p.shape_ids[b])) for b in range(len(p))]
+        if self.shuffle and len(self.members) > 1:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __len__(self) -> int:
+        return len(self.plan(0))
+
+    # -- assembling
+    def assemble(self, k: int, positions: np.ndarray, shape_id: int) -> dict[str, np.ndarray]:
+        """One padded batch of the molecules ``positions`` of dataset ``k``."""
+        m = self.members[k]
+        b = self.budgets[shape_id]
+        mol = m.indices[positions]
+        ds = m.ds
+        counts = np.asarray(ds.n_atoms[mol])
+        n_mol, n_at = counts.shape[0], int(counts.sum())
+        offsets = np.zeros(n_mol + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        starts = np.asarray(ds.offsets[mol])
+        out: dict[str, np.ndarray] = {}
+        for name in ("Z", "R", "F", "q"):
+            if name in self.fields:
+                arr = ds.arrays[name]
+                buf = np.zeros((b.n_atoms, *arr.shape[1:]), dtype=arr.dtype)
+                gather_rows(arr, starts, counts, buf)
+                out[name] = buf
+        pad_graph = b.n_graphs - 1
+        out["atom_graph"] = np.full(b.n_atoms, pad_graph, np.int32)
+        out["atom_graph"][:n_at] = np.repeat(np.arange(n_mol, dtype=np.int32), counts)
+        out["atom_mask"] = np.zeros(b.n_atoms, bool)
+        out["atom_mask"][:n_at] = True
+        pad_atom = b.n_atoms - 1
+        dst = np.full(b.n_pairs, pad_atom, np.int32)
+        src = np.full(b.n_pairs, pad_atom, np.int32)
+        n_pairs = 0
+        if self.cutoff is not None:
+            n_pairs = neighbour_pairs(out["R"][:n_at], offsets, self.cutoff, dst, src)
+        out["dst"], out["src"] = dst, src
+        out["pair_mask"] = np.zeros(b.n_pairs, bool)
+        out["pair_mask"][:n_pairs] = True
+        for name in ("E", "Qtot", "D"):
+            if name in self.fields:
+                arr = ds.arrays[name]
+                buf = np.zeros((b.n_graphs, *arr.shape[1:]), dtype=arr.dtype)
+                buf[:n_mol] = arr[mol]
+                out[name] = buf
+        out["n_atoms"] = np.zeros(b.n_graphs, np.int32)
+        out["n_atoms"][:n_mol] = counts
+        out["graph_mask"] = np.zeros(b.n_graphs, bool)
+        out["graph_mask"][:n_mol] = True
+        out["index"] = np.full(b.n_graphs, -1, np.int64)
+        out["index"][:n_mol] = mol
+        if b.n_grid and ds.grid_offsets is not None and "grid" in self.fields:
+            self._assemble_grid(ds, mol, b, out)
+        out["dataset"] = np.int32(k)
+        out["shape_id"] = np.int32(shape_id)
+        return out
+
+    def _assemble_grid(self, ds: PackedDataset, mol: np.ndarray, b: Budget, out: dict) -> None:
+        g0 = np.asarray(ds.grid_offsets[mol])
+        gcount = np.asarray(ds.grid_offsets[mol + 1]) - g0
+        goff = np.zeros(mol.shape[0] + 1, np.int64)
+        np.cumsum(gcount, out=goff[1:])
+        n_g = int(goff[-1])
+        out["grid"] = np.zeros((b.n_grid, 3), np.float32)
+        gather_rows(ds.arrays["grid"], g0, gcount, out["grid"])
+        out["esp"] = np.zeros(b.n_grid, np.float32)
+        gather_rows(ds.arrays["esp"], g0, gcount, out["esp"])
+        out["grid_graph"] = np.full(b.n_grid, b.n_graphs - 1, np.int32)
+        out["grid_graph"][:n_g] = np.repeat(np.arange(mol.shape[0], dtype=np.int32), gcount)
+        out["grid_mask"] = np.zeros(b.n_grid, bool)
+        out["grid_mask"][:n_g] = True
+
+    # -- iterating
+    def epoch(self, epoch: int = 0, *, device: bool = False) -> Iterator[dict]:
+        """The batches of ``epoch``, assembled ``prefetch`` ahead in a background thread."""
+        batches = self.plan(epoch)
+        produce = (self.assemble(*spec) for spec in batches)
+        if device:
+            import jax
+
+            produce = (jax.device_put(batch) for batch in produce)
+        if self.prefetch <= 0:
+            yield from produce
+            return
+        yield from _prefetch(produce, self.prefetch)
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.epoch(0)
+
+
+_DONE = object()
+
+
+def _prefetch(items: Iterator, depth: int) -> Iterator:
+    """Run ``items`` in a daemon thread, ``depth`` ahead; errors re-raise in the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=work, daemon=True, name="mmlwf-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

@@ -1,0 +1,143 @@
+"""Size-aware batch planning under fixed ``(n_graphs, n_atoms, n_pairs[, n_grid])`` budgets.
+
+Molecules are taken in a seeded shuffled order and packed greedily into a batch until the
+next one would overflow a budget. Each batch is then padded to the smallest of a few fixed
+shapes that holds it (4 by default: the full budget and 1/2, 1/4, 1/8 of it), so a jitted
+step compiles once per shape and never per batch. Every molecule is in exactly one batch.
+Shapes keep one spare graph and one spare atom for padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+def _round_up(x: float, multiple: int = 8) -> int:
+    return int(-(-int(np.ceil(x)) // multiple) * multiple)
+
+
+@dataclass(frozen=True, order=True)
+class Budget:
+    """Array sizes of one batch shape (padding included)."""
+
+    n_graphs: int
+    n_atoms: int
+    n_pairs: int
+    n_grid: int = 0
+
+    def fits(self, graphs: int, atoms: int, pairs: int, grid: int = 0) -> bool:
+        # one graph and one atom are kept for padding
+        return graphs < self.n_graphs and atoms < self.n_atoms and pairs <= self.n_pairs and grid <= self.n_grid
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _greedy(sizes: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    """Batch boundaries for items in order: a batch closes before the item that overflows.
+
+    ``sizes (n, k)`` per-item sizes, ``limits (k,)`` per-batch capacity; vectorised per batch
+    with a binary search on cumulative sums, so the cost is O(n_batches log n).
+    """
+    n = sizes.shape[0]
+    cum = np.zeros((n + 1, sizes.shape[1]), dtype=np.int64)
+    np.cumsum(sizes, axis=0, out=cum[1:])
+    bounds = [0]
+    start = 0
+    while start < n:
+        stop = n
+        for k in range(sizes.shape[1]):
+            # largest stop with cum[stop, k] - cum[start, k] <= limits[k]
+            stop = min(stop, int(np.searchsorted(cum[:, k], cum[start, k] + limits[k], side="right")) - 1)
+        if stop <= start:
+            raise ConfigError(
+                f"a molecule of size {sizes[start].tolist()} (graphs, atoms, pairs, grid) does not fit the "
+                f"batch budget {limits.tolist()}; raise the batch size"
+            )
+        bounds.append(stop)
+        start = stop
+    return np.asarray(bounds, dtype=np.int64)
+
+
+@dataclass
+class BatchPlan:
+    """Batches of one epoch: molecule order, batch boundaries and the shape of each batch."""
+
+    order: np.ndarray  # molecule positions (into the loader's index list), batch after batch
+    bounds: np.ndarray  # batch b holds order[bounds[b]:bounds[b+1]]
+    shape_ids: np.ndarray  # index into the budgets, per batch
+
+    def __len__(self) -> int:
+        return int(self.bounds.shape[0] - 1)
+
+    def batch(self, b: int) -> np.ndarray:
+        return self.order[self.bounds[b] : self.bounds[b + 1]]
+
+
+def size_table(n_atoms: np.ndarray, n_pairs: np.ndarray, n_grid: np.ndarray | None = None) -> np.ndarray:
+    """``(n, 4)`` per-molecule sizes: graphs (1), atoms, pairs, grid points."""
+    n = n_atoms.shape[0]
+    grid = np.zeros(n, np.int64) if n_grid is None else np.asarray(n_grid, np.int64)
+    return np.stack([np.ones(n, np.int64), np.asarray(n_atoms, np.int64), np.asarray(n_pairs, np.int64), grid], axis=1)
+
+
+def plan_epoch(sizes: np.ndarray, budgets: list[Budget], order: np.ndarray) -> BatchPlan:
+    """Pack molecules in ``order`` under the largest budget; pad each batch to the smallest fitting shape."""
+    full = max(budgets)
+    limits = np.array([full.n_graphs - 1, full.n_atoms - 1, full.n_pairs, full.n_grid], dtype=np.int64)
+    bounds = _greedy(sizes[order], limits)
+    cum = np.zeros((order.shape[0] + 1, 4), np.int64)
+    np.cumsum(sizes[order], axis=0, out=cum[1:])
+    totals = cum[bounds[1:]] - cum[bounds[:-1]]
+    ordered = sorted(range(len(budgets)), key=lambda i: budgets[i])
+    shape_ids = np.full(totals.shape[0], -1, dtype=np.int64)
+    for i in reversed(ordered):  # the smallest shape that fits wins (assigned last)
+        b = budgets[i]
+        ok = (totals[:, 0] < b.n_graphs) & (totals[:, 1] < b.n_atoms) & (totals[:, 2] <= b.n_pairs) & (totals[:, 3] <= b.n_grid)
+        shape_ids[ok] = i
+    return BatchPlan(order=order, bounds=bounds, shape_ids=shape_ids)
+
+
+def derive_budgets(sizes: np.ndarray, batch_size: int, n_shapes: int = 4, seed: int = 0) -> list[Budget]:
+    """Budgets for ``batch_size`` molecules on average, from the per-molecule sizes.
+
+    The atom budget holds ``batch_size`` average molecules; the graph budget leaves room
+    for runs of small molecules; the pair (and grid) budget is the 95th percentile of what
+    such batches need, found by planning one shuffled epoch. Smaller shapes are 1/2, 1/4,
+    ... of the full one, for the last batches of an epoch.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    n = sizes.shape[0]
+    if n == 0:
+        raise ConfigError("no structures to batch")
+    mean = sizes.mean(axis=0)
+    biggest = sizes.max(axis=0)
+    n_atoms = _round_up(max(batch_size * mean[1], biggest[1]) + 1)
+    n_graphs = _round_up(max(n_atoms / max(mean[1], 1) * 1.25, 2) + 1)
+    # pairs and grid points: plan an epoch with them unlimited, keep the 95th percentile
+    open_budget = Budget(n_graphs, n_atoms, np.iinfo(np.int64).max // 4, np.iinfo(np.int64).max // 4)
+    order = np.random.default_rng(seed).permutation(n)
+    plan = plan_epoch(sizes, [open_budget], order)
+    cum = np.zeros((n + 1, 4), np.int64)
+    np.cumsum(sizes[order], axis=0, out=cum[1:])
+    totals = cum[plan.bounds[1:]] - cum[plan.bounds[:-1]]
+    full_rows = totals[:-1] if totals.shape[0] > 1 else totals
+    n_pairs = _round_up(max(np.percentile(full_rows[:, 2], 95), biggest[2], 1))
+    n_grid = _round_up(max(np.percentile(full_rows[:, 3], 95), biggest[3])) if biggest[3] > 0 else 0
+    budgets = []
+    for k in range(n_shapes):
+        f = 0.5**k
+        b = Budget(
+            n_graphs=max(_round_up(n_graphs * f), 2),
+            n_atoms=max(_round_up(n_atoms * f), int(biggest[1]) + 1),
+            n_pairs=max(_round_up(n_pairs * f), int(biggest[2])),
+            n_grid=max(_round_up(n_grid * f), int(biggest[3])) if n_grid else 0,
+        )
+        if b not in budgets:
+            budgets.append(b)
+    return sorted(budgets, reverse=True)

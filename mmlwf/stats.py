@@ -1,0 +1,134 @@
+"""``mmlwf stats``: statistics of the training split that the models and the loader use.
+
+Per-element reference energies by ridge-regularised least squares of the energies on the
+element counts, the residual energy spread per atom, force RMS, the atom-count histogram,
+neighbour counts within the model cutoff, and the batch budgets the loader will use.
+Computed from the training split only, streaming over the data in chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from ase.data import chemical_symbols
+
+from . import __version__
+from .batching import derive_budgets, molecule_sizes
+from .fileio import atomic_write
+from .packed import PackedDataset
+from .split import load_split
+
+
+def element_counts(ds: PackedDataset, indices: np.ndarray, elements: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """``(len(indices), len(elements))`` atoms of each element per molecule."""
+    lookup = np.full(119, -1, np.int64)
+    lookup[elements] = np.arange(elements.size)
+    counts = np.zeros((indices.shape[0], elements.size), np.float64)
+    for s in range(0, indices.shape[0], chunk):
+        g = ds.gather(indices[s : s + chunk], fields=("Z",))
+        mol = np.repeat(np.arange(g["n_atoms"].shape[0]), g["n_atoms"])
+        np.add.at(counts[s : s + chunk], (mol, lookup[g["Z"]]), 1.0)
+    return counts
+
+
+def fit_element_energies(counts: np.ndarray, energies: np.ndarray, ridge: float = 1e-8) -> np.ndarray:
+    """Per-element energies ``e`` minimising ``|counts @ e - E|^2 + ridge * n * |e|^2``.
+
+    The small ridge keeps the fit defined when compositions are collinear (a single molecule
+    type: then only the sum over its composition is determined, and the ridge picks the
+    minimum-norm split).
+    """
+    n = counts.shape[0]
+    A = counts.T @ counts + ridge * max(n, 1) * np.eye(counts.shape[1])
+    return np.linalg.solve(A, counts.T @ energies)
+
+
+def compute_stats(
+    dataset: str | os.PathLike,
+    split: str | os.PathLike,
+    *,
+    cutoff: float = 5.0,
+    batch_size: int = 32,
+    n_shapes: int = 4,
+    ridge: float = 1e-8,
+    seed: int = 0,
+    chunk: int = 1 << 16,
+) -> dict:
+    """Statistics of the training subset of ``dataset`` (see module docstring); JSON-ready."""
+    ds = PackedDataset(dataset)
+    train = load_split(split, len(ds)).train
+    elements = np.asarray(sorted({int(z) for z in ds.elements}), np.int64)
+    counts = element_counts(ds, train, elements, chunk)
+    E = np.asarray(ds.arrays["E"][train], np.float64)
+    e_ref = fit_element_energies(counts, E, ridge)
+    n_atoms = np.asarray(ds.n_atoms[train])
+    resid_per_atom = (E - counts @ e_ref) / n_atoms
+    out: dict = {
+        "mmlwf_version": __version__,
+        "dataset": str(dataset),
+        "n_train": int(train.shape[0]),
+        "units": {"energy": "eV", "force": "eV/Angstrom", "length": "Angstrom"},
+        "elements": [int(z) for z in elements],
+        "element_energies": {chemical_symbols[z]: float(e) for z, e in zip(elements, e_ref)},
+        "element_energies_by_Z": {str(int(z)): float(e) for z, e in zip(elements, e_ref)},
+        "energy_residual_per_atom": {
+            "mean": float(resid_per_atom.mean()),
+            "std": float(resid_per_atom.std()),
+            "rms": float(np.sqrt(np.mean(resid_per_atom**2))),
+        },
+        "energy": {"mean": float(E.mean()), "std": float(E.std())},
+        "n_atoms": {
+            "min": int(n_atoms.min()),
+            "max": int(n_atoms.max()),
+            "mean": float(n_atoms.mean()),
+            "histogram": {str(int(k)): int(v) for k, v in zip(*np.unique(n_atoms, return_counts=True))},
+        },
+    }
+    if "F" in ds.fields:
+        sq, n = 0.0, 0
+        per_el_sq = np.zeros(elements.size)
+        per_el_n = np.zeros(elements.size)
+        lookup = np.full(119, -1, np.int64)
+        lookup[elements] = np.arange(elements.size)
+        for s in range(0, train.shape[0], chunk):
+            g = ds.gather(train[s : s + chunk], fields=("Z", "F"))
+            F2 = np.square(g["F"].astype(np.float64)).sum(axis=1)
+            sq += F2.sum()
+            n += F2.shape[0]
+            np.add.at(per_el_sq, lookup[g["Z"]], F2)
+            np.add.at(per_el_n, lookup[g["Z"]], 1)
+        out["force_rms"] = float(np.sqrt(sq / (3 * n)))  # per Cartesian component
+        out["force_rms_by_element"] = {
+            chemical_symbols[z]: float(np.sqrt(q / (3 * c))) for z, q, c in zip(elements, per_el_sq, per_el_n) if c
+        }
+    sizes = molecule_sizes(ds, train, cutoff, chunk)
+    pairs = sizes[:, 2]
+    neighbours_per_atom = pairs / sizes[:, 1]
+    out["neighbours"] = {
+        "cutoff": float(cutoff),
+        "pairs_per_molecule": {"mean": float(pairs.mean()), "max": int(pairs.max())},
+        "neighbours_per_atom": {"mean": float(neighbours_per_atom.mean()), "max": float(neighbours_per_atom.max())},
+        "all_pairs_fraction": float(pairs.sum() / np.maximum(sizes[:, 1] * (sizes[:, 1] - 1), 1).sum()),
+    }
+    budgets = derive_budgets(sizes, batch_size, n_shapes, seed)
+    out["batching"] = {
+        "cutoff": float(cutoff),
+        "batch_size": int(batch_size),
+        "budgets": [b.as_dict() for b in budgets],
+    }
+    return out
+
+
+def write_stats(stats: dict, out: str | os.PathLike) -> Path:
+    with atomic_write(out) as fh:
+        json.dump(stats, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+    return Path(out)
+
+
+def load_stats(path: str | os.PathLike) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
