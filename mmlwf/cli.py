@@ -93,7 +93,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     cutoff = None if args.cutoff is not None and args.cutoff <= 0 else args.cutoff
     result = bench_loader(args.dataset, cutoff=cutoff, batch_size=args.batch_size, epochs=args.epochs,
-                          prefetch=args.prefetch)
+                          prefetch=args.prefetch, workers=args.workers)
     if args.json:
         print(json.dumps(result))
     else:
@@ -167,8 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", metavar="DIR")
     p.add_argument("--cutoff", type=float, default=5.0, help="neighbour-list cutoff in Å; 0 for none (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=128, help="default %(default)s")
-    p.add_argument("--epochs", type=int, default=1, help="default %(default)s")
-    p.add_argument("--prefetch", type=int, default=2, help="background batches; 0 for none (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=2,
+                   help="epochs; rates are from the epochs after the first (default %(default)s)")
+    p.add_argument("--prefetch", type=int, default=4, help="batches assembled ahead; 0 for none (default %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="assembly threads (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
 

@@ -168,7 +168,18 @@ def test_device_transfer_and_errors_reach_the_consumer(tmp_path):
     loader = BatchLoader(ds, batch_size=8, cutoff=3.0)
     batch = next(iter(loader.epoch(0, device=True)))
     assert isinstance(batch["R"], jax.Array)
-    loader.members[0].indices = loader.members[0].indices + 1000  # corrupt: out of range
-    with pytest.raises(IndexError):
+    real = loader.assemble
+
+    def failing(k, positions, shape_id):
+        if failing.calls == 1:
+            raise RuntimeError("disk gone")
+        failing.calls += 1
+        return real(k, positions, shape_id)
+
+    failing.calls = 0
+    loader.assemble = failing
+    with pytest.raises(RuntimeError, match="disk gone"):
         for _ in loader.epoch(0):
             pass
+    with pytest.raises(IndexError, match="out of range"):
+        BatchLoader(ds, np.array([0, 30]), batch_size=8)

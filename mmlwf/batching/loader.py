@@ -7,8 +7,8 @@ needs are read from the memory-mapped dataset, so memory follows the batch size.
 
 from __future__ import annotations
 
-import queue
-import threading
+import functools
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..packed import PackedDataset
-from .gather import gather_rows
+from .gather import fill_batch, gather_rows
 from .neighbours import count_pairs, neighbour_pairs
 from .plan import BatchPlan, Budget, derive_budgets, plan_epoch, size_table
 
@@ -30,6 +30,7 @@ class _Member:
     indices: np.ndarray  # molecule indices used from ds
     sizes: np.ndarray  # (len(indices), 4): graphs, atoms, pairs, grid points
     weight: float
+    views: dict  # plain ndarray views of the fields used (no memmap overhead per batch)
 
 
 def molecule_sizes(ds: PackedDataset, indices: np.ndarray, cutoff: float | None, chunk: int = 1 << 16) -> np.ndarray:
@@ -71,7 +72,8 @@ class BatchLoader:
         weights: Sequence[float] | None = None,
         names: Sequence[str] | None = None,
         fields: Sequence[str] | None = None,
-        prefetch: int = 2,
+        prefetch: int = 4,
+        workers: int = 2,
     ) -> None:
         single = isinstance(datasets, PackedDataset)
         dss = [datasets] if single else list(datasets)
@@ -87,12 +89,18 @@ class BatchLoader:
         self.shuffle = shuffle
         self.seed = int(seed)
         self.prefetch = int(prefetch)
+        self.workers = int(workers)
         self.members: list[_Member] = []
         for ds, idx, w, name in zip(dss, indices, weights, names):
             idx = np.arange(len(ds), dtype=np.int64) if idx is None else np.asarray(idx, dtype=np.int64)
-            self.members.append(_Member(name, ds, idx, molecule_sizes(ds, idx, self.cutoff), w))
+            if idx.size and (idx.min() < 0 or idx.max() >= len(ds)):  # compiled copies do not check
+                raise IndexError(f"{name}: structure index out of range for {len(ds)} structures")
+            self.members.append(_Member(name, ds, idx, molecule_sizes(ds, idx, self.cutoff), w, {}))
         common = set.intersection(*(set(m.ds.fields) for m in self.members))
         self.fields = tuple(f for f in self.members[0].ds.fields if f in common) if fields is None else tuple(fields)
+        for m in self.members:
+            m.views.update({f: np.asarray(m.ds.arrays[f]) for f in self.fields})
+            m.views["offsets"] = np.asarray(m.ds.offsets)
         if budgets is None:
             budgets = derive_budgets(np.concatenate([m.sizes for m in self.members]), batch_size, n_shapes, self.seed)
         self.budgets = sorted(budgets, reverse=True)
@@ -129,46 +137,40 @@ class BatchLoader:
         """One padded batch of the molecules ``positions`` of dataset ``k``."""
         m = self.members[k]
         b = self.budgets[shape_id]
-        mol = m.indices[positions]
-        ds = m.ds
-        counts = np.asarray(ds.n_atoms[mol])
-        n_mol, n_at = counts.shape[0], int(counts.sum())
-        offsets = np.zeros(n_mol + 1, np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        starts = np.asarray(ds.offsets[mol])
+        ds, src = m.ds, m.views
+        mol = np.sort(m.indices[positions])  # ascending rows: sequential reads of the maps
+        n_mol = mol.shape[0]
         out: dict[str, np.ndarray] = {}
         for name in ("Z", "R", "F", "q"):
-            if name in self.fields:
-                arr = ds.arrays[name]
-                buf = np.zeros((b.n_atoms, *arr.shape[1:]), dtype=arr.dtype)
-                gather_rows(arr, starts, counts, buf)
-                out[name] = buf
-        pad_graph = b.n_graphs - 1
-        out["atom_graph"] = np.full(b.n_atoms, pad_graph, np.int32)
-        out["atom_graph"][:n_at] = np.repeat(np.arange(n_mol, dtype=np.int32), counts)
-        out["atom_mask"] = np.zeros(b.n_atoms, bool)
-        out["atom_mask"][:n_at] = True
-        pad_atom = b.n_atoms - 1
-        dst = np.full(b.n_pairs, pad_atom, np.int32)
-        src = np.full(b.n_pairs, pad_atom, np.int32)
-        n_pairs = 0
-        if self.cutoff is not None:
-            n_pairs = neighbour_pairs(out["R"][:n_at], offsets, self.cutoff, dst, src)
-        out["dst"], out["src"] = dst, src
-        out["pair_mask"] = np.zeros(b.n_pairs, bool)
-        out["pair_mask"][:n_pairs] = True
+            if name in src:
+                out[name] = np.zeros((b.n_atoms, *src[name].shape[1:]), src[name].dtype)
         for name in ("E", "Qtot", "D"):
-            if name in self.fields:
-                arr = ds.arrays[name]
-                buf = np.zeros((b.n_graphs, *arr.shape[1:]), dtype=arr.dtype)
-                buf[:n_mol] = arr[mol]
-                out[name] = buf
+            if name in src:
+                out[name] = np.zeros((b.n_graphs, *src[name].shape[1:]), src[name].dtype)
+        out["atom_graph"] = np.full(b.n_atoms, b.n_graphs - 1, np.int32)
+        out["atom_mask"] = np.zeros(b.n_atoms, bool)
         out["n_atoms"] = np.zeros(b.n_graphs, np.int32)
-        out["n_atoms"][:n_mol] = counts
         out["graph_mask"] = np.zeros(b.n_graphs, bool)
-        out["graph_mask"][:n_mol] = True
         out["index"] = np.full(b.n_graphs, -1, np.int64)
-        out["index"][:n_mol] = mol
+        offsets = np.empty(n_mol + 1, np.int64)
+        get = lambda d, name, empty: d.get(name, empty)  # noqa: E731
+        n_at = fill_batch(
+            mol, src["offsets"],
+            src["Z"], src["R"], get(src, "F", _NO_ROWS3), get(src, "q", _NO_ROWS),
+            get(src, "E", _NO_VALUES), get(src, "Qtot", _NO_VALUES), get(src, "D", _NO_ROWS3),
+            out["Z"], out["R"], get(out, "F", _NO_ROWS3), get(out, "q", _NO_ROWS),
+            get(out, "E", _NO_VALUES), get(out, "Qtot", _NO_VALUES), get(out, "D", _NO_ROWS3),
+            out["atom_graph"], out["atom_mask"], offsets, out["n_atoms"], out["graph_mask"], out["index"],
+        )
+        if self.cutoff is None:  # no pairs: the same all-padding arrays for every batch (read-only)
+            out["dst"], out["src"], out["pair_mask"] = _no_pairs(b)
+        else:
+            pad_atom = b.n_atoms - 1
+            out["dst"] = np.full(b.n_pairs, pad_atom, np.int32)
+            out["src"] = np.full(b.n_pairs, pad_atom, np.int32)
+            out["pair_mask"] = np.zeros(b.n_pairs, bool)
+            n_pairs = neighbour_pairs(out["R"][:n_at], offsets, self.cutoff, out["dst"], out["src"])
+            out["pair_mask"][:n_pairs] = True
         if b.n_grid and ds.grid_offsets is not None and "grid" in self.fields:
             self._assemble_grid(ds, mol, b, out)
         out["dataset"] = np.int32(k)
@@ -192,54 +194,65 @@ class BatchLoader:
 
     # -- iterating
     def epoch(self, epoch: int = 0, *, device: bool = False) -> Iterator[dict]:
-        """The batches of ``epoch``, assembled ``prefetch`` ahead in a background thread."""
+        """The batches of ``epoch`` in plan order, assembled up to ``prefetch`` ahead by
+        ``workers`` background threads (the copies and neighbour lists release the GIL)."""
         batches = self.plan(epoch)
-        produce = (self.assemble(*spec) for spec in batches)
+        put = None
         if device:
             import jax
 
-            produce = (jax.device_put(batch) for batch in produce)
+            put = jax.device_put
+
+        def make(spec):
+            batch = self.assemble(*spec)
+            return put(batch) if put is not None else batch
+
         if self.prefetch <= 0:
-            yield from produce
+            for spec in batches:
+                yield make(spec)
             return
-        yield from _prefetch(produce, self.prefetch)
+        yield from _ordered_map(make, batches, self.prefetch, self.workers)
 
     def __iter__(self) -> Iterator[dict]:
         return self.epoch(0)
 
 
-_DONE = object()
+def _ordered_map(fn, items: Sequence, depth: int, workers: int) -> Iterator:
+    """``fn`` over ``items`` in ``workers`` threads, at most ``depth`` results ahead, in order.
 
+    An exception in ``fn`` re-raises in the consumer; leaving the loop early cancels the rest.
+    """
+    from concurrent.futures import ThreadPoolExecutor
 
-def _prefetch(items: Iterator, depth: int) -> Iterator:
-    """Run ``items`` in a daemon thread, ``depth`` ahead; errors re-raise in the consumer."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def work():
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(_DONE)
-        except BaseException as exc:  # handed to the consumer
-            q.put(exc)
-
-    thread = threading.Thread(target=work, daemon=True, name="mmlwf-prefetch")
-    thread.start()
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mmlwf-batch")
+    pending: deque = deque()
+    it = iter(items)
     try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        for item in it:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > depth:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for item in it:
+                pending.append(pool.submit(fn, item))
+                break
+            yield result
     finally:
-        stop.set()
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_NO_ROWS = np.zeros(0, np.float32)
+_NO_ROWS3 = np.zeros((0, 3), np.float32)
+_NO_VALUES = np.zeros(0, np.float64)
+
+
+@functools.lru_cache(maxsize=16)
+def _no_pairs(budget: Budget) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pad = np.full(budget.n_pairs, budget.n_atoms - 1, np.int32)
+    mask = np.zeros(budget.n_pairs, bool)
+    for arr in (pad, mask):
+        arr.flags.writeable = False
+    return pad, pad, mask

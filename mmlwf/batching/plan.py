@@ -37,25 +37,27 @@ class Budget:
         return asdict(self)
 
 
-def _greedy(sizes: np.ndarray, limits: np.ndarray) -> np.ndarray:
+def _greedy(cum: np.ndarray, limits: np.ndarray) -> np.ndarray:
     """Batch boundaries for items in order: a batch closes before the item that overflows.
 
-    ``sizes (n, k)`` per-item sizes, ``limits (k,)`` per-batch capacity; vectorised per batch
-    with a binary search on cumulative sums, so the cost is O(n_batches log n).
+    ``cum (n+1, k)`` cumulative per-item sizes, ``limits (k,)`` per-batch capacity; one
+    binary search per batch and column, so the cost is O(n_batches k log n). Columns whose
+    sizes are all zero are skipped.
     """
-    n = sizes.shape[0]
-    cum = np.zeros((n + 1, sizes.shape[1]), dtype=np.int64)
-    np.cumsum(sizes, axis=0, out=cum[1:])
+    n = cum.shape[0] - 1
+    cols = [c for c in range(cum.shape[1]) if cum[-1, c] > 0]
+    columns = [np.ascontiguousarray(cum[:, c]) for c in cols]
     bounds = [0]
     start = 0
     while start < n:
         stop = n
-        for k in range(sizes.shape[1]):
-            # largest stop with cum[stop, k] - cum[start, k] <= limits[k]
-            stop = min(stop, int(np.searchsorted(cum[:, k], cum[start, k] + limits[k], side="right")) - 1)
+        for col, c in zip(columns, cols):
+            # largest stop with col[stop] - col[start] <= limits[c]
+            stop = min(stop, int(col.searchsorted(col[start] + limits[c], side="right")) - 1)
         if stop <= start:
+            first = cum[start + 1] - cum[start]
             raise ConfigError(
-                f"a molecule of size {sizes[start].tolist()} (graphs, atoms, pairs, grid) does not fit the "
+                f"a molecule of size {first.tolist()} (graphs, atoms, pairs, grid) does not fit the "
                 f"batch budget {limits.tolist()}; raise the batch size"
             )
         bounds.append(stop)
@@ -89,9 +91,9 @@ def plan_epoch(sizes: np.ndarray, budgets: list[Budget], order: np.ndarray) -> B
     """Pack molecules in ``order`` under the largest budget; pad each batch to the smallest fitting shape."""
     full = max(budgets)
     limits = np.array([full.n_graphs - 1, full.n_atoms - 1, full.n_pairs, full.n_grid], dtype=np.int64)
-    bounds = _greedy(sizes[order], limits)
     cum = np.zeros((order.shape[0] + 1, 4), np.int64)
     np.cumsum(sizes[order], axis=0, out=cum[1:])
+    bounds = _greedy(cum, limits)
     totals = cum[bounds[1:]] - cum[bounds[:-1]]
     ordered = sorted(range(len(budgets)), key=lambda i: budgets[i])
     shape_ids = np.full(totals.shape[0], -1, dtype=np.int64)
