@@ -20,6 +20,6 @@ include: "rules/data.smk"
 
 rule all:
     input:
-        expand("results/datasets/{dataset}/validation.json", dataset=config["datasets"]),
+        expand("results/datasets/{dataset}/stats.json", dataset=config["datasets"]),
     default_target: True
     localrule: True

@@ -132,3 +132,23 @@ def validate_step(packed: str | os.PathLike, report_json: str | os.PathLike):
         "%s: valid (%d structures, %d warning(s))", packed, report.n_molecules, len(report.warnings)
     )
     return report
+
+
+def split_step(packed: str | os.PathLike, out: str | os.PathLike, settings: Mapping) -> Path:
+    """Rule ``split``: ``settings`` = the dataset's ``split`` config (valid, test, seed, group_by)."""
+    from .split import split_dataset
+
+    split = split_dataset(packed, out, **dict(settings))
+    log.info("wrote %s: %s", out, ", ".join(f"{k} {v}" for k, v in split.sizes().items()))
+    return Path(out)
+
+
+def stats_step(packed: str | os.PathLike, split: str | os.PathLike, out: str | os.PathLike, settings: Mapping) -> Path:
+    """Rule ``stats``: ``settings`` = the dataset's ``stats`` config (cutoff, batch_size, n_shapes)."""
+    from .stats import compute_stats, write_stats
+
+    stats = compute_stats(packed, split, **dict(settings))
+    write_stats(stats, out)
+    log.info("wrote %s: %d training structures, batch budgets %s", out, stats["n_train"],
+             [tuple(b.values())[:3] for b in stats["batching"]["budgets"]])
+    return Path(out)

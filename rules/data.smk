@@ -37,3 +37,40 @@ rule validate:
         "../envs/data.yaml"
     script:
         "../scripts/validate.py"
+
+
+# The validation report is an input so that an invalid dataset is never split.
+rule split:
+    input:
+        packed="results/datasets/{dataset}/packed",
+        validation="results/datasets/{dataset}/validation.json",
+    output:
+        split="results/datasets/{dataset}/split.npz",
+    params:
+        settings=dataset_setting("split"),
+    log:
+        "logs/split/{dataset}.log",
+    threads: 1
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../scripts/split.py"
+
+
+rule stats:
+    input:
+        packed="results/datasets/{dataset}/packed",
+        split="results/datasets/{dataset}/split.npz",
+    output:
+        stats="results/datasets/{dataset}/stats.json",
+    params:
+        settings=dataset_setting("stats"),
+    log:
+        "logs/stats/{dataset}.log",
+    benchmark:
+        "results/benchmarks/stats/{dataset}.tsv"
+    threads: 1
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../scripts/stats.py"

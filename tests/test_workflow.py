@@ -75,9 +75,14 @@ def test_demo_runs_end_to_end(demo_run):
     assert manifest["n_molecules"] == 6
     assert manifest["elements"] == [1, 6, 8]
     assert {"E", "F", "R", "Z"} <= set(manifest["fields"])
-    for log in ("logs/demo_data/demo.log", "logs/convert/demo.log", "logs/validate/demo.log"):
-        assert (workdir / log).stat().st_size > 0, log
+    for step in ("demo_data", "convert", "validate", "split", "stats"):
+        assert (workdir / f"logs/{step}/demo.log").stat().st_size > 0, step
     assert (workdir / "results/benchmarks/convert/demo.tsv").exists()
+    split = np.load(workdir / "results/datasets/demo/split.npz")
+    assert sum(split[s].size for s in ("train", "valid", "test")) == 6
+    stats = json.loads((workdir / "results/datasets/demo/stats.json").read_text())
+    assert stats["n_train"] == split["train"].size and set(stats["element_energies"]) == {"H", "C", "O"}
+    assert 1 <= len(stats["batching"]["budgets"]) <= 4
 
 
 def test_rerun_plans_nothing_and_params_trigger_only_downstream(demo_run):
@@ -99,6 +104,19 @@ def test_rerun_plans_nothing_and_params_trigger_only_downstream(demo_run):
     assert plan.returncode == 0, out[-4000:]
     assert "rule convert:" in out and "rule validate:" in out
     assert "rule demo_data:" not in out
+
+    # a changed split seed re-runs split and stats only
+    config = json.loads(json.dumps(TINY))
+    config["datasets"]["demo"]["split"] = {"seed": 7}
+    write_config(workdir, config)
+    try:
+        plan = snakemake(workdir, "-n")
+    finally:
+        write_config(workdir, TINY)
+    out = plan.stdout + plan.stderr
+    assert plan.returncode == 0, out[-4000:]
+    assert "rule split:" in out and "rule stats:" in out
+    assert "rule convert:" not in out and "rule validate:" not in out
 
 
 def test_bad_data_stops_the_workflow_with_the_one_line_reason(tmp_path):

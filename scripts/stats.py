@@ -1,0 +1,11 @@
+"""Rule stats: statistics of the training split (see mmlwf.workflow.stats_step)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parent))  # this repository's mmlwf
+
+from mmlwf.workflow import log_to, stats_step
+
+with log_to(snakemake.log[0]):
+    stats_step(snakemake.input.packed, snakemake.input.split, snakemake.output.stats, snakemake.params.settings)
