@@ -183,3 +183,18 @@ def test_device_transfer_and_errors_reach_the_consumer(tmp_path):
             pass
     with pytest.raises(IndexError, match="out of range"):
         BatchLoader(ds, np.array([0, 30]), batch_size=8)
+
+
+def test_cli_bench_loader_json(tmp_path, capsys):
+    import json
+
+    from mmlwf.cli import main
+
+    _dataset(tmp_path / "ds", n=200)
+    assert main(["bench", "loader", str(tmp_path / "ds"), "--cutoff", "3", "--batch-size", "16", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("atoms_per_s", "molecules_per_s", "pairs_per_s", "padding_efficiency_atoms",
+                "padding_efficiency_pairs", "n_shapes", "peak_anon_mb"):
+        assert key in result
+    assert result["molecules_per_epoch"] == 200 and 1 <= result["n_shapes"] <= 4
+    assert 0.5 < result["padding_efficiency_atoms"] <= 1 and result["peak_anon_mb"] > 0
