@@ -57,6 +57,20 @@ def write_extxyz(path: Path, n: int = 3, *, nan_force_at: int | None = None, clo
     ase.io.write(path, frames, format="extxyz")
 
 
+def dry_run_with(workdir: Path, **dataset_changes) -> str:
+    """The output of ``snakemake -n`` with the demo dataset's settings changed (then restored)."""
+    config = json.loads(json.dumps(TINY))
+    config["datasets"]["demo"].update(dataset_changes)
+    write_config(workdir, config)
+    try:
+        plan = snakemake(workdir, "-n")
+    finally:
+        write_config(workdir, TINY)
+    out = plan.stdout + plan.stderr
+    assert plan.returncode == 0, out[-4000:]
+    return out
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """The tiny demo run end to end once: (workdir, completed process)."""
@@ -93,28 +107,12 @@ def test_rerun_plans_nothing_and_params_trigger_only_downstream(demo_run):
     assert "Nothing to be done" in again.stdout + again.stderr
 
     # a changed conversion setting re-runs convert and validate, not the demo data
-    config = json.loads(json.dumps(TINY))
-    config["datasets"]["demo"]["energy_unit"] = "meV"
-    write_config(workdir, config)
-    try:
-        plan = snakemake(workdir, "-n")
-    finally:
-        write_config(workdir, TINY)
-    out = plan.stdout + plan.stderr
-    assert plan.returncode == 0, out[-4000:]
+    out = dry_run_with(workdir, energy_unit="meV")
     assert "rule convert:" in out and "rule validate:" in out
     assert "rule demo_data:" not in out
 
     # a changed split seed re-runs split and stats only
-    config = json.loads(json.dumps(TINY))
-    config["datasets"]["demo"]["split"] = {"seed": 7}
-    write_config(workdir, config)
-    try:
-        plan = snakemake(workdir, "-n")
-    finally:
-        write_config(workdir, TINY)
-    out = plan.stdout + plan.stderr
-    assert plan.returncode == 0, out[-4000:]
+    out = dry_run_with(workdir, split={"seed": 7})
     assert "rule split:" in out and "rule stats:" in out
     assert "rule convert:" not in out and "rule validate:" not in out
 

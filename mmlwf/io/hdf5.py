@@ -108,18 +108,22 @@ class Hdf5Source(Source):
                     found[kind] = value.decode() if isinstance(value, bytes) else str(value)
         return units.replace(**found)
 
-    def __iter__(self) -> Iterator[Structure]:
-        if self.flat:
-            yield from self._padded
-            return
+    def _group_slices(self) -> Iterator[tuple["_Group", int, int, int]]:
+        """``(group, a, b, index of conformation a)`` for every slice of every group."""
         index = 0
         for gname in self._groups:
             grp = self._open_group(gname, index)
             step = slice_length(self.chunk, grp.Z.shape[0])
             for a in range(0, grp.n_conf, step):
-                b = min(a + step, grp.n_conf)
-                yield from grp.structures(*grp.read(a, b), index + a)
+                yield grp, a, min(a + step, grp.n_conf), index + a
             index += grp.n_conf
+
+    def __iter__(self) -> Iterator[Structure]:
+        if self.flat:
+            yield from self._padded
+            return
+        for grp, a, b, start in self._group_slices():
+            yield from grp.structures(*grp.read(a, b), start)
 
     def blocks(self) -> Iterator[StructureBlock]:
         """The structures as :class:`StructureBlock` s: ``chunk`` conformations of one group
@@ -128,14 +132,8 @@ class Hdf5Source(Source):
         if self.flat:
             yield from self._padded.blocks()
             return
-        index = 0
-        for gname in self._groups:
-            grp = self._open_group(gname, index)
-            step = slice_length(self.chunk, grp.Z.shape[0])
-            for a in range(0, grp.n_conf, step):
-                b = min(a + step, grp.n_conf)
-                yield grp.block(*grp.read(a, b), index + a)
-            index += grp.n_conf
+        for grp, a, b, start in self._group_slices():
+            yield grp.block(*grp.read(a, b), start)
 
     def _open_group(self, gname: str, start: int) -> "_Group":
         """A group's datasets after the group-wide checks (shapes, energies present)."""
