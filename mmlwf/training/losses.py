@@ -1,0 +1,163 @@
+"""Targets, predictions and losses for energy, forces, dipole and total charge.
+
+Host side (numpy): :func:`prepare_batch` turns a loader batch into device arrays, with the
+energy target ``E - sum of the molecule's element energies`` computed in float64 and only
+then cast to float32. Device side (jax): :func:`energy_and_forces` evaluates a model and its
+forces ``-dE/dR``; :func:`batch_sums` reduces the errors of a batch to masked sums
+(squared and absolute errors and their counts) from which :func:`loss_from_sums` and
+:func:`metrics_from_sums` make the loss and MAE/RMSE, per batch or over a whole split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from ..errors import DataError
+
+#: the loss terms, the batch target each needs and the model output it compares with
+TERMS = ("energy", "forces", "dipole", "charge")
+#: columns of the metrics (name, unit suffix for history.csv)
+METRIC_UNITS = {"energy": "eV", "forces": "eV_per_A", "dipole": "eA", "charge": "e"}
+
+#: batch keys moved to the device (others, like ``index``, stay on the host)
+_DEVICE_KEYS = {
+    "Z": np.int32, "R": np.float32, "F": np.float32, "atom_graph": np.int32, "atom_mask": bool,
+    "dst": np.int32, "src": np.int32, "pair_mask": bool, "graph_mask": bool, "n_atoms": np.int32,
+    "Qtot": np.float32, "D": np.float32,
+}
+MODEL_ARGS = ("Z", "R", "dst", "src", "atom_graph", "atom_mask", "pair_mask", "graph_mask", "Qtot")
+
+
+def reference_table(element_energies: Mapping) -> np.ndarray:
+    """``(119,)`` float64 energies by atomic number (``{"8": -432.1, ...}`` or ``{8: ...}``);
+    elements without a reference are NaN."""
+    table = np.full(119, np.nan, np.float64)
+    for z, e in dict(element_energies).items():
+        zi = int(z)
+        if not 1 <= zi <= 118:
+            raise DataError(f"element energies: atomic number {z} is outside 1-118", field="element_energies")
+        table[zi] = float(e)
+    return table
+
+
+def reference_energies(batch: Mapping[str, np.ndarray], table: np.ndarray) -> np.ndarray:
+    """Per-graph sum of the element energies of the real atoms (float64, 0 for padding)."""
+    mask = np.asarray(batch["atom_mask"], bool)
+    Z = np.asarray(batch["Z"])[mask]
+    e = table[Z]
+    if np.isnan(e).any():
+        z = int(Z[np.isnan(e)][0])
+        graph = int(np.asarray(batch["atom_graph"])[mask][np.isnan(e)][0])
+        index = int(batch["index"][graph]) if "index" in batch else None
+        raise DataError(f"no reference energy for element Z={z} (it is not in the training statistics)",
+                        field="Z", index=index)
+    n_graphs = np.asarray(batch["graph_mask"]).shape[0]
+    return np.bincount(np.asarray(batch["atom_graph"])[mask], weights=e, minlength=n_graphs)
+
+
+def prepare_batch(batch: Mapping[str, np.ndarray], table: np.ndarray) -> dict[str, np.ndarray]:
+    """Device-ready arrays of a loader batch plus ``E_target`` (float32).
+
+    ``E_target = E - sum of element energies`` is formed in float64 before the cast, so the
+    large reference energies cancel exactly and only the small remainder is rounded.
+    """
+    out = {k: np.asarray(batch[k], dtype=t) for k, t in _DEVICE_KEYS.items() if k in batch}
+    gm = out["graph_mask"]
+    E = np.asarray(batch["E"], np.float64)
+    with np.errstate(over="ignore"):  # an absurd energy becomes inf here; the NaN guard names it
+        out["E_target"] = np.where(gm, E - reference_energies(batch, table), 0.0).astype(np.float32)
+    return out
+
+
+# ----------------------------------------------------------------------------- device side
+
+
+def model_inputs(batch: Mapping) -> tuple:
+    """The positional model arguments from a (prepared) batch, in the model API's order."""
+    return tuple(batch[k] for k in MODEL_ARGS)
+
+
+def energy_and_forces(apply_fn: Callable, params, batch: Mapping) -> dict:
+    """The model's outputs plus ``forces = -dE/dR`` (E summed over real graphs).
+
+    ``apply_fn(params, Z, R, dst, src, atom_graph, atom_mask, pair_mask, graph_mask, Qtot)``
+    returns a dict with ``energy (B,)`` and optionally ``charges (A,)``, ``dipole (B,3)``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    args = list(model_inputs(batch))
+
+    def total(R):
+        args[1] = R
+        out = apply_fn(params, *args)
+        return jnp.sum(jnp.where(batch["graph_mask"], out["energy"], 0.0)), out
+
+    (_, out), grad = jax.value_and_grad(total, has_aux=True)(batch["R"])
+    out = dict(out)
+    out["forces"] = -grad
+    return out
+
+
+def batch_sums(out: Mapping, batch: Mapping) -> dict:
+    """Masked error sums of one batch: ``<term>_sse``, ``<term>_sae`` and ``<term>_n`` (the
+    count each is divided by) for every term the batch and the predictions support, plus
+    ``energy_atom_sse``/``energy_atom_sae`` (errors divided by the molecule's atom count)."""
+    import jax
+    import jax.numpy as jnp
+
+    gm = batch["graph_mask"].astype(jnp.float32)
+    am = batch["atom_mask"].astype(jnp.float32)
+    sums = {}
+
+    def add(term, diff, n, prefix=None):
+        p = prefix or term
+        sums[f"{p}_sse"] = jnp.sum(diff * diff)
+        sums[f"{p}_sae"] = jnp.sum(jnp.abs(diff))
+        sums[f"{term}_n"] = n
+
+    dE = (out["energy"] - batch["E_target"]) * gm
+    add("energy", dE, jnp.sum(gm))
+    add("energy", dE / jnp.maximum(batch["n_atoms"], 1).astype(jnp.float32), jnp.sum(gm), "energy_atom")
+    if "F" in batch and "forces" in out:
+        add("forces", (out["forces"] - batch["F"]) * am[:, None], 3.0 * jnp.sum(am))
+    if "D" in batch and "dipole" in out:
+        add("dipole", (out["dipole"] - batch["D"]) * gm[:, None], 3.0 * jnp.sum(gm))
+    if "charges" in out:
+        Q = jax.ops.segment_sum(out["charges"] * am, batch["atom_graph"], num_segments=gm.shape[0])
+        add("charge", (Q - batch["Qtot"]) * gm, jnp.sum(gm))
+    return sums
+
+
+def available_terms(sums: Mapping) -> tuple[str, ...]:
+    return tuple(t for t in TERMS if f"{t}_n" in sums)
+
+
+def loss_from_sums(sums: Mapping, weights: Mapping[str, float], per_atom: bool, xp=np):
+    """``sum_t w_t * MSE_t`` over the terms in ``weights`` (numpy or jax.numpy via ``xp``)."""
+    loss = 0.0
+    for term, w in weights.items():
+        sse = sums["energy_atom_sse" if (term == "energy" and per_atom) else f"{term}_sse"]
+        loss = loss + w * sse / xp.maximum(sums[f"{term}_n"], 1.0)
+    return loss
+
+
+def metrics_from_sums(sums: Mapping, prefix: str) -> dict[str, float]:
+    """``{prefix}_{term}_mae_{unit}`` and ``..._rmse_{unit}`` of every term in ``sums``."""
+    out = {}
+    for term in available_terms(sums):
+        n = max(float(sums[f"{term}_n"]), 1.0)
+        unit = METRIC_UNITS[term]
+        out[f"{prefix}_{term}_mae_{unit}"] = float(sums[f"{term}_sae"]) / n
+        out[f"{prefix}_{term}_rmse_{unit}"] = float(np.sqrt(float(sums[f"{term}_sse"]) / n))
+    return out
+
+
+def metric_columns(terms, prefix: str) -> list[str]:
+    cols = []
+    for term in terms:
+        unit = METRIC_UNITS[term]
+        cols += [f"{prefix}_{term}_mae_{unit}", f"{prefix}_{term}_rmse_{unit}"]
+    return cols

@@ -1,0 +1,118 @@
+"""Optimisers and learning-rate schedules (optax).
+
+The optimiser is ``[MultiSteps(k)] o chain(clip_by_global_norm, adam|amsgrad|sgd, [decoupled
+weight decay], -schedule(update))``: gradients of ``accumulate`` batches are averaged before
+clipping and the update, so clipping sees the same gradient a ``k`` times larger batch gives.
+The schedule counts optimiser updates. The reduce-on-plateau factor is host state
+(:class:`Plateau`) that multiplies the updates, passed to the jitted step as an argument.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .config import TrainingConfig
+
+
+def schedule_fn(cfg: TrainingConfig, updates_per_epoch: int, xp=np):
+    """``lr(count)`` of the configured schedule, without the plateau factor.
+
+    ``count`` is the number of optimiser updates done before this one. Works with numpy
+    (host, for the log) and jax.numpy (inside the step) through ``xp``.
+    """
+    lr, floor = cfg.learning_rate, cfg.min_learning_rate
+    warm = cfg.warmup_steps
+    per_epoch = max(int(updates_per_epoch), 1)
+    if cfg.schedule == "warmup_cosine":
+        total = cfg.decay_steps if cfg.decay_steps is not None else cfg.max_epochs * per_epoch
+        span = max(total - warm, 1)
+    elif cfg.schedule == "exponential":
+        every = cfg.decay_steps if cfg.decay_steps is not None else per_epoch
+
+    def lr_at(count):
+        count = xp.asarray(count, dtype=xp.float32)
+        t = xp.maximum(count - warm, 0.0)
+        if cfg.schedule == "warmup_cosine":
+            frac = xp.minimum(t / span, 1.0)
+            base = floor + (lr - floor) * 0.5 * (1.0 + xp.cos(math.pi * frac))
+        elif cfg.schedule == "exponential":
+            base = xp.maximum(lr * xp.power(xp.float32(cfg.decay_rate), t / every), floor)
+        else:  # constant, plateau (its factor is applied outside)
+            base = xp.asarray(lr, dtype=xp.float32)
+        if warm > 0:
+            base = base * xp.minimum((count + 1.0) / warm, 1.0)
+        return base
+
+    return lr_at
+
+
+def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int):
+    """The optax transformation for ``cfg`` (see module docstring)."""
+    import jax.numpy as jnp
+    import optax
+
+    parts = []
+    if cfg.clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    if cfg.optimizer in ("adam", "adamw"):
+        parts.append(optax.scale_by_adam(b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps))
+    elif cfg.optimizer == "amsgrad":
+        parts.append(optax.scale_by_amsgrad(b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps))
+    elif cfg.optimizer == "sgd" and cfg.momentum > 0:
+        parts.append(optax.trace(decay=cfg.momentum))
+    if cfg.optimizer == "adamw" and cfg.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    lr = schedule_fn(cfg, updates_per_epoch, jnp)
+    parts.append(optax.scale_by_schedule(lambda count: -lr(count)))
+    tx = optax.chain(*parts)
+    if cfg.accumulate > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate)
+    return tx
+
+
+def did_update(tx, opt_state):
+    """Whether the last ``tx.update`` applied an optimiser update (False while accumulating)."""
+    import jax.numpy as jnp
+    import optax
+
+    if isinstance(tx, optax.MultiSteps):
+        return tx.has_updated(opt_state)
+    return jnp.asarray(True)
+
+
+@dataclass
+class Plateau:
+    """Reduce-on-plateau state (host side, saved in checkpoints)."""
+
+    factor: float = 1.0
+    best: float | None = None
+    bad: int = 0
+    cuts: int = 0
+
+    def observe(self, value: float, cfg: TrainingConfig) -> bool:
+        """Record a validation loss; return True when the rate was cut."""
+        if cfg.schedule != "plateau":
+            return False
+        if self.best is None or value < self.best * (1.0 - cfg.plateau_threshold):
+            self.best, self.bad = float(value), 0
+            return False
+        self.bad += 1
+        if self.bad < cfg.plateau_patience:
+            return False
+        floor = cfg.min_learning_rate / cfg.learning_rate
+        new = max(self.factor * cfg.plateau_factor, floor)
+        self.bad = 0
+        if new < self.factor:
+            self.factor, self.cuts = new, self.cuts + 1
+            return True
+        return False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Plateau:
+        return cls(**(d or {}))

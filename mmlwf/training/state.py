@@ -1,0 +1,86 @@
+"""The train state and the jitted train and evaluation steps.
+
+The state is a dict pytree ``{"params", "opt_state", "ema_params"}`` (``ema_params`` is None
+when EMA is off); host-side counters live in the checkpoint's JSON meta. One step:
+forward + forces, masked loss, gradients, optimiser update (or accumulation), EMA update
+after each real update. A step with a non-finite loss or gradient leaves the state as it was
+and reports ``ok = False``; the host loop then stops with a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import partial
+
+from .losses import batch_sums, energy_and_forces, loss_from_sums
+from .optim import did_update
+
+
+def _tree_norm(tree):
+    import optax
+
+    tree_api = getattr(optax, "tree", None)  # optax >= 0.2.4; global_norm is deprecated there
+    return tree_api.norm(tree) if tree_api is not None and hasattr(tree_api, "norm") else optax.global_norm(tree)
+
+
+def make_forward(model) -> Callable:
+    """``forward(params, batch) -> {energy, forces, [charges, dipole]}`` for a flax model with
+    the PhysNet call signature (forces = -dE/dR by autodiff)."""
+    return partial(energy_and_forces, model.apply)
+
+
+def init_state(variables, tx, ema: bool) -> dict:
+    """A fresh state. The EMA starts as a copy of the parameters."""
+    import jax
+    import jax.numpy as jnp
+
+    return {
+        "params": variables,
+        "opt_state": jax.jit(tx.init)(variables),
+        "ema_params": jax.tree.map(jnp.array, variables) if ema else None,
+    }
+
+
+def make_train_step(forward: Callable, tx, weights: Mapping[str, float], per_atom: bool, ema_decay: float):
+    """``step(state, batch, lr_factor) -> (state, metrics)``, jitted, state donated.
+
+    ``metrics``: ``loss``, ``grad_norm``, ``ok`` and the batch's error sums (before the update).
+    ``lr_factor`` (float32 scalar) multiplies the updates (the reduce-on-plateau factor).
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    weights = dict(weights)
+
+    def loss_fn(params, batch):
+        sums = batch_sums(forward(params, batch), batch)
+        return loss_from_sums(sums, weights, per_atom, jnp), sums
+
+    def step(state, batch, lr_factor):
+        params = state["params"]
+        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        grad_norm = _tree_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        updates = jax.tree.map(lambda u: u * lr_factor.astype(u.dtype), updates)
+        new = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "ema_params": None}
+        if state["ema_params"] is not None:
+            d = jnp.float32(ema_decay)
+            moved = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema_params"], new["params"])
+            upd = did_update(tx, opt_state)
+            new["ema_params"] = jax.tree.map(lambda m, e: jnp.where(upd, m, e), moved, state["ema_params"])
+        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+        return new, {"loss": loss, "grad_norm": grad_norm, "ok": ok, **sums}
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def make_eval_step(forward: Callable):
+    """``eval_step(params, batch) -> error sums``, jitted."""
+    import jax
+
+    def step(params, batch):
+        return batch_sums(forward(params, batch), batch)
+
+    return jax.jit(step)
