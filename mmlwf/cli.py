@@ -102,6 +102,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training import exit_code
+    from .training.runner import run_training
+
+    summary = run_training(args.config, args.data, args.split, args.stats, args.output, overrides=args.set,
+                           progress=args.progress or None)
+    last = summary.get("last") or {}
+    shown = ", ".join(f"{k} {v:.5g}" for k, v in last.items() if k.startswith("valid_") and isinstance(v, float))
+    print(f"{summary['status']}: {summary['epochs']} epochs, best epoch {summary['best_epoch']}; {shown}")
+    return exit_code(summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mmlwf", description="Machine-learned force-field workflow: data, training, evaluation."
@@ -160,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="molecules per batch on average (default %(default)s)")
     p.add_argument("--n-shapes", type=int, default=4, help="fixed batch shapes (default %(default)s)")
     p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser("train", help="train a model (or resume its run directory)",
+                       description="Train PhysNet on the training split; re-running with the same run "
+                       "directory resumes from its latest checkpoint. SIGTERM writes a checkpoint and exits 75.")
+    p.add_argument("--config", metavar="CFG.yaml", help="YAML with model: and training: sections (defaults if absent)")
+    p.add_argument("--data", required=True, metavar="DIR", help="packed dataset")
+    p.add_argument("--split", required=True, metavar="SPLIT.npz")
+    p.add_argument("--stats", required=True, metavar="STATS.json")
+    p.add_argument("-o", "--output", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. training.max_epochs=5; repeatable")
+    p.add_argument("--progress", action="store_true", help="progress bar even when not on a terminal")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("bench", help="measure a part of the pipeline (loader)")
     bench = p.add_subparsers(dest="target", required=True, metavar="TARGET", parser_class=_Parser)
