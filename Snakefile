@@ -16,10 +16,12 @@ validate(config, "schemas/config.schema.yaml")  # fills in the schema's defaults
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/data.smk"
+include: "rules/train.smk"
 
 
 rule all:
     input:
         expand("results/datasets/{dataset}/stats.json", dataset=config["datasets"]),
+        expand("results/runs/{experiment}/history.csv", experiment=config["experiments"]),
     default_target: True
     localrule: True

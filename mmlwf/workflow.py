@@ -152,3 +152,17 @@ def stats_step(packed: str | os.PathLike, split: str | os.PathLike, out: str | o
     log.info("wrote %s: %d training structures, batch budgets %s", out, stats["n_train"],
              [tuple(b.values())[:3] for b in stats["batching"]["budgets"]])
     return Path(out)
+
+
+def train_step(config: Mapping, packed, split, stats, run_dir) -> dict:
+    """Rule ``train``: train or resume ``run_dir``; an interrupted run exits non-zero (75)."""
+    from .training import exit_code
+    from .training.runner import run_training
+
+    summary = run_training(dict(config), packed, split, stats, run_dir, progress=False)
+    log.info("%s: %s after %d epochs (best epoch %s)", run_dir, summary["status"], summary["epochs"],
+             summary["best_epoch"])
+    code = exit_code(summary)
+    if code:
+        raise SystemExit(code)
+    return summary

@@ -11,6 +11,7 @@ NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 wildcard_constraints:
     dataset=NAME_PATTERN,
     name=NAME_PATTERN,
+    experiment=NAME_PATTERN,
 
 
 def check_dataset_names(datasets):
@@ -24,6 +25,53 @@ def check_dataset_names(datasets):
 
 
 check_dataset_names(config["datasets"])
+
+
+def check_experiments(experiments, datasets):
+    """Stop before any job when an experiment names an unknown dataset or has a bad setting."""
+    from mmlwf.errors import ConfigError
+    from mmlwf.training.config import config_from_dict
+
+    for name, exp in experiments.items():
+        if not re.fullmatch(NAME_PATTERN, str(name)):
+            raise WorkflowError(f"config 'experiments': name {name!r} is not allowed (letters, digits, '_', '.', '-')")
+        if exp["dataset"] not in datasets:
+            raise WorkflowError(
+                f"config 'experiments.{name}.dataset': {exp['dataset']!r} is not a dataset "
+                f"(known: {', '.join(datasets) or 'none'})"
+            )
+        try:
+            config_from_dict({"model": exp["model"], "training": exp["training"]})
+        except ConfigError as exc:
+            raise WorkflowError(f"config 'experiments.{name}': {exc}") from None
+
+
+check_experiments(config["experiments"], config["datasets"])
+
+
+def experiment_config(wildcards):
+    """The experiment's entry (validated, defaults filled)."""
+    return config["experiments"][wildcards.experiment]
+
+
+def experiment_data(wildcards):
+    """Input function: the packed dataset, split and stats of the experiment's dataset."""
+    root = f"results/datasets/{experiment_config(wildcards)['dataset']}"
+    return {"packed": f"{root}/packed", "split": f"{root}/split.npz", "stats": f"{root}/stats.json"}
+
+
+def experiment_training_config(wildcards):
+    """Params: the experiment's model and training sections (a change re-runs its training)."""
+    exp = experiment_config(wildcards)
+    return {"model": exp["model"], "training": exp["training"]}
+
+
+def experiment_gpus(wildcards):
+    return 1 if experiment_config(wildcards)["device"] == "gpu" else 0
+
+
+def experiment_threads(wildcards):
+    return experiment_config(wildcards)["threads"]
 
 
 def dataset_config(wildcards):

@@ -36,7 +36,8 @@ def _manager(directory: Path, max_to_keep: int | None, read_only: bool = False):
         create=not read_only,
         read_only=read_only,
     )
-    return ocp.CheckpointManager(directory, options=options, item_names=_ITEMS)
+    return ocp.CheckpointManager(Path(directory).absolute(),  # orbax needs absolute paths
+                                 options=options, item_names=_ITEMS)
 
 
 def _abstract(tree):

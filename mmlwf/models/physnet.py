@@ -1,0 +1,333 @@
+"""PhysNet in flax.linen + e3x (DESIGN §6): energies, forces, charges and dipoles.
+
+The model works on one padded graph batch (DESIGN §5): atoms of all molecules concatenated,
+directed pairs ``src -> dst`` from a neighbour list, and masks for the padding atoms, pairs
+and graphs. Each of ``num_iterations`` modules refines the atomic features by a message
+pass over the cutoff graph (radial basis times a smooth cutoff; with ``max_degree >= 1`` the
+basis also carries spherical harmonics and the features become equivariant), residual
+blocks, and an output block whose scalar part gives an atomic energy (and charge)
+contribution. Optional physics terms: atomic charges corrected to the molecule's total
+charge, the dipole from those charges, a damped Coulomb term between them switched off
+smoothly at ``coulomb_cutoff``, and a ZBL repulsion switched off smoothly at ``cutoff``.
+
+The energy returned is relative to the per-element reference energies from ``stats.json``,
+which are added outside the model in float64. Forces are the exact negative gradient of the
+energy: :func:`energy_and_forces`.
+
+The loader's pair list must reach ``pair_cutoff(model)``: the message passing ignores
+pairs beyond ``cutoff`` (their radial functions are 0), but the Coulomb term needs every
+pair within ``coulomb_cutoff``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import e3x
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: Coulomb constant in eV Å / e^2
+COULOMB_CONSTANT = 14.399645351950548
+#: Bohr radius in Å (ZBL screening length)
+BOHR = 0.52917721067
+
+#: inputs of :meth:`PhysNet.__call__`, in order, as named in a batch (DESIGN §5)
+INPUT_KEYS = ("Z", "R", "dst", "src", "atom_graph", "atom_mask", "pair_mask", "graph_mask", "Qtot")
+
+# ZBL universal screening function: sum_k c_k exp(-d_k r / a)
+_ZBL_C = (0.18175, 0.50986, 0.28022, 0.02817)
+_ZBL_D = (3.19980, 0.94229, 0.40290, 0.20162)
+
+
+def _switch(x):
+    """PhysNet's polynomial switch: 1 at x <= 0, 0 at x >= 1, C2-smooth in between."""
+    x = jnp.clip(x, 0.0, 1.0)
+    x3 = x * x * x
+    return 1.0 - 6.0 * x3 * x * x + 15.0 * x3 * x - 10.0 * x3
+
+
+class _Residual(nn.Module):
+    """Pre-activation residual block ``x + W2 σ(W1 σ(x))`` (equivariant with e3x layers)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        y = e3x.nn.shifted_softplus(x)
+        y = e3x.nn.Dense(self.features)(y)
+        y = e3x.nn.shifted_softplus(y)
+        y = e3x.nn.Dense(self.features)(y)
+        return e3x.nn.add(x, y)
+
+
+class PhysNet(nn.Module):
+    """PhysNet-style message-passing network (invariant for ``max_degree=0``, else equivariant).
+
+    Fields are the model configuration (see :func:`build_model` / :func:`model_config`).
+    """
+
+    features: int = 64
+    max_degree: int = 0
+    num_iterations: int = 3
+    num_basis_functions: int = 16
+    cutoff: float = 5.0
+    num_residual: int = 2
+    max_atomic_number: int = 118
+    charges: bool = False
+    coulomb: bool = False
+    repulsion: bool = False
+    coulomb_cutoff: float = 10.0
+
+    @property
+    def pair_cutoff(self) -> float:
+        """The cutoff the neighbour list must reach for this model."""
+        return pair_cutoff(self)
+
+    @nn.compact
+    def __call__(self, Z, R, dst, src, atom_graph, atom_mask, pair_mask, graph_mask, Qtot=None) -> dict:
+        _check_fields(self)
+        n_atoms = Z.shape[0]
+        n_graphs = graph_mask.shape[0]
+        dtype = R.dtype if jnp.issubdtype(R.dtype, jnp.floating) else jnp.float32
+        R = R.astype(dtype)
+        Z = Z.astype(jnp.int32)
+        dst = dst.astype(jnp.int32)
+        src = src.astype(jnp.int32)
+        atom_graph = atom_graph.astype(jnp.int32)
+
+        # -- masks: atoms of padding graphs and pairs touching a masked atom are out
+        gm = graph_mask.astype(dtype)
+        am = atom_mask.astype(dtype) * gm[atom_graph]
+        pm = pair_mask.astype(dtype) * am[dst] * am[src]
+        pair_on = pm > 0
+
+        # -- geometry with a safe norm: masked pairs get a constant unit displacement
+        disp = R[src] - R[dst]
+        disp = jnp.where(pair_on[:, None], disp, jnp.asarray([1.0, 0.0, 0.0], dtype))
+        r2 = jnp.sum(disp * disp, axis=-1)
+        r2 = jnp.where(r2 > 0, r2, 1.0)  # coincident atoms: no NaN (their basis is garbage anyway)
+        r = jnp.sqrt(r2)
+        unit = disp / r[:, None]
+
+        cut = e3x.nn.smooth_cutoff(r, cutoff=self.cutoff) * pm  # 0 beyond cutoff and for padding
+        rbf = e3x.nn.reciprocal_bernstein(r, self.num_basis_functions) * cut[:, None]  # (P, K)
+        ylm = e3x.so3.spherical_harmonics(unit, self.max_degree, r_is_normalized=True, normalization="racah")
+        basis = (ylm[:, :, None] * rbf[:, None, :])[:, None]  # (P, 1, (L+1)^2, K)
+
+        # -- modules
+        F = self.features
+        n_out = 2 if self.charges else 1
+        x = e3x.nn.Embed(num_embeddings=self.max_atomic_number + 1, features=F, name="embed")(Z).astype(dtype)
+        out = jnp.zeros((n_atoms, n_out), dtype)
+        for t in range(self.num_iterations):
+            # interaction: messages from neighbours plus a self term
+            a = e3x.nn.shifted_softplus(x)
+            msg = e3x.nn.MessagePass(include_pseudotensors=False, max_degree=self.max_degree, name=f"message_{t}")(
+                e3x.nn.Dense(F, name=f"neighbour_{t}")(a), basis, dst_idx=dst, src_idx=src, num_segments=n_atoms
+            )
+            v = e3x.nn.add(e3x.nn.Dense(F, name=f"self_{t}")(a), msg)
+            for k in range(self.num_residual):
+                v = _Residual(F, name=f"interaction_residual_{t}_{k}")(v)
+            v = e3x.nn.shifted_softplus(v)
+            gate = self.param(f"gate_{t}", nn.initializers.ones, (F,))
+            x = e3x.nn.add(gate * x, e3x.nn.Dense(F, name=f"update_{t}")(v))
+            for k in range(self.num_residual):
+                x = _Residual(F, name=f"atomic_residual_{t}_{k}")(x)
+            # output: from the scalar (invariant) channel only
+            o = x[:, :1, :1, :]
+            for k in range(self.num_residual):
+                o = _Residual(F, name=f"output_residual_{t}_{k}")(o)
+            o = e3x.nn.shifted_softplus(o)
+            o = e3x.nn.Dense(n_out, kernel_init=nn.initializers.zeros, name=f"output_{t}")(o)
+            out = out + o[:, 0, 0, :]
+
+        # per-element scale and shift of the atomic energies (start: 1 and 0)
+        e_scale = self.param("energy_scale", nn.initializers.ones, (self.max_atomic_number + 1,))
+        e_shift = self.param("energy_shift", nn.initializers.zeros, (self.max_atomic_number + 1,))
+        atomic = (out[:, 0] * e_scale[Z] + e_shift[Z]) * am
+
+        results: dict[str, Any] = {}
+        n_real = jax.ops.segment_sum(am, atom_graph, num_segments=n_graphs)
+        if self.charges:
+            q_shift = self.param("charge_shift", nn.initializers.zeros, (self.max_atomic_number + 1,))
+            q = (out[:, 1] + q_shift[Z]) * am
+            Qtot = jnp.zeros(n_graphs, dtype) if Qtot is None else jnp.asarray(Qtot).astype(dtype)
+            excess = (Qtot * gm - jax.ops.segment_sum(q, atom_graph, num_segments=n_graphs)) / jnp.maximum(n_real, 1.0)
+            q = (q + excess[atom_graph]) * am
+            centre = jax.ops.segment_sum(R * am[:, None], atom_graph, num_segments=n_graphs) / jnp.maximum(n_real, 1.0)[:, None]
+            dipole = jax.ops.segment_sum(q[:, None] * (R - centre[atom_graph]), atom_graph, num_segments=n_graphs)
+            results["charges"] = q
+            results["dipole"] = dipole * gm[:, None]
+            if self.coulomb:
+                atomic = atomic + _coulomb_atomic(q, r, pm, dst, src, n_atoms, self.cutoff, self.coulomb_cutoff)
+        if self.repulsion:
+            atomic = atomic + _zbl_atomic(Z, r, pm, dst, src, n_atoms, self.cutoff)
+
+        results["atomic_energies"] = atomic
+        results["energy"] = jax.ops.segment_sum(atomic, atom_graph, num_segments=n_graphs) * gm
+        return results
+
+
+def _coulomb_atomic(q, r, pm, dst, src, n_atoms, cutoff, coulomb_cutoff):
+    """Per-atom share of the damped, shifted-force Coulomb energy (PhysNet eq. 12).
+
+    ``chi(r) = s(r) / sqrt(r^2 + 1) + (1 - s(r)) (1/r + r/rc^2 - 2/rc)`` with ``s`` switching
+    from the damped to the bare form between 0 and ``cutoff/2``; value and slope are 0 at
+    ``rc = coulomb_cutoff``. Each directed pair carries half of the pair energy.
+    """
+    rc = coulomb_cutoff
+    s = _switch(2.0 * r / cutoff)
+    damped = 1.0 / jnp.sqrt(r * r + 1.0)
+    bare = 1.0 / r + r / (rc * rc) - 2.0 / rc
+    chi = jnp.where(r < rc, s * damped + (1.0 - s) * bare, 0.0)
+    e_pair = 0.5 * COULOMB_CONSTANT * q[dst] * q[src] * chi * pm
+    return jax.ops.segment_sum(e_pair, dst, num_segments=n_atoms)
+
+
+def _zbl_atomic(Z, r, pm, dst, src, n_atoms, cutoff):
+    """Per-atom share of a ZBL universal repulsion, smoothly switched off at ``cutoff``."""
+    zd = Z[dst].astype(r.dtype)
+    zs = Z[src].astype(r.dtype)
+    a = 0.8854 * BOHR / (zd**0.23 + zs**0.23 + (zd == 0) + (zs == 0))  # padding pairs (Z=0): a stays finite
+    x = r / a
+    phi = sum(c * jnp.exp(-d * x) for c, d in zip(_ZBL_C, _ZBL_D))
+    e_pair = 0.5 * COULOMB_CONSTANT * zd * zs / r * phi * e3x.nn.smooth_cutoff(r, cutoff=cutoff) * pm
+    return jax.ops.segment_sum(e_pair, dst, num_segments=n_atoms)
+
+
+# -- forces
+
+
+def _variables(params):
+    """Accept either flax variables ``{"params": ...}`` or the bare params tree."""
+    if isinstance(params, Mapping) and "params" in params:
+        return params
+    return {"params": params}
+
+
+def batch_inputs(batch: Mapping) -> dict:
+    """The model inputs of a batch (DESIGN §5); a missing ``Qtot`` becomes zeros."""
+    missing = [k for k in INPUT_KEYS if k != "Qtot" and k not in batch]
+    if missing:
+        raise KeyError(f"batch lacks {missing[0]!r} (needs {', '.join(INPUT_KEYS)})")
+    inputs = {k: jnp.asarray(batch[k]) for k in INPUT_KEYS if k != "Qtot"}
+    Qtot = batch.get("Qtot")
+    n_graphs = inputs["graph_mask"].shape[0]
+    inputs["Qtot"] = jnp.zeros(n_graphs, inputs["R"].dtype) if Qtot is None else jnp.asarray(Qtot).astype(inputs["R"].dtype)
+    return inputs
+
+
+def energy_and_forces(model: PhysNet, params, batch: Mapping) -> dict:
+    """Energies ``(B,)``, forces ``(A,3)`` = -dE/dR (0 on padding atoms), atomic energies
+    ``(A,)``, and charges ``(A,)`` / dipoles ``(B,3)`` when the model predicts them, with one
+    ``jax.value_and_grad`` w.r.t. the positions (of the sum of the real graphs' energies).
+
+    Jit-compatible: ``jax.jit(lambda p, b: energy_and_forces(model, p, b))``.
+    """
+    inputs = batch_inputs(batch)
+    variables = _variables(params)
+    graph_mask = inputs["graph_mask"]
+    atom_mask = inputs["atom_mask"]
+
+    def total_energy(R):
+        out = model.apply(variables, **{**inputs, "R": R})
+        return jnp.sum(jnp.where(graph_mask, out["energy"], 0.0)), out
+
+    (_, out), grad = jax.value_and_grad(total_energy, has_aux=True)(inputs["R"])
+    result = {"energy": out["energy"], "forces": jnp.where(atom_mask[:, None], -grad, 0.0)}
+    for key in ("atomic_energies", "charges", "dipole"):
+        if key in out:
+            result[key] = out[key]
+    return result
+
+
+def init_params(model: PhysNet, rng, batch: Mapping):
+    """Fresh flax variables ``{"params": ...}`` for ``model`` from one example batch."""
+    return jax.jit(model.init)(rng, **batch_inputs(batch))
+
+
+# -- configuration
+
+_INT_FIELDS = ("features", "max_degree", "num_iterations", "num_basis_functions", "num_residual", "max_atomic_number")
+_FLOAT_FIELDS = ("cutoff", "coulomb_cutoff")
+_BOOL_FIELDS = ("charges", "coulomb", "repulsion")
+CONFIG_KEYS = _INT_FIELDS + _FLOAT_FIELDS + _BOOL_FIELDS
+
+
+def _check_fields(m) -> None:
+    """Raise ValueError on a configuration the model cannot run."""
+    positive = ("features", "num_iterations", "num_basis_functions", "max_atomic_number")
+    for name in positive:
+        if getattr(m, name) < 1:
+            raise ValueError(f"PhysNet {name} must be >= 1, got {getattr(m, name)}")
+    for name in ("max_degree", "num_residual"):
+        if getattr(m, name) < 0:
+            raise ValueError(f"PhysNet {name} must be >= 0, got {getattr(m, name)}")
+    if not m.cutoff > 0:
+        raise ValueError(f"PhysNet cutoff must be > 0, got {m.cutoff}")
+    if m.coulomb and not m.charges:
+        raise ValueError("PhysNet coulomb needs charges: set charges: true")
+    if m.coulomb and not m.coulomb_cutoff > m.cutoff / 2:
+        raise ValueError(
+            f"PhysNet coulomb_cutoff ({m.coulomb_cutoff}) must exceed cutoff/2 ({m.cutoff / 2}), "
+            "where the damping of the Coulomb term ends"
+        )
+
+
+def pair_cutoff(model: PhysNet) -> float:
+    """How far the neighbour list must reach: ``coulomb_cutoff`` with Coulomb, else ``cutoff``."""
+    if model.coulomb:
+        return float(max(model.cutoff, model.coulomb_cutoff))
+    return float(model.cutoff)
+
+
+def build_model(config: Mapping) -> PhysNet:
+    """A :class:`PhysNet` from a dict of its fields; ``type`` may be ``"physnet"``.
+
+    Unknown keys and bad values raise ``ValueError`` naming the key.
+    """
+    kwargs: dict[str, Any] = {}
+    for key, value in dict(config).items():
+        if key == "type":
+            if str(value).lower() != "physnet":
+                raise ValueError(f"model type {value!r} is not physnet")
+            continue
+        if key not in CONFIG_KEYS:
+            raise ValueError(f"unknown PhysNet model key {key!r} (known: {', '.join(CONFIG_KEYS)})")
+        kwargs[key] = _coerce(key, value)
+    model = PhysNet(**kwargs)
+    _check_fields(model)
+    return model
+
+
+def _coerce(key: str, value):
+    if key in _BOOL_FIELDS:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        raise ValueError(f"PhysNet {key} must be true or false, got {value!r}")
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        raise ValueError(f"PhysNet {key} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"PhysNet {key} must be a number, got {value!r}") from None
+    if key in _INT_FIELDS:
+        if number != int(number):
+            raise ValueError(f"PhysNet {key} must be an integer, got {value!r}")
+        return int(number)
+    if not np.isfinite(number):
+        raise ValueError(f"PhysNet {key} must be finite, got {value!r}")
+    return number
+
+
+def model_config(model: PhysNet) -> dict:
+    """The JSON-ready configuration that :func:`build_model` turns back into ``model``."""
+    out: dict[str, Any] = {"type": "physnet"}
+    for key in CONFIG_KEYS:
+        value = getattr(model, key)
+        out[key] = bool(value) if key in _BOOL_FIELDS else int(value) if key in _INT_FIELDS else float(value)
+    return out
