@@ -1,0 +1,89 @@
+"""Accuracy on revised MD17 ethanol within a fixed CPU time budget.
+
+    python benchmarks/accuracy_rmd17.py                  # 30 minutes, evaluated every 5
+    python benchmarks/accuracy_rmd17.py --minutes 2 --segments 2 --features 16   # quick look
+
+Trains PhysNet on ``rmd17_ethanol_train_1000.xyz`` (950 train / 50 valid) in segments of
+``minutes / segments`` (each segment resumes the run directory), and after each segment
+evaluates the best (EMA) parameters on the disjoint ``rmd17_ethanol_test_1000.xyz``: energy
+and force MAE (meV, meV/Å) against minutes of training. Target on the development machine:
+force MAE <= 40 meV/Å and energy MAE <= 10 meV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "mlff"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=30.0, help="training time budget (default %(default)s)")
+    ap.add_argument("--segments", type=int, default=6, help="evaluations on the test set (default %(default)s)")
+    ap.add_argument("--features", type=int, default=64)
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--max-degree", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the run here (default: a temporary folder)")
+    args = ap.parse_args()
+    train_xyz, test_xyz = DATA / "rmd17_ethanol_train_1000.xyz", DATA / "rmd17_ethanol_test_1000.xyz"
+    if not (train_xyz.exists() and test_xyz.exists()):
+        print(f"needs {train_xyz} and {test_xyz}", file=sys.stderr)
+        return 2
+
+    from mmlwf.analysis import energy_force_metrics, load_run, predict
+    from mmlwf.convert import convert
+    from mmlwf.split import split_dataset
+    from mmlwf.stats import compute_stats, write_stats
+    from mmlwf.training.runner import run_training
+
+    with tempfile.TemporaryDirectory(prefix="mmlwf-acc-") as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        train_ds, test_ds = work / "train", work / "test"
+        if not train_ds.exists():
+            convert([train_xyz], train_ds)
+        if not test_ds.exists():
+            convert([test_xyz], test_ds)
+        split_dataset(train_ds, work / "split.npz", valid=50, test=0, seed=0)
+        write_stats(compute_stats(train_ds, work / "split.npz", cutoff=5.0, batch_size=args.batch_size), work / "stats.json")
+        config = {
+            "model": {"type": "physnet", "cutoff": 5.0, "features": args.features, "max_degree": args.max_degree,
+                      "num_iterations": args.iterations},
+            "training": {"batch_size": args.batch_size, "learning_rate": args.learning_rate, "max_epochs": 1_000_000,
+                         "schedule": "plateau", "ema_decay": 0.99, "seed": 0, "early_stopping_patience": 1_000_000},
+        }
+        curve = []
+        trained_s = 0.0
+        segment = args.minutes / args.segments
+        for k in range(args.segments):
+            t0 = time.perf_counter()
+            summary = run_training(config, train_ds, work / "split.npz", work / "stats.json", work / "run",
+                                   overrides=[f"training.max_time_min={segment}"], progress=False)
+            trained_s += time.perf_counter() - t0
+            if summary["best_epoch"] is None:  # no epoch finished yet (compilation takes a while)
+                continue
+            m = energy_force_metrics(predict(load_run(work / "run"), test_ds))
+            row = {"minutes": trained_s / 60, "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
+                   "energy_mae_meV": 1000 * m["energy_mae_eV"], "forces_mae_meV_per_A": 1000 * m["forces_mae_eV_per_A"],
+                   "energy_rmse_meV": 1000 * m["energy_rmse_eV"], "forces_rmse_meV_per_A": 1000 * m["forces_rmse_eV_per_A"]}
+            curve.append(row)
+            print(f"{row['minutes']:6.1f} min  epoch {row['epochs']:5d}  test energy MAE {row['energy_mae_meV']:8.2f} meV"
+                  f"  force MAE {row['forces_mae_meV_per_A']:8.2f} meV/Å", flush=True)
+        last = curve[-1]
+        ok = last["forces_mae_meV_per_A"] <= 40 and last["energy_mae_meV"] <= 10
+        print(f"target (force MAE <= 40 meV/Å, energy MAE <= 10 meV): {'PASS' if ok else 'FAIL'}")
+        print(json.dumps({"benchmark": "accuracy_rmd17", "config": config, "curve": curve, "pass": ok}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
