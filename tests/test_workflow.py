@@ -22,7 +22,14 @@ SNAKEFILE = REPO / "Snakefile"
 
 TINY = {
     "demo": {"molecules": ["H2O", "CH4"], "n_per_molecule": 3, "seed": 1, "steps_between": 5},
-    "datasets": {"demo": {"sources": ["results/demo/demo.extxyz"]}},
+    "datasets": {"demo": {"sources": ["results/demo/demo.extxyz"], "split": {"valid": 1, "test": 1}}},
+    "experiments": {
+        "tiny": {
+            "dataset": "demo",
+            "model": {"type": "physnet", "features": 8, "num_iterations": 1, "num_basis_functions": 4},
+            "training": {"batch_size": 2, "max_epochs": 2},
+        }
+    },
 }
 
 
@@ -97,6 +104,11 @@ def test_demo_runs_end_to_end(demo_run):
     stats = json.loads((workdir / "results/datasets/demo/stats.json").read_text())
     assert stats["n_train"] == split["train"].size and set(stats["element_energies"]) == {"H", "C", "O"}
     assert 1 <= len(stats["batching"]["budgets"]) <= 4
+    history = (workdir / "results/runs/tiny/history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,") and len(history) == 3  # header + 2 epochs
+    model = json.loads((workdir / "results/runs/tiny/model.json").read_text())
+    assert model["model"]["features"] == 8 and set(model["element_energies"]) == {"H", "C", "O"}
+    assert (workdir / "logs/train/tiny.log").stat().st_size > 0
 
 
 def test_rerun_plans_nothing_and_params_trigger_only_downstream(demo_run):
@@ -111,9 +123,9 @@ def test_rerun_plans_nothing_and_params_trigger_only_downstream(demo_run):
     assert "rule convert:" in out and "rule validate:" in out
     assert "rule demo_data:" not in out
 
-    # a changed split seed re-runs split and stats only
-    out = dry_run_with(workdir, split={"seed": 7})
-    assert "rule split:" in out and "rule stats:" in out
+    # a changed split seed re-runs split and stats (and the training on them) only
+    out = dry_run_with(workdir, split={"seed": 7, "valid": 1, "test": 1})
+    assert "rule split:" in out and "rule stats:" in out and "rule train:" in out
     assert "rule convert:" not in out and "rule validate:" not in out
 
 
