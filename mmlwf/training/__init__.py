@@ -6,7 +6,7 @@ Entry point: :func:`train`. Modules: :mod:`.config` (YAML config and overrides),
 schedules, plateau), :mod:`.state` (jitted train/eval steps), :mod:`.checkpoint` (orbax
 latest/best, :func:`load_params`), :mod:`.history` (history.csv, train.log),
 :mod:`.monitor` (XLA compilation count), :mod:`.data` (loaders from the workflow's files),
-:mod:`.engine` (the loop).
+:mod:`.parallel` (data parallelism over the local devices), :mod:`.engine` (the loop).
 """
 
 from .checkpoint import CheckpointStore, checkpoint_meta, load_params

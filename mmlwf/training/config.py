@@ -25,13 +25,17 @@ from ..errors import ConfigError
 OPTIMIZERS = ("adam", "adamw", "amsgrad", "sgd")
 SCHEDULES = ("constant", "warmup_cosine", "exponential", "plateau")
 ENERGY_LOSSES = ("per_molecule", "per_atom")
+DATA_PARALLEL = ("auto", "off")
 SECTIONS = ("model", "training")
 
 #: training keys that may change between a run and its resume (they do not change the
 #: epochs already done; every other key must match the stored config). Note: with
 #: ``schedule: warmup_cosine`` and ``decay_steps: null`` the cosine spans ``max_epochs``, so
-#: changing ``max_epochs`` on resume changes the learning rate of the epochs still to come.
-RESUMABLE_CHANGES = ("max_epochs", "max_time_min", "early_stopping_patience", "checkpoint_every")
+#: changing ``max_epochs`` on resume changes the learning rate of the epochs still to come;
+#: likewise ``data_parallel`` (or another number of local devices) changes what a step is
+#: for the rest of the run (see :mod:`.parallel`).
+RESUMABLE_CHANGES = ("max_epochs", "max_time_min", "early_stopping_patience", "checkpoint_every",
+                     "data_parallel")
 
 
 def _f(default, help: str, choices: Sequence[str] | None = None):
@@ -85,6 +89,12 @@ class TrainingConfig:
     checkpoint_every: int = _f(1, "write the 'latest' checkpoint every this many epochs (and at the end, "
                                   "at the time limit and on SIGTERM); >= 1")
     valid_every: int = _f(1, "validate every this many epochs (and after the last); >= 1")
+    # -- devices
+    data_parallel: str = _f("auto", "auto | off: with auto and n > 1 local devices (jax.local_devices()) "
+                                    "each step takes n consecutive batches of one shape, one per device, "
+                                    "and the loss is that of one batch holding all their molecules "
+                                    "(steps, accumulate and the schedule count these n-batch steps); "
+                                    "off = one device", DATA_PARALLEL)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainingConfig)}
@@ -133,9 +143,11 @@ def _coerce(name: str, value: Any) -> Any:
         if not math.isfinite(out):
             raise ConfigError(f"{key} must be finite, got {value!r}")
         return out
+    choices = _FIELDS[name].metadata["choices"]
+    if isinstance(value, bool) and choices and "off" in choices:  # YAML 1.1 reads off/on/no/yes as booleans
+        value = "off" if not value else ("auto" if "auto" in choices else "on")
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {value!r}")
-    choices = _FIELDS[name].metadata["choices"]
     if choices and value not in choices:
         raise ConfigError(f"{key} '{value}' is unknown (known: {', '.join(choices)})")
     return value
@@ -289,10 +301,16 @@ def load_config(path: str | os.PathLike | Mapping | None = None, overrides: Sequ
 
 
 def config_changes(stored: Mapping, current: Mapping, ignore: Sequence[str] = RESUMABLE_CHANGES) -> list[str]:
-    """Keys (``section.key``) whose values differ between two resolved config dicts."""
+    """Keys (``section.key``) whose values differ between two resolved config dicts.
+
+    A training key missing from either (a config stored before the key existed) counts as
+    its default."""
+    defaults = {name: f.default for name, f in _FIELDS.items()}
     out = []
     for section in SECTIONS:
         a, b = dict(stored.get(section) or {}), dict(current.get(section) or {})
+        if section == "training":
+            a, b = {**defaults, **a}, {**defaults, **b}
         for key in sorted(set(a) | set(b)):
             if section == "training" and key in ignore:
                 continue

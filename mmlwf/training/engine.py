@@ -19,6 +19,12 @@ finished and a ``latest`` checkpoint written; a second SIGINT aborts at once). A
 loss or gradient raises :class:`TrainingDiverged` naming the epoch, step and structures of
 the batch; the state of the bad step is not kept and no checkpoint is written, so the
 last good one stays. Exit codes for a CLI: :data:`EXIT_CODES`.
+
+Devices: with one device a step is one batch. With ``training.data_parallel: auto`` and
+``n > 1`` local devices a step takes up to ``n`` consecutive batches of one shape, one per
+device, and equals one step on a batch holding all their molecules (:mod:`.parallel`: what a
+step, the step counters and the schedule mean then). Checkpoints are written from the first
+device and read back on any number of devices.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from .losses import (
 )
 from .monitor import CompileCounter, cache_size
 from .optim import Plateau, make_optimizer, schedule_fn
+from .parallel import DataParallel
 from .state import init_state, make_eval_step, make_forward, make_train_step
 
 #: process exit codes for the statuses :func:`train` returns; "interrupted" (SIGTERM/SIGINT,
@@ -131,11 +138,19 @@ def _write_json(path: Path, obj) -> None:
         fh.write("\n")
 
 
-def evaluate_sums(eval_step, params, loader, table: np.ndarray) -> dict[str, float] | None:
-    """Error sums (float64) of ``params`` over every batch of ``loader`` (epoch 0 order)."""
+def evaluate_sums(eval_step, params, loader, table: np.ndarray, parallel: DataParallel | None = None
+                  ) -> dict[str, float] | None:
+    """Error sums (float64) of ``params`` over every batch of ``loader`` (epoch 0 order).
+
+    With ``parallel``, ``eval_step`` is the data-parallel one (``make_eval_step(forward,
+    parallel)``), ``params`` are replicated and the batches go to the devices in groups."""
     import jax
 
-    results = [eval_step(params, prepare_batch(batch, table)) for batch in loader.epoch(0)]
+    if parallel is None:
+        results = [eval_step(params, prepare_batch(batch, table)) for batch in loader.epoch(0)]
+    else:
+        results = [eval_step(params, parallel.stack([prepare_batch(b, table) for b in group]))
+                   for group in parallel.groups(loader.epoch(0))]
     if not results:
         return None
     host = jax.device_get(results)
@@ -163,6 +178,17 @@ def model_info(config: Config, element_energies: Mapping, outputs, metadata: Map
     if metadata:
         info["metadata"] = dict(metadata)
     return _json_ready(info)
+
+
+def data_parallel(setting: str) -> DataParallel | None:
+    """The :class:`DataParallel` over the local devices for ``training.data_parallel``, or
+    None (one device: the plain single-device step)."""
+    import jax
+
+    devices = jax.local_devices()
+    if setting == "off" or len(devices) < 2:
+        return None
+    return DataParallel(devices)
 
 
 def exit_code(summary: Mapping) -> int:
@@ -197,11 +223,13 @@ def train(
     subtracted from the energy targets on the host in float64. ``forward(params, batch)``:
     energies and forces (default: autodiff forces of ``model.apply``). ``metadata``: extra
     entries for ``model.json``. ``progress``: tqdm bar (default: when stderr is a terminal).
-    ``on_step(epoch, batches_done)``: called after each step (epoch counted from 0).
+    ``on_step(epoch, batches_done)``: called after each step (epoch counted from 0; loader
+    batches done of the epoch: one more per step on one device, up to ``n`` with ``n``).
 
     Returns ``{"status", "exit_code", "epochs", "steps", "best_epoch", "best_loss",
     "last" (the last history row), "compilations", "train_step_shapes", "eval_step_shapes",
-    "wall_time_s", "run_dir"}``.
+    "devices", "wall_time_s", "run_dir"}`` (``steps``: train steps; ``devices``: how many
+    devices each step ran on).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -257,6 +285,11 @@ class _Run:
         n_batches = len(self.train_loader)
         if n_batches == 0:
             raise ConfigError("the training loader yields no batches (empty training split?)")
+        self.parallel = data_parallel(cfg.data_parallel)
+        self.n_devices = 1 if self.parallel is None else self.parallel.n
+        if self.parallel is not None:
+            n_batches = self.parallel.steps_per_epoch(self.train_loader)  # steps, not batches
+        self.steps_per_epoch = n_batches
         self.updates_per_epoch = max(n_batches // cfg.accumulate, 1)
         self.tx = make_optimizer(cfg, self.updates_per_epoch)
         self.lr_host = schedule_fn(cfg, self.updates_per_epoch, np)
@@ -290,9 +323,11 @@ class _Run:
             vfirst = prepare_batch(_first_batch(self.valid_loader), self.table)
             self.valid_terms = available_terms(jax.eval_shape(sums_of, variables, vfirst))
         self.state = init_state(variables, self.tx, cfg.ema_decay > 0)
+        if self.parallel is not None:
+            self.state = self.parallel.replicate(self.state)
         self.train_step = make_train_step(self.forward, self.tx, self.weights,
-                                          cfg.energy_loss == "per_atom", cfg.ema_decay)
-        self.eval_step = make_eval_step(self.forward)
+                                          cfg.energy_loss == "per_atom", cfg.ema_decay, self.parallel)
+        self.eval_step = make_eval_step(self.forward, self.parallel)
         self.columns = (["epoch", "step", "train_loss"] + metric_columns(self.terms, "train")
                         + (["valid_loss"] + metric_columns(self.valid_terms, "valid")
                            if self.valid_loader is not None else [])
@@ -303,8 +338,10 @@ class _Run:
             "meta_version": META_VERSION,
             "status": "running",
             "epoch": 0,  # epochs completed (= the loader epoch in progress)
-            "batch": 0,  # batches done of the epoch in progress
-            "step": 0,  # batches done in all (optimiser updates = step // accumulate)
+            "batch": 0,  # loader batches done of the epoch in progress (its plan position)
+            "step": 0,  # train steps done in all (optimiser updates = step // accumulate); a
+            # step is one batch on one device, up to `devices` batches with data parallelism
+            "devices": self.n_devices,
             "acc": self.empty_acc(),
             "wall_time_s": 0.0,
             "best_loss": None,
@@ -334,8 +371,14 @@ class _Run:
         if changes:
             raise ConfigError(f"{self.run_dir} holds a run with another config ({changes[0]}); "
                               "use a new run directory or the same settings")
-        self.state = state
+        self.state = state if self.parallel is None else self.parallel.replicate(state)
         meta["config"] = _json_ready(self.config.to_dict())
+        was = int(meta.get("devices", 1))
+        if was != self.n_devices:
+            self.log.line(f"note: the checkpoint's steps ran on {was} device(s), this run's on {self.n_devices}: "
+                          "the rest of the run groups batches into steps differently (see "
+                          "training.data_parallel), so it is not the uninterrupted run's continuation")
+        meta["devices"] = self.n_devices
         self.meta = meta
         self.rng = jax.numpy.asarray(np.asarray(meta["rng"], np.uint32))
         self.store.prune_best(meta["best_epoch"])  # best checkpoints after 'latest' are redone
@@ -346,24 +389,35 @@ class _Run:
     def wall(self) -> float:
         return self.meta_wall0 + (time.monotonic() - self.t0)
 
+    def saveable(self, tree):
+        """``tree`` as written to a checkpoint (from the first device with data parallelism)."""
+        return tree if self.parallel is None else self.parallel.to_one_device(tree)
+
     def save_latest(self, status: str) -> None:
         self.meta["status"] = status
         self.meta["wall_time_s"] = self.wall()
-        self.store.save_latest(self.state, self.meta)
+        self.store.save_latest(self.saveable(self.state), self.meta)
         self.store.prune_best(self.meta["best_epoch"])
 
     def check(self, pending) -> None:
         """Fetch a step's metrics; stop on a non-finite loss; add them to the epoch sums."""
         import jax
 
-        epoch, batch_no, step, index, dataset, m = pending
+        epoch, batch_no, step, members, m = pending
         host = jax.device_get(m)
         if not bool(host["ok"]):
-            idx = [int(i) for i in np.asarray(index) if i >= 0]
             what = f"loss={float(host['loss'])!r}, gradient norm={float(host['grad_norm'])!r}"
+            held = [([int(i) for i in np.asarray(index) if i >= 0], int(dataset)) for index, dataset in members]
+            if len(held) == 1:
+                idx, dataset = held[0]
+                where = (f"step {batch_no} of the epoch (global step {step}); the batch holds structures {idx} "
+                         f"of dataset {dataset}")
+            else:
+                where = (f"batches {batch_no - len(held) + 1}-{batch_no} of the epoch (global step {step}, "
+                         f"{self.n_devices} devices); the batches hold structures "
+                         + ", ".join(f"{idx} of dataset {dataset}" for idx, dataset in held))
             raise TrainingDiverged(
-                f"non-finite loss or gradient ({what}) at epoch {epoch + 1}, step {batch_no} of the epoch "
-                f"(global step {step}); the batch holds structures {idx} of dataset {int(dataset)}; "
+                f"non-finite loss or gradient ({what}) at epoch {epoch + 1}, {where}; "
                 f"no checkpoint written after it, the last good one is kept")
         acc = self.meta["acc"]
         acc["loss_sum"] += float(host["loss"])
@@ -399,6 +453,7 @@ class _Run:
             "compilations": self.compiles.count,
             "train_step_shapes": cache_size(self.train_step),
             "eval_step_shapes": cache_size(self.eval_step),
+            "devices": self.n_devices,
             "wall_time_s": self.wall(),
             "run_dir": str(self.run_dir),
         }
@@ -421,6 +476,9 @@ class _Run:
         self.log.line(f"training: {len(self.train_loader)} batches per epoch, loss terms "
                       f"{', '.join(f'{t}*{w:g}' for t, w in self.weights.items())}, optimizer {cfg.optimizer}, "
                       f"schedule {cfg.schedule}, accumulate {cfg.accumulate}, ema {cfg.ema_decay:g}")
+        if self.parallel is not None:
+            self.log.line(f"data parallel over {self.parallel.describe()}: {self.steps_per_epoch} steps in "
+                          f"epoch 1, each on up to {self.parallel.n} batches (one per device)")
         reason = self.done_reason()
         if reason is not None:
             self.log.line(f"nothing to do: the run is {reason} at epoch {self.meta['epoch']}")
@@ -434,6 +492,16 @@ class _Run:
                       f"step {self.meta['step']}; best epoch {self.meta['best_epoch']}; {self.compile_note()}")
         return self.summary(status)
 
+    def steps(self, batches: Iterator[dict]) -> Iterator[tuple[list[dict], dict]]:
+        """``(loader batches, device batch)`` of each step: one batch, or a group of up to
+        ``n`` stacked over the devices."""
+        if self.parallel is None:
+            for batch in batches:
+                yield [batch], prepare_batch(batch, self.table)
+            return
+        for group in self.parallel.groups(batches):
+            yield group, self.parallel.stack([prepare_batch(b, self.table) for b in group])
+
     def run_epoch(self, deadline: float | None) -> str | None:
         """Train (the rest of) one epoch and finish it; a status when the run stops."""
         m, cfg = self.meta, self.cfg
@@ -444,15 +512,15 @@ class _Run:
         pending = None
         interrupted = None
         try:
-            for batch in batches:
-                dev = prepare_batch(batch, self.table)
+            for group, dev in self.steps(batches):
                 self.state, metrics = self.train_step(self.state, dev, factor)
                 if pending is not None:
                     self.check(pending)  # the previous step, while this one runs
-                m["batch"] += 1
+                m["batch"] += len(group)
                 m["step"] += 1
-                pending = (epoch, m["batch"], m["step"], batch["index"], batch.get("dataset", 0), metrics)
-                self.log.advance()
+                pending = (epoch, m["batch"], m["step"], [(b["index"], b.get("dataset", 0)) for b in group],
+                           metrics)
+                self.log.advance(len(group))
                 if self.on_step is not None:
                     self.on_step(epoch, m["batch"])
                 if self.stop.signum is not None:
@@ -484,7 +552,7 @@ class _Run:
         validated = self.valid_loader is None
         if self.valid_loader is not None and (epoch_no % cfg.valid_every == 0 or epoch_no >= cfg.max_epochs):
             params = self.state["ema_params"] if self.state["ema_params"] is not None else self.state["params"]
-            sums = evaluate_sums(self.eval_step, params, self.valid_loader, self.table)
+            sums = evaluate_sums(self.eval_step, params, self.valid_loader, self.table, self.parallel)
             if sums is not None:
                 row["valid_loss"] = float(loss_from_sums(sums, {t: w for t, w in self.weights.items()
                                                                if f"{t}_n" in sums},
@@ -500,7 +568,8 @@ class _Run:
         if validated:
             if m["best_loss"] is None or monitor < m["best_loss"]:
                 m["best_loss"], m["best_epoch"], improved = float(monitor), epoch_no, True
-                self.store.save_best(epoch_no, self.state["params"], self.state["ema_params"],
+                self.store.save_best(epoch_no, self.saveable(self.state["params"]),
+                                     self.saveable(self.state["ema_params"]),
                                      _json_ready({"epoch": epoch_no, "loss": monitor, "metrics": row}))
             plateau = Plateau.from_dict(m["plateau"])
             if plateau.observe(monitor, cfg):

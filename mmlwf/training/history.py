@@ -85,9 +85,9 @@ class RunLog:
 
         self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
-    def advance(self, loss: float | None = None) -> None:
+    def advance(self, n: int = 1, loss: float | None = None) -> None:
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(n)
             if loss is not None:
                 self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
 

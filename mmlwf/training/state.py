@@ -5,6 +5,10 @@ when EMA is off); host-side counters live in the checkpoint's JSON meta. One ste
 forward + forces, masked loss, gradients, optimiser update (or accumulation), EMA update
 after each real update. A step with a non-finite loss or gradient leaves the state as it was
 and reports ``ok = False``; the host loop then stops with a message.
+
+With a :class:`~.parallel.DataParallel` (``parallel=``) the step takes the stacked, sharded
+batches of several devices and the loss is formed from the error sums added over them
+(see :mod:`.parallel`); without one the step is the plain single-device program.
 """
 
 from __future__ import annotations
@@ -41,21 +45,42 @@ def init_state(variables, tx, ema: bool) -> dict:
     }
 
 
-def make_train_step(forward: Callable, tx, weights: Mapping[str, float], per_atom: bool, ema_decay: float):
+def make_loss_fn(forward: Callable, weights: Mapping[str, float], per_atom: bool, parallel=None) -> Callable:
+    """``loss_fn(params, batch) -> (loss, sums)`` (not jitted).
+
+    With ``parallel`` (a :class:`~.parallel.DataParallel`) ``batch`` is the stacked batch of
+    the devices and ``sums`` are added over them before the loss is formed.
+    """
+    import jax.numpy as jnp
+
+    weights = dict(weights)
+    if parallel is None:
+        def sums_of(params, batch):
+            return batch_sums(forward(params, batch), batch)
+    else:
+        sums_of = parallel.global_sums(forward, batch_sums)
+
+    def loss_fn(params, batch):
+        sums = sums_of(params, batch)
+        return loss_from_sums(sums, weights, per_atom, jnp), sums
+
+    return loss_fn
+
+
+def make_train_step(forward: Callable, tx, weights: Mapping[str, float], per_atom: bool, ema_decay: float,
+                    parallel=None):
     """``step(state, batch, lr_factor) -> (state, metrics)``, jitted, state donated.
 
     ``metrics``: ``loss``, ``grad_norm``, ``ok`` and the batch's error sums (before the update).
     ``lr_factor`` (float32 scalar) multiplies the updates (the reduce-on-plateau factor).
+    With ``parallel``: ``batch`` is :meth:`DataParallel.stack` 's output, the state is
+    replicated over its devices and stays so, and the sums are those of all the devices.
     """
     import jax
     import jax.numpy as jnp
     import optax
 
-    weights = dict(weights)
-
-    def loss_fn(params, batch):
-        sums = batch_sums(forward(params, batch), batch)
-        return loss_from_sums(sums, weights, per_atom, jnp), sums
+    loss_fn = make_loss_fn(forward, weights, per_atom, parallel)
 
     def step(state, batch, lr_factor):
         params = state["params"]
@@ -73,12 +98,18 @@ def make_train_step(forward: Callable, tx, weights: Mapping[str, float], per_ato
         new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
         return new, {"loss": loss, "grad_norm": grad_norm, "ok": ok, **sums}
 
-    return jax.jit(step, donate_argnums=(0,))
+    if parallel is None:
+        return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, donate_argnums=(0,), out_shardings=parallel.replicated)
 
 
-def make_eval_step(forward: Callable):
-    """``eval_step(params, batch) -> error sums``, jitted."""
+def make_eval_step(forward: Callable, parallel=None):
+    """``eval_step(params, batch) -> error sums``, jitted (with ``parallel``: of the stacked
+    batches of the devices, added over them)."""
     import jax
+
+    if parallel is not None:
+        return jax.jit(parallel.global_sums(forward, batch_sums), out_shardings=parallel.replicated)
 
     def step(params, batch):
         return batch_sums(forward(params, batch), batch)
