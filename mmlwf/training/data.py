@@ -24,18 +24,21 @@ def make_loaders(
     split: str | os.PathLike,
     config: Config,
     *,
+    cutoff: float | None = None,
     prefetch: int = 4,
     workers: int = 2,
 ) -> tuple[BatchLoader, BatchLoader | None]:
     """``(train_loader, valid_loader)``; ``valid_loader`` is None for an empty valid split.
 
-    The neighbour-list cutoff is ``model.cutoff`` (default 5.0 Å), the batch size
-    ``training.batch_size`` and the seed ``training.seed``.
+    The neighbour-list cutoff is ``cutoff`` (give the model's pair cutoff: with Coulomb it
+    reaches further than ``model.cutoff``), else ``model.cutoff`` (default 5.0 Å); the batch
+    size is ``training.batch_size`` and the seed ``training.seed``.
     """
     ds = PackedDataset(dataset)
     sp = load_split(split, len(ds))
     t = config.training
-    cutoff = float(config.model.get("cutoff", DEFAULT_CUTOFF))
+    if cutoff is None:
+        cutoff = float(config.model.get("cutoff", DEFAULT_CUTOFF))
     common = {"batch_size": t.batch_size, "cutoff": cutoff, "seed": t.seed, "prefetch": prefetch,
               "workers": workers}
     train_loader = BatchLoader(ds, sp.train, shuffle=True, **common)

@@ -11,12 +11,9 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..batching import BatchLoader
 from ..errors import ConfigError
-from ..packed import PackedDataset
-from ..split import load_split
 from .config import load_config
-from .data import element_energies_from_stats
+from .data import element_energies_from_stats, make_loaders
 from .engine import train
 
 
@@ -43,13 +40,8 @@ def run_training(
         model = physnet.build_model(cfg.model)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None
-    ds = PackedDataset(data)
-    sp = load_split(split, len(ds))
-    t = cfg.training
-    common = dict(batch_size=t.batch_size, cutoff=physnet.pair_cutoff(model), seed=t.seed, prefetch=prefetch,
-                  workers=workers)
-    train_loader = BatchLoader(ds, sp.train, shuffle=True, **common)
-    valid_loader = BatchLoader(ds, sp.valid, shuffle=False, **common) if sp.valid.size else None
+    train_loader, valid_loader = make_loaders(data, split, cfg, cutoff=physnet.pair_cutoff(model),
+                                              prefetch=prefetch, workers=workers)
     return train(
         Path(run_dir),
         model=model,
