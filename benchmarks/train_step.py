@@ -21,8 +21,11 @@ the epochs after the first. The two approaches run interleaved, in alternating b
 ``--block`` batches, each block timed up to its last step's result, so that both see the same
 load on a shared machine (``--sequential``: each first epoch in one go, one after the other);
 an epoch's time is the sum of its blocks. Blocks after the first epoch that compiled (a
-shape first met in a later epoch) are left out of the steady-state rate and counted. Then one JSON line with the ratios and the targets (first-epoch wall time,
-today / ours: >= 1.2x on aspirin, >= 5x on mixed sizes).
+shape first met in a later epoch) are left out of the steady-state rate and counted. Then a
+table and one JSON line with the ratios and the targets (first-epoch wall time, today / ours:
+>= 1.2x on aspirin, >= 5x on mixed sizes). A tiny warm-up step first pays the process's
+first-use costs (jax, flax, e3x, optax helpers), which would otherwise fall on whichever
+approach runs first.
 
 Data: rMD17 aspirin from ../shared/data/mlff (train + test files, 3 000 molecules, 21 atoms),
 converted with :func:`mmlwf.convert.convert`; mixed sizes from
@@ -236,9 +239,9 @@ class Trainer:
     def __init__(self, approach: str, path: Path, indices: np.ndarray, args, log: CompileLog) -> None:
         self.approach, self.path, self.indices, self.args, self.log = approach, path, indices, args, log
         self.rows: list[dict] = []
-        self.steady = dict(seconds=0.0, structures=0, blocks=0, skipped_blocks=0, compilations=0,
-                           compile_seconds=0.0, loader_wait_seconds=0.0)
-        self._epoch = 0
+        self.steady = {"seconds": 0.0, "structures": 0, "blocks": 0, "skipped_blocks": 0, "compilations": 0,
+                       "compile_seconds": 0.0, "loader_wait_seconds": 0.0}
+        self.epoch = 0
         self._batches = None
         self._pending = None
 
@@ -249,7 +252,7 @@ class Trainer:
 
     @property
     def done(self) -> bool:
-        return self._epoch >= self.args.epochs
+        return self.epoch >= self.args.epochs
 
     def setup(self) -> None:
         """Build the loader, take the first batch, initialise: timed into the first epoch."""
@@ -295,8 +298,8 @@ class Trainer:
         c0, s0 = self.log.snapshot()
         t0 = time.perf_counter()
         if self._batches is None:
-            self._batches = self._epoch_batches(self._epoch)
-            self._row = {"epoch": self._epoch, "seconds": 0.0, "compilations": 0, "compile_seconds": 0.0,
+            self._batches = self._epoch_batches(self.epoch)
+            self._row = {"epoch": self.epoch, "seconds": 0.0, "compilations": 0, "compile_seconds": 0.0,
                          "loader_wait_seconds": 0.0, "loss": None, **_counts()}
         row = self._row
         structures = 0
@@ -324,7 +327,7 @@ class Trainer:
         row["compilations"] += c1 - c0
         row["compile_seconds"] += s1 - s0
         row["loader_wait_seconds"] += wait
-        if self._epoch > 0:
+        if self.epoch > 0:
             st = self.steady
             st["compilations"] += c1 - c0
             st["compile_seconds"] += s1 - s0
@@ -337,7 +340,7 @@ class Trainer:
                 st["blocks"] += 1
         if end:
             self.rows.append(row)
-            self._epoch += 1
+            self.epoch += 1
             self._batches = None
 
     def result(self) -> dict:
@@ -363,7 +366,7 @@ class Trainer:
 
 
 def _counts() -> dict:
-    return dict(structures=0, atoms=0, atom_slots=0, pairs=0, pair_slots=0, batches=0)
+    return {"structures": 0, "atoms": 0, "atom_slots": 0, "pairs": 0, "pair_slots": 0, "batches": 0}
 
 
 def _count(n: dict, batch: dict) -> None:
@@ -391,14 +394,14 @@ def compare(name: str, path: Path, indices: np.ndarray, args, log: CompileLog) -
           f"{stats['pairs_within_cutoff_per_structure']:.0f} of {stats['all_pairs_per_structure']:.0f} ordered pairs "
           f"within {args.cutoff:g} Å ({100 * stats['share_within_cutoff']:.0f} %) per structure", flush=True)
     trainers = {a: Trainer(a, path, indices, args, log) for a in ("ours", "today")}
-    for tr in trainers.values():  # ours first: it would pay any first-use cost left in the process
+    for tr in trainers.values():  # ours first: it would pay any first-use cost the warm-up missed
         tr.setup()
     first_block = 1 << 62 if args.sequential else args.block
     while not all(tr.done for tr in trainers.values()):
         for tr in trainers.values():
-            was_first = tr._epoch == 0
+            was_first = tr.epoch == 0
             tr.block(first_block if was_first else args.block)
-            if was_first and tr._epoch == 1:
+            if was_first and tr.epoch == 1:
                 r = tr.rows[0]
                 print(f"  {tr.approach:5s} first epoch {r['seconds']:8.1f} s ({r['compilations']} XLA compilations, "
                       f"{r['compile_seconds']:.1f} s compiling; {cache_size(tr.step)} train-step shapes)", flush=True)
@@ -500,7 +503,7 @@ def main() -> int:
         print("(smoke run: a batch or two per epoch, so the ratios and targets mean nothing here)")
     summary = {
         "benchmark": "train_step",
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]]),
         "model": model_config(args),
         "batch_size": args.batch_size,
         "epochs": args.epochs,

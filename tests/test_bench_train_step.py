@@ -13,14 +13,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
-@pytest.mark.slow  # about 10 XLA compilations of a train step: ~40 s on 2 idle cores
+@pytest.mark.slow  # ~20 XLA compilations of train steps: ~50 s on 2 idle cores
 def test_train_step_benchmark_smoke(tmp_path):
     needed = [SHARED / "bench" / "make_synthetic_packed.py",
               SHARED / "data" / "mlff" / "rmd17_aspirin_train.xyz", SHARED / "data" / "mlff" / "rmd17_aspirin_test.xyz"]
     if not all(p.exists() for p in needed):
         pytest.skip("needs ../shared/bench and ../shared/data/mlff")
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--smoke", "--workdir", str(tmp_path)],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+                         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["benchmark"] == "train_step"
