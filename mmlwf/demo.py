@@ -2,12 +2,13 @@
 
 :func:`generate_demo_data` builds molecules with :func:`ase.build.molecule`, samples
 conformers by a short Langevin MD driven by the teacher calculator, labels each conformer
-with the teacher's energy and forces, and writes them to one extxyz file. The output is
-byte-identical for the same settings and is written atomically (temporary file, then rename).
+with the teacher's energy (eV), forces (eV/Å) and, where the teacher has them, atomic charges
+(e) and dipole (e·Å), and writes them to one extxyz file. The output is byte-identical for the
+same settings and is written atomically (temporary file, then rename).
 
-The only teacher so far is ASE's EMT (covers H, C, N, O): physically crude for molecules,
-but instant, and enough to exercise the whole workflow. The teacher is a setting so that a
-better one (GFN2-xTB) can take its place.
+Teachers (:data:`TEACHERS`): ``gfn2-xtb`` (GFN2-xTB through tblite: a real semi-empirical
+quantum-chemistry method with charges and dipoles, a few ms per small molecule; the default)
+and ``emt`` (ASE's EMT for H, C, N, O: physically crude for molecules, instant; for tests).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from .fileio import atomic_write
 log = logging.getLogger(__name__)
 
 DEFAULT_MOLECULES = ("H2O", "CH4", "NH3", "CH3OH")
-TEACHERS = ("emt",)
+TEACHERS = ("gfn2-xtb", "emt")
+#: results kept from the teacher, by its result name (units: ASE's eV, eV/Å, e, e·Å)
+KEPT_RESULTS = ("energy", "forces", "charges", "dipole")
 
 
 def make_teacher(name: str):
@@ -34,6 +37,12 @@ def make_teacher(name: str):
         from ase.calculators.emt import EMT
 
         return EMT()
+    if name == "gfn2-xtb":
+        try:
+            from tblite.ase import TBLite
+        except ImportError:  # pragma: no cover - tblite is a dependency
+            raise ConfigError("demo teacher 'gfn2-xtb' needs the tblite package (pip install tblite)")
+        return TBLite(method="GFN2-xTB", accuracy=0.01, verbosity=0)
     raise ConfigError(f"demo teacher '{name}' is unknown (known: {', '.join(TEACHERS)})")
 
 
@@ -42,7 +51,7 @@ def sample_molecule(
     n: int,
     *,
     rng: np.random.Generator,
-    teacher: str = "emt",
+    teacher: str = "gfn2-xtb",
     temperature_K: float = 300.0,
     steps_between: int = 20,
     timestep_fs: float = 0.5,
@@ -52,7 +61,8 @@ def sample_molecule(
 
     The MD starts from the ASE geometry with Maxwell-Boltzmann momenta, runs
     ``steps_between`` steps before the first sample (burn-in) and between samples.
-    Returns ``ase.Atoms`` carrying a SinglePointCalculator with energy (eV) and forces (eV/Å).
+    Returns ``ase.Atoms`` carrying a SinglePointCalculator with the teacher's energy (eV),
+    forces (eV/Å) and, when it gives them, charges (e) and dipole (e·Å).
     """
     from ase import Atoms, units
     from ase.build import molecule
@@ -75,12 +85,14 @@ def sample_molecule(
     for _ in range(n):
         try:
             dyn.run(steps_between)
-            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+            atoms.get_forces()
         except NotImplementedError as exc:  # EMT: element without parameters
             raise ConfigError(f"demo teacher '{teacher}' cannot handle molecule '{name}' ({exc})")
+        results = {k: np.array(v) for k, v in atoms.calc.results.items() if k in KEPT_RESULTS}
+        results["energy"] = float(results["energy"])
         frame = Atoms(numbers=atoms.numbers, positions=atoms.positions)
         frame.info["molecule"] = name
-        frame.calc = SinglePointCalculator(frame, energy=float(energy), forces=np.array(forces))
+        frame.calc = SinglePointCalculator(frame, **results)
         frames.append(frame)
     return frames
 
@@ -91,13 +103,14 @@ def generate_demo_data(
     n_per_molecule: int = 8,
     seed: int = 0,
     temperature_K: float = 300.0,
-    teacher: str = "emt",
+    teacher: str = "gfn2-xtb",
     steps_between: int = 20,
 ) -> Path:
     """Write ``n_per_molecule`` labelled conformers of each molecule to ``out_path`` (extxyz).
 
     Each molecule has its own random stream (from ``seed`` and its position in the list), so
-    the file depends only on the arguments. Energies in eV, forces in eV/Å.
+    the file depends only on the arguments. Energies in eV, forces in eV/Å, charges in e,
+    dipoles in e·Å.
     """
     import ase.io
 
@@ -109,18 +122,24 @@ def generate_demo_data(
         raise ConfigError(f"demo: 'steps_between' must be at least 1, got {steps_between}")
     if not float(temperature_K) > 0:
         raise ConfigError(f"demo: 'temperature_K' must be positive, got {temperature_K}")
+    from threadpoolctl import threadpool_limits
+
     make_teacher(teacher)  # fail on an unknown teacher before any work
     frames = []
-    for k, name in enumerate(molecules):
-        rng = np.random.default_rng([int(seed), k])
-        frames += sample_molecule(
-            name,
-            int(n_per_molecule),
-            rng=rng,
-            teacher=teacher,
-            temperature_K=float(temperature_K),
-            steps_between=int(steps_between),
-        )
+    # One OpenMP/BLAS thread: threaded reductions in the teacher differ in the last bits from
+    # run to run, and MD amplifies that into different trajectories (one thread is also faster
+    # for molecules this small).
+    with threadpool_limits(limits=1):
+        for k, name in enumerate(molecules):
+            rng = np.random.default_rng([int(seed), k])
+            frames += sample_molecule(
+                name,
+                int(n_per_molecule),
+                rng=rng,
+                teacher=teacher,
+                temperature_K=float(temperature_K),
+                steps_between=int(steps_between),
+            )
     out = Path(out_path)
     with atomic_write(out) as fh:
         ase.io.write(fh, frames, format="extxyz")

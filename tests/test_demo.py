@@ -21,18 +21,42 @@ def test_same_settings_give_identical_bytes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.extxyz", "b.extxyz", "c.extxyz"]
 
 
-def test_frames_carry_teacher_energy_and_forces(tmp_path):
-    from ase.calculators.emt import EMT
+def test_frames_carry_gfn2_xtb_energy_forces_charges_and_dipole(tmp_path):
+    from tblite.ase import TBLite
 
     path = generate_demo_data(tmp_path / "demo.extxyz", seed=0, **SMALL)
     frames = ase.io.read(path, index=":")
     assert [f.info["molecule"] for f in frames] == ["H2O"] * 3 + ["NH3"] * 3
     assert len({f.positions.tobytes() for f in frames}) == 6  # distinct conformers
     for frame in frames:
+        stored = frame.calc.results
+        frame.calc = TBLite(method="GFN2-xTB", accuracy=0.01, verbosity=0)
+        assert np.isclose(frame.get_potential_energy(), stored["energy"], atol=1e-6)
+        assert np.allclose(frame.get_forces(), stored["forces"], atol=1e-6)
+        assert np.allclose(frame.get_charges(), stored["charges"], atol=1e-6)
+        assert np.allclose(frame.get_dipole_moment(), stored["dipole"], atol=1e-6)
+        assert abs(stored["charges"].sum()) < 1e-6  # neutral molecules
+
+
+def test_emt_teacher_labels_energy_and_forces(tmp_path):
+    from ase.calculators.emt import EMT
+
+    path = generate_demo_data(tmp_path / "demo.extxyz", seed=0, teacher="emt", **SMALL)
+    for frame in ase.io.read(path, index=":"):
         energy, forces = frame.get_potential_energy(), frame.get_forces()
         frame.calc = EMT()
         assert np.isclose(frame.get_potential_energy(), energy, atol=1e-6)
         assert np.allclose(frame.get_forces(), forces, atol=1e-6)
+
+
+def test_demo_converts_with_charges_and_dipoles(tmp_path):
+    from mmlwf.convert import convert
+    from mmlwf.packed import PackedDataset
+
+    path = generate_demo_data(tmp_path / "demo.extxyz", seed=0, **SMALL)
+    ds = PackedDataset(convert([path], tmp_path / "packed"))
+    assert {"E", "F", "D", "q"} <= set(ds.fields)
+    assert len(ds) == 6
 
 
 def test_earlier_molecules_do_not_depend_on_later_ones(tmp_path):
@@ -48,7 +72,7 @@ def test_earlier_molecules_do_not_depend_on_later_ones(tmp_path):
     [
         (dict(teacher="dft"), "teacher 'dft'"),
         (dict(molecules=["NotAMolecule"]), "molecule 'NotAMolecule'"),
-        (dict(molecules=["SiH4"]), "cannot handle molecule 'SiH4'"),
+        (dict(molecules=["SiH4"], teacher="emt"), "cannot handle molecule 'SiH4'"),
         (dict(n_per_molecule=0), "n_per_molecule"),
     ],
 )

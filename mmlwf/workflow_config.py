@@ -1,0 +1,185 @@
+"""The workflow's ``config.yaml`` after schema validation: sweeps expanded, names and settings checked.
+
+``rules/common.smk`` calls :func:`resolve_workflow_config` once, before any job is planned, so
+that a wrong config stops the workflow with one line naming the key
+(``config 'experiments.x.training': learning_rate must be > 0``).
+
+Sweeps (``sweeps:``) expand a grid of settings into ordinary experiments::
+
+    sweeps:
+      lr_scan:
+        base: demo_physnet              # an experiment to start from (optional)
+        dataset: demo                   # or any experiment key, overriding the base
+        grid:
+          training.learning_rate: [1.0e-3, 3.0e-4]
+          model.features: [16, 32]
+
+gives the four experiments ``lr_scan-learning_rate_0.001-features_16`` ...
+``lr_scan-learning_rate_0.0003-features_32`` (the last part of each grid key, or the whole
+dotted key when two grid keys end alike). Splits (``splits:``) are named split settings that a
+dataset selects with ``split: <name>`` (default ``default``) or replaces with its own mapping.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ConfigError
+
+#: names become path components: no separators, no leading dot
+NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+MODEL_TYPES = ("physnet", "dcmnet")
+SPLIT_DEFAULTS = {"valid": 0.1, "test": 0.1, "seed": 0, "group_by": "none"}
+EXPERIMENT_DEFAULTS = {"device": "cpu", "threads": 2, "model": {}, "training": {}}
+#: experiment keys a sweep may set besides ``base`` and ``grid``
+EXPERIMENT_KEYS = ("dataset", "device", "threads", "model", "training")
+
+
+def check_name(name: Any, where: str) -> str:
+    """``name`` if it is safe as a path component, else a :class:`ConfigError` naming ``where``."""
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise ConfigError(
+            f"config '{where}': name {name!r} is not allowed; names are used in paths and may hold "
+            "only letters, digits, '_', '.', '-' (not starting with '.')"
+        )
+    return name
+
+
+def _value_label(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return format(value, "g")
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.+-]+", value):
+        return value
+    raise ConfigError(f"config '{where}': sweep value {value!r} cannot be part of an experiment name "
+                      "(use numbers, booleans or simple words)")
+
+
+def _set_dotted(exp: dict, key: str, value: Any, where: str) -> None:
+    section, _, leaf = key.partition(".")
+    if section not in ("model", "training") or not re.fullmatch(r"[A-Za-z0-9_]+", leaf):
+        raise ConfigError(f"config '{where}': grid key '{key}' must be model.<key> or training.<key>")
+    exp.setdefault(section, {})[leaf] = copy.deepcopy(value)
+
+
+def expand_sweeps(sweeps: Mapping, experiments: Mapping) -> dict[str, dict]:
+    """The experiments that ``sweeps`` define, by name, in grid order."""
+    out: dict[str, dict] = {}
+    for sweep, spec in sweeps.items():
+        where = f"sweeps.{sweep}"
+        check_name(sweep, where)
+        spec = dict(spec)
+        base_name = spec.pop("base", None)
+        grid = spec.pop("grid", None)
+        if base_name is not None:
+            if base_name not in experiments:
+                known = ", ".join(experiments) or "none"
+                raise ConfigError(f"config '{where}.base': {base_name!r} is not an experiment (known: {known})")
+            base = copy.deepcopy(dict(experiments[base_name]))
+        else:
+            base = {}
+        for key, value in spec.items():
+            if key in ("model", "training"):
+                base[key] = {**base.get(key, {}), **copy.deepcopy(dict(value))}
+            else:
+                base[key] = copy.deepcopy(value)
+        if not isinstance(grid, Mapping) or not grid:
+            raise ConfigError(f"config '{where}.grid': give at least one key with a list of values")
+        keys = list(grid)
+        leaves = [k.rpartition(".")[2] for k in keys]
+        labels = [leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves)]
+        for key in keys:
+            _set_dotted({}, key, None, f"{where}.grid.{key}")
+            if not isinstance(grid[key], list) or not grid[key]:
+                raise ConfigError(f"config '{where}.grid.{key}': expected a non-empty list of values")
+        for values in itertools.product(*(grid[k] for k in keys)):
+            exp = copy.deepcopy(base)
+            parts = [sweep]
+            for key, label, value in zip(keys, labels, values):
+                _set_dotted(exp, key, value, f"{where}.grid.{key}")
+                parts.append(f"{label}_{_value_label(value, f'{where}.grid.{key}')}")
+            name = "-".join(parts)
+            if name in out:
+                raise ConfigError(f"config '{where}.grid': two grid points give the experiment name '{name}'")
+            if "dataset" not in exp:
+                raise ConfigError(f"config '{where}': no dataset (give 'dataset' or a 'base' experiment)")
+            out[name] = exp
+    return out
+
+
+def _check_split(split: Mapping, where: str) -> dict:
+    split = {**SPLIT_DEFAULTS, **dict(split)}
+    fractions = [split[k] for k in ("valid", "test") if 0 < split[k] < 1]
+    if sum(fractions) >= 1:
+        raise ConfigError(f"config '{where}': valid + test fractions ({' + '.join(map(str, fractions))}) "
+                          "leave no training data; they must sum to less than 1")
+    for key in ("valid", "test"):
+        if split[key] >= 1 and split[key] != int(split[key]):
+            raise ConfigError(f"config '{where}.{key}': {split[key]} is neither a fraction (< 1) nor a count")
+    return split
+
+
+def _check_experiment(name: str, exp: dict, datasets: Mapping) -> dict:
+    from .training.config import config_from_dict
+
+    where = f"experiments.{name}"
+    exp = {**copy.deepcopy(EXPERIMENT_DEFAULTS), **exp}
+    dataset = exp.get("dataset")
+    if dataset not in datasets:
+        raise ConfigError(f"config '{where}.dataset': {dataset!r} is not a dataset "
+                          f"(known: {', '.join(datasets) or 'none'})")
+    model = {"type": "physnet", **dict(exp["model"] or {})}
+    if model["type"] not in MODEL_TYPES:
+        raise ConfigError(f"config '{where}.model.type': unknown model {model['type']!r} "
+                          f"(known: {', '.join(MODEL_TYPES)})")
+    exp["model"] = model
+    exp["training"] = dict(exp["training"] or {})
+    if exp["device"] not in ("cpu", "gpu"):
+        raise ConfigError(f"config '{where}.device': {exp['device']!r} is not cpu or gpu")
+    try:
+        config_from_dict({"model": exp["model"], "training": exp["training"]})
+    except ConfigError as exc:
+        raise ConfigError(f"config '{where}': {exc}") from None
+    return exp
+
+
+def resolve_workflow_config(config: Mapping) -> dict:
+    """A checked copy of the (schema-validated) workflow config with sweeps expanded.
+
+    Datasets get their split settings filled in (``split`` as a mapping); experiments gain
+    the sweeps' experiments and their defaults. Raises :class:`ConfigError` naming the key.
+    """
+    cfg = copy.deepcopy(dict(config))
+    datasets = dict(cfg.get("datasets") or {})
+    splits = {"default": dict(SPLIT_DEFAULTS), **dict(cfg.get("splits") or {})}
+    for name, split in splits.items():
+        check_name(name, f"splits.{name}")
+        splits[name] = _check_split(split or {}, f"splits.{name}")
+    for name, ds in datasets.items():
+        check_name(name, f"datasets.{name}")
+        ds = dict(ds)
+        split = ds.get("split", "default")
+        if isinstance(split, str):
+            if split not in splits:
+                raise ConfigError(f"config 'datasets.{name}.split': {split!r} is not in 'splits' "
+                                  f"(known: {', '.join(splits)})")
+            ds["split"] = dict(splits[split])
+        else:
+            ds["split"] = _check_split(split, f"datasets.{name}.split")
+        datasets[name] = ds
+    experiments = dict(cfg.get("experiments") or {})
+    swept = expand_sweeps(dict(cfg.get("sweeps") or {}), experiments)
+    for name in swept:
+        if name in experiments:
+            raise ConfigError(f"config 'sweeps': the swept experiment '{name}' is also defined in 'experiments'")
+    experiments.update(swept)
+    for name in list(experiments):
+        check_name(name, f"experiments.{name}")
+        experiments[name] = _check_experiment(name, dict(experiments[name]), datasets)
+    cfg["splits"], cfg["datasets"], cfg["experiments"] = splits, datasets, experiments
+    return cfg
