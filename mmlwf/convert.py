@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from . import __version__
-from .errors import DataError
-from .io import open_source, parse_key_map
+from .errors import ConfigError, DataError
+from .io import detect_format, open_source, parse_key_map
 from .packed import PackedWriter, sha256_file
+
+if TYPE_CHECKING:
+    from .esp.points import PointSettings
 
 
 def convert(
@@ -25,21 +28,49 @@ def convert(
     overwrite: bool = False,
     chunk_atoms: int = 1 << 20,
     progress: bool = False,
+    esp_unit: str | None = None,
+    density: Sequence[str | os.PathLike] | None = None,
+    geometry: Sequence[str | os.PathLike] | None = None,
+    esp_values: Sequence[str | os.PathLike] | None = None,
+    points: "PointSettings | None" = None,
+    total_charge: float | None = None,
 ) -> Path:
     """Convert ``sources`` into the packed dataset directory ``out`` (canonical units).
 
     Units not given are the format's documented defaults (or what the file states). Any bad
     structure raises :class:`~mmlwf.errors.DataError` naming file, field and index, and
     leaves no output behind (``out`` is written to a temporary directory first).
+
+    ESP sources (formats ``cube``, ``esp-grid``, ``dcmnet-npz``): ``density`` gives one
+    density cube per potential cube, in order (selection by density window, else the vdW
+    shell; ``points`` sets the rule, see :class:`mmlwf.esp.points.PointSettings`);
+    ``geometry`` one geometry per grid file (or one for all), which also makes ``esp-grid``
+    the default format; ``esp_values`` the ESP files of grids stored as ``x y z`` only;
+    ``total_charge`` the charge of cube/grid structures (default 0). Their structures carry
+    no energy: such a dataset has no ``E`` field (the ESP-only layout).
     """
     if not sources:
         raise DataError("no source files given")
     key_map = parse_key_map(keys)
+    if fmt is None and geometry:
+        fmt = "esp-grid"
+    density_for = _per_source("--density", density, len(sources))
+    geometry_for = _per_source("--geometry", geometry, len(sources), broadcast=True)
+    values_for = _per_source("--esp-values", esp_values, len(sources))
     # open every source before writing anything: a bad format/unit fails fast
     opened = []
-    for path in sources:
-        src = open_source(path, fmt, key_map)
-        units = src.units.replace(energy=energy_unit, length=length_unit, dipole=dipole_unit)
+    for k, path in enumerate(sources):
+        options = {"cube": dict(density=density_for[k], points=points, total_charge=total_charge or 0.0, index=k,
+                                length_unit=length_unit),
+                   "esp-grid": dict(geometry=geometry_for[k], esp_values=values_for[k],
+                                    total_charge=total_charge or 0.0, length_unit=length_unit)}
+        f = (fmt or detect_format(path)).lower()
+        src = open_source(path, fmt, key_map, **options.get(f, {}))
+        for given, flag, wanted in ((density_for[k], "--density", "cube"), (geometry_for[k], "--geometry", "esp-grid"),
+                                    (values_for[k], "--esp-values", "esp-grid")):
+            if given is not None and src.format != wanted:
+                raise ConfigError(f"{flag} applies to {wanted} sources, not {src.path} (format {src.format})")
+        units = src.units.replace(energy=energy_unit, length=length_unit, dipole=dipole_unit, esp=esp_unit)
         opened.append((src, units))
     records = []
     bar = _progress(progress)
@@ -73,7 +104,9 @@ def convert(
                     "energy_unit": energy_unit,
                     "length_unit": length_unit,
                     "dipole_unit": dipole_unit,
+                    "esp_unit": esp_unit,
                     "keys": key_map,
+                    **_esp_settings(density, geometry, esp_values, points, total_charge),
                 },
             )
     finally:
@@ -94,7 +127,7 @@ def _convert_source(src, units, writer: PackedWriter, where: str, bar) -> None:
     blocks = src.blocks()
     if blocks is None:
         for s in src:
-            writer.add(s.checked(where).to_canonical(units), where=where)
+            writer.add(s.checked(where, require_energy=src.requires_energy).to_canonical(units), where=where)
             if bar is not None:
                 bar.update(1)
         return
@@ -109,6 +142,30 @@ def _convert_source(src, units, writer: PackedWriter, where: str, bar) -> None:
                 n += 1
         if bar is not None:
             bar.update(n)
+
+
+def _per_source(flag: str, paths, n: int, broadcast: bool = False) -> list:
+    """``paths`` matched to ``n`` sources in order (None each when not given)."""
+    if not paths:
+        return [None] * n
+    if broadcast and len(paths) == 1:
+        return list(paths) * n
+    if len(paths) != n:
+        raise ConfigError(f"{flag} given {len(paths)} time(s) for {n} source(s): give one per source, in order")
+    return list(paths)
+
+
+def _esp_settings(density, geometry, esp_values, points, total_charge) -> dict:
+    """The ESP options for the manifest (only those given)."""
+    out = {}
+    for name, paths in (("density", density), ("geometry", geometry), ("esp_values", esp_values)):
+        if paths:
+            out[name] = [str(p) for p in paths]
+    if points is not None:
+        out["points"] = points.as_dict()
+    if total_charge is not None:
+        out["total_charge"] = float(total_charge)
+    return out
 
 
 class _SourceHasher:

@@ -4,7 +4,8 @@ Layout (DESIGN §4): per molecule ``E.f64``, ``Qtot.f64``, optional ``D.f32 (N,3
 ``n_atoms.npy``, ``offsets.npy (N+1)``; per atom ``Z_pack.int32``, ``R_pack.f32 (A,3)``,
 optional ``F_pack.f32``, ``q_pack.f32``; per ESP grid point ``grid_offsets.npy (N+1)``,
 ``grid_pack.f32 (G,3)``, ``esp_pack.f32``. Directories in this layout without a manifest
-(the layout users already have) open as well.
+(the layout users already have) open as well. ESP-only datasets (converted from cubes or
+grids, which carry no energy) have no ``E`` field at all: never NaN placeholders.
 
 :class:`PackedWriter` streams structures into a temporary directory in bounded memory and
 renames it into place only when complete; :class:`PackedDataset` memory-maps the arrays.
@@ -192,13 +193,17 @@ class PackedWriter:
             )
 
     def add(self, s: Structure, *, where: str | None = None) -> None:
-        """Append one checked structure in canonical units."""
+        """Append one checked structure in canonical units. A structure without energy
+        (ESP-only data) is accepted when every structure of the dataset lacks one: ``E`` is
+        then not stored at all (mixing raises DataError)."""
         present = s.present()
-        if s.E is None:
+        if s.E is None and "grid" not in present:
             raise DataError("missing energy", path=where, field="E", index=s.index)
-        self._set_fields(("E", "Qtot", "Z", "R") + present, where, s.index)
+        energy = ("E",) if s.E is not None else ()
+        self._set_fields(energy + ("Qtot", "Z", "R") + present, where, s.index)
         p = self._rows
-        p["E"].append(np.float64(s.E))
+        if energy:
+            p["E"].append(np.float64(s.E))
         p["Qtot"].append(np.float64(s.Qtot))
         p["Z"].append(s.Z)
         p["R"].append(s.R)

@@ -85,7 +85,8 @@ def test_missing_energy_in_extxyz_names_the_frame(tmp_path, capsys):
     [
         (["--energy-unit", "furlong"], "unknown energy unit 'furlong'"),
         (["--length-unit", "parsec"], "unknown length unit 'parsec'"),
-        (["--format", "cube"], "unknown format 'cube'"),
+        (["--format", "wfn"], "unknown format 'wfn'"),
+        (["--format", "cube"], "ok.npz: not a text cube file"),
         (["--key", "Energy=E"], "unknown canonical name 'Energy'"),
         (["--key", "E=nonexistent"], "key 'nonexistent' given for E is not in the file"),
     ],

@@ -2,8 +2,11 @@
 
 Formats: ``npz`` (PhysNet-style padded arrays, common aliases, sGDML), ``ase`` (extxyz and
 anything :func:`ase.io.iread` reads), ``db`` (ASE databases), ``hdf5`` (ANI-style groups
-or flat padded arrays). Readers yield values in the units of the source; each reader
-reports the units it assumes (``Source.units``), which the user may override.
+or flat padded arrays); ESP data for DCMNet: ``cube`` (Gaussian cube files,
+:mod:`.cube`), ``esp-grid`` (grid + ESP text/npy with a geometry file, :mod:`.esp_grid`),
+``dcmnet-npz`` (:mod:`.dcmnet_npz`; detected from the keys of an ``.npz``). Readers yield
+values in the units of the source; each reader reports the units it assumes
+(``Source.units``), which the user may override.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ from ..structure import Structure, StructureBlock
 from ..units import SourceUnits
 from .keys import CANONICAL_KEYS, parse_key_map
 
-FORMATS = ("npz", "ase", "db", "hdf5")
+FORMATS = ("npz", "ase", "db", "hdf5", "cube", "esp-grid", "dcmnet-npz")
+#: formats of ESP data (structures with grid + esp, possibly without energy)
+ESP_FORMATS = ("cube", "esp-grid", "dcmnet-npz")
+#: formats whose readers take options (``open_source(..., **options)``)
+_WITH_OPTIONS = ("cube", "esp-grid")
 
 #: documented default units per format (overridable with --energy-unit/--length-unit)
 DEFAULT_UNITS: dict[str, SourceUnits] = {
@@ -26,15 +33,21 @@ DEFAULT_UNITS: dict[str, SourceUnits] = {
     "ase": SourceUnits(energy="eV", length="Angstrom"),  # ASE convention
     "db": SourceUnits(energy="eV", length="Angstrom"),
     "hdf5": SourceUnits(energy="eV", length="Angstrom"),  # unless the file says otherwise
+    "cube": SourceUnits(length="Bohr", esp="Hartree/e"),  # Å when the voxel counts are negative
+    "esp-grid": SourceUnits(length="Angstrom", esp="Hartree/e"),
+    "dcmnet-npz": SourceUnits(energy="eV", length="Angstrom", esp="Hartree/e"),
 }
 
-_EXTENSIONS = {".npz": "npz", ".db": "db", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5"}
+_EXTENSIONS = {".npz": "npz", ".db": "db", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
+               ".cube": "cube", ".cub": "cube", ".npy": "esp-grid"}
 
 
 class Source:
     """One input file: its format, assumed units and a lazy structure iterator."""
 
     format: str = ""
+    #: False for ESP-only formats: their structures may lack an energy (E is then not stored)
+    requires_energy: bool = True
 
     def __init__(self, path: str | os.PathLike, keys: Mapping[str, str] | None = None) -> None:
         self.path = Path(path)
@@ -75,23 +88,54 @@ def open_source(
     path: str | os.PathLike,
     fmt: str | None = None,
     keys: Mapping[str, str] | None = None,
+    **options,
 ) -> Source:
-    """Open ``path`` with the reader for ``fmt`` (detected from the extension when None)."""
+    """Open ``path`` with the reader for ``fmt`` (detected from the extension when None; an
+    ``.npz`` holding ``esp`` and ``vdw_surface``/``esp_grid`` is ``dcmnet-npz``).
+
+    ``options`` go to the ``cube`` reader (``density=``, ``points=``, ``total_charge=``,
+    ``index=``, ``length_unit=``) and the ``esp-grid`` reader (``geometry=``,
+    ``esp_values=``, ``total_charge=``, ``length_unit=``); other formats ignore them.
+    """
     from .ase_formats import AseDbSource, AseSource
+    from .cube import CubeSource
+    from .dcmnet_npz import DcmnetNpzSource
+    from .esp_grid import EspGridSource
     from .hdf5 import Hdf5Source
     from .padded import NpzSource
 
+    detected = fmt is None
     fmt = (fmt or detect_format(path)).lower()
     if fmt in ("extxyz", "xyz"):
         fmt = "ase"
-    readers = {"npz": NpzSource, "ase": AseSource, "db": AseDbSource, "hdf5": Hdf5Source}
+    if detected and fmt == "npz" and _npz_is_dcmnet(path):
+        fmt = "dcmnet-npz"
+    readers = {"npz": NpzSource, "ase": AseSource, "db": AseDbSource, "hdf5": Hdf5Source,
+               "cube": CubeSource, "esp-grid": EspGridSource, "dcmnet-npz": DcmnetNpzSource}
     if fmt not in readers:
         raise ConfigError(f"unknown format '{fmt}' (known: {', '.join(FORMATS)}, extxyz)")
+    if fmt in _WITH_OPTIONS:
+        return readers[fmt](path, keys, **options)
     return readers[fmt](path, keys)
+
+
+def _npz_is_dcmnet(path: str | os.PathLike) -> bool:
+    """Whether an npz's member names are the DCMNet layout (False when unreadable: the npz
+    reader then reports the problem)."""
+    import zipfile
+
+    from .dcmnet_npz import is_dcmnet_npz
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return is_dcmnet_npz(n[:-4] for n in zf.namelist() if n.endswith(".npy"))
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 __all__ = [
     "FORMATS",
+    "ESP_FORMATS",
     "DEFAULT_UNITS",
     "Source",
     "detect_format",
