@@ -1,7 +1,8 @@
 """``mmlwf stats``: statistics of the training split that the models and the loader use.
 
 Per-element reference energies by ridge-regularised least squares of the energies on the
-element counts, the residual energy spread per atom, force RMS, the atom-count histogram,
+element counts and the residual energy spread per atom (when the dataset has energies), force
+RMS, ESP grid points per molecule and ESP RMS (when it has an ESP), the atom-count histogram,
 neighbour counts within the model cutoff, and the batch budgets the loader will use.
 Computed from the training split only, streaming over the data in chunks.
 """
@@ -61,32 +62,40 @@ def compute_stats(
     ds = PackedDataset(dataset)
     train = load_split(split, len(ds)).train
     elements = np.asarray(sorted({int(z) for z in ds.elements}), np.int64)
-    counts = element_counts(ds, train, elements, chunk)
-    E = np.asarray(ds.arrays["E"][train], np.float64)
-    e_ref = fit_element_energies(counts, E, ridge)
     n_atoms = np.asarray(ds.n_atoms[train])
-    resid_per_atom = (E - counts @ e_ref) / n_atoms
     out: dict = {
         "mmlwf_version": __version__,
         "dataset": str(dataset),
         "n_train": int(train.shape[0]),
-        "units": {"energy": "eV", "force": "eV/Angstrom", "length": "Angstrom"},
+        "units": {"energy": "eV", "force": "eV/Angstrom", "length": "Angstrom", "esp": "V"},
         "elements": [int(z) for z in elements],
-        "element_energies": {chemical_symbols[z]: float(e) for z, e in zip(elements, e_ref)},
-        "element_energies_by_Z": {str(int(z)): float(e) for z, e in zip(elements, e_ref)},
-        "energy_residual_per_atom": {
-            "mean": float(resid_per_atom.mean()),
-            "std": float(resid_per_atom.std()),
-            "rms": float(np.sqrt(np.mean(resid_per_atom**2))),
-        },
-        "energy": {"mean": float(E.mean()), "std": float(E.std())},
+        # ESP-only datasets (cube files) have no energies: no element energies then
+        "element_energies": {},
+        "element_energies_by_Z": {},
+    }
+    if "E" in ds.fields:
+        counts = element_counts(ds, train, elements, chunk)
+        E = np.asarray(ds.arrays["E"][train], np.float64)
+        e_ref = fit_element_energies(counts, E, ridge)
+        resid_per_atom = (E - counts @ e_ref) / n_atoms
+        out.update({
+            "element_energies": {chemical_symbols[z]: float(e) for z, e in zip(elements, e_ref)},
+            "element_energies_by_Z": {str(int(z)): float(e) for z, e in zip(elements, e_ref)},
+            "energy_residual_per_atom": {
+                "mean": float(resid_per_atom.mean()),
+                "std": float(resid_per_atom.std()),
+                "rms": float(np.sqrt(np.mean(resid_per_atom**2))),
+            },
+            "energy": {"mean": float(E.mean()), "std": float(E.std())},
+        })
+    out.update({
         "n_atoms": {
             "min": int(n_atoms.min()),
             "max": int(n_atoms.max()),
             "mean": float(n_atoms.mean()),
             "histogram": {str(int(k)): int(v) for k, v in zip(*np.unique(n_atoms, return_counts=True))},
         },
-    }
+    })
     if "F" in ds.fields:
         sq, n = 0.0, 0
         per_el_sq = np.zeros(elements.size)
@@ -105,6 +114,12 @@ def compute_stats(
             chemical_symbols[z]: float(np.sqrt(q / (3 * c))) for z, q, c in zip(elements, per_el_sq, per_el_n) if c
         }
     sizes = molecule_sizes(ds, train, cutoff, chunk)
+    if ds.grid_offsets is not None and "esp" in ds.fields:
+        go = np.asarray(ds.grid_offsets)
+        esp = np.asarray(ds.arrays["esp"], np.float64)
+        sq = sum(float(np.square(esp[go[i]:go[i + 1]]).sum()) for i in train)
+        out["esp"] = {"grid_points_per_molecule": {"mean": float(sizes[:, 3].mean()), "max": int(sizes[:, 3].max())},
+                      "rms_V": float(np.sqrt(sq / max(int(sizes[:, 3].sum()), 1)))}
     pairs = sizes[:, 2]
     neighbours_per_atom = pairs / sizes[:, 1]
     out["neighbours"] = {

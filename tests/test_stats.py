@@ -69,3 +69,22 @@ def test_cli_stats_on_real_data(tmp_path):
     # aspirin at 5 Å keeps about 72 % of the 21*20 ordered pairs
     assert 0.6 < st["neighbours"]["all_pairs_fraction"] < 0.85
     assert st["energy_residual_per_atom"]["std"] < 0.05  # eV/atom after the per-element fit
+
+
+def test_esp_only_dataset_has_esp_statistics_and_no_element_energies(tmp_path):
+    from pathlib import Path
+
+    from mmlwf.convert import convert
+    from mmlwf.split import split_dataset
+
+    esp = Path(__file__).resolve().parents[2] / "shared" / "data" / "esp"
+    cubes = sorted(esp.glob("h2o-pot*.cube"))
+    if not cubes:
+        pytest.skip("../shared/data/esp is not beside the repository")
+    packed = convert(cubes, tmp_path / "packed")
+    split_dataset(packed, tmp_path / "split.npz", valid=0, test=1, seed=0)
+    stats = compute_stats(packed, tmp_path / "split.npz")
+    assert stats["element_energies"] == {} and "energy" not in stats
+    assert stats["esp"]["grid_points_per_molecule"]["max"] > 500
+    assert 0.1 < stats["esp"]["rms_V"] < 10.0
+    assert all(b["n_grid"] > 0 for b in stats["batching"]["budgets"])
