@@ -1,0 +1,56 @@
+"""Captions of the analysis figures, shared by the HTML report and the workflow's
+``report()`` outputs (:func:`write_rst` writes them as the ``.rst`` files Snakemake wants)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..fileio import atomic_write
+
+CAPTIONS: dict[str, str] = {
+    "learning_curves.png": (
+        "Learning curves: training (blue) and validation (orange) error of every trained term against "
+        "the epoch, MAE solid and RMSE dashed, on a log scale; the first panel is the loss (weighted sum "
+        "of the terms' mean squared errors). Validation uses the EMA weights when the run kept an EMA."),
+    "parity_energy.png": (
+        "Energy parity: predicted against reference total energy (eV) of each evaluated structure, with "
+        "the line y = x; MAE and RMSE in the corner. Points become a log-density hexbin above 2000 points."),
+    "parity_forces.png": (
+        "Force parity: predicted against reference Cartesian force components (eV/Å) of every atom of "
+        "the evaluated structures, with y = x; a log-density hexbin above 2000 points."),
+    "error_histogram.png": (
+        "Error distributions: energy error per structure (meV), force component errors (meV/Å) and, "
+        "for models with charges on data with dipoles, the length of the dipole error (e·Å)."),
+    "force_errors_by_element.png": (
+        "Force component MAE and RMSE (meV/Å) per element over the evaluated structures, with the "
+        "number of atoms of each element."),
+    "esp_error.png": (
+        "Electrostatic potential over the grid points of the evaluated structures, in kcal/(mol·e): "
+        "predicted against reference ESP (y = x dashed; a log-density hexbin above 2000 points), the "
+        "absolute error against the distance from the point to the nearest atom, and the error at each "
+        "grid point of the first structure, projected on its first two principal axes with its nuclei."),
+    "charge_positions.png": (
+        "Distributed charges of the first evaluated structure: nuclei (circles, element symbols) and "
+        "the model's off-centre charges (diamonds coloured by charge, e), each joined to its atom, in "
+        "two projections of the molecule's principal-axes frame (Å)."),
+}
+
+
+def caption(name: str) -> str:
+    """The caption of figure file ``name`` (e.g. ``"parity_forces.png"``)."""
+    try:
+        return CAPTIONS[Path(name).name]
+    except KeyError:
+        raise KeyError(f"no caption for '{name}' (known: {', '.join(CAPTIONS)})") from None
+
+
+def write_rst(directory: str | os.PathLike) -> list[Path]:
+    """Write one ``<figure stem>.rst`` caption file per figure into ``directory``."""
+    out = []
+    for name, text in CAPTIONS.items():
+        path = Path(directory) / f"{Path(name).stem}.rst"
+        with atomic_write(path) as fh:
+            fh.write(text + "\n")
+        out.append(path)
+    return out

@@ -1,0 +1,342 @@
+"""Figures of a trained run (headless: :class:`matplotlib.figure.Figure` with the Agg canvas,
+no pyplot state, so nothing stays open after a figure is saved).
+
+:data:`PLOT_FILES` fixes the files made for each model type (the workflow declares them as
+outputs); :func:`make_plots` writes them from the run's ``history.csv`` and a prediction dict
+(:func:`~mmlwf.analysis.evaluate.load_predictions` or
+:func:`~mmlwf.analysis.evaluate.evaluate_run`). Captions: :mod:`mmlwf.analysis.captions`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..fileio import atomic_write
+from ..units import ESP
+
+#: the PNG files :func:`make_plots` writes for each model type
+PLOT_FILES: dict[str, tuple[str, ...]] = {
+    "physnet": ("learning_curves.png", "parity_energy.png", "parity_forces.png", "error_histogram.png",
+                "force_errors_by_element.png"),
+    "dcmnet": ("learning_curves.png", "esp_error.png", "charge_positions.png"),
+}
+#: above this many points a parity plot is a density (hexbin) instead of a scatter
+DENSITY_THRESHOLD = 2000
+DPI = 110
+
+#: prediction keys each model type's plots need
+_NEEDS = {"physnet": ("E_ref", "E_pred", "F_ref", "F_pred", "Z"),
+          "dcmnet": ("Z", "R", "offsets", "grid", "grid_offsets", "esp_ref", "esp_pred", "dcm_charges",
+                     "dcm_positions")}
+_KCAL = 1.0 / ESP["kcal/mol/e"]  # kcal/(mol·e) per V
+_UNIT_LABELS = {"eV": "eV", "eV_per_A": "eV/Å", "eA": "e·Å", "e": "e", "V": "V",
+                "kcal_per_mol_e": "kcal/(mol·e)"}
+_METRIC = re.compile(r"^(train|valid)_(?P<term>[a-z_]+?)_(?P<stat>mae|rmse)_(?P<unit>.+)$")
+
+
+def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 4.2)):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    return fig, axes
+
+
+def _save(fig, path: Path) -> Path:
+    """Write ``fig`` as PNG atomically (no timestamp in the file)."""
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=DPI, metadata={"Software": None})
+    return path
+
+
+# ----------------------------------------------------------------------------- learning curves
+
+
+def history_terms(columns) -> dict[str, dict]:
+    """Trained terms in ``history.csv`` columns: ``{"energy": {"unit": "eV", "columns":
+    {("train", "mae"): col, ...}}, ...}``, plus ``"loss"`` from ``train_loss``/``valid_loss``."""
+    terms: dict[str, dict] = {}
+    for col in columns:
+        m = _METRIC.match(col)
+        if m:
+            t = terms.setdefault(m["term"], {"unit": m["unit"], "columns": {}})
+            t["columns"][(col.split("_", 1)[0], m["stat"])] = col
+    loss = {(p, "loss"): f"{p}_loss" for p in ("train", "valid") if f"{p}_loss" in columns}
+    return ({"loss": {"unit": "", "columns": loss}} if loss else {}) | terms
+
+
+def plot_learning_curves(history, path: Path) -> Path:
+    """One panel per trained term (and the loss): train and validation MAE (solid) and RMSE
+    (dashed) against the epoch, log y."""
+    terms = history_terms(list(history.columns))
+    if not terms or "epoch" not in history:
+        raise DataError("no epoch or metric columns to plot", field="history.csv")
+    ncols = min(len(terms), 3)
+    nrows = -(-len(terms) // ncols)
+    fig, axes = _figure(ncols, nrows, (4.6, 3.6))
+    colours = {"train": "tab:blue", "valid": "tab:orange"}
+    styles = {"mae": "-", "loss": "-", "rmse": "--"}
+    epoch = history["epoch"].to_numpy()
+    for ax, (term, spec) in zip(axes, terms.items()):
+        for (part, stat), col in sorted(spec["columns"].items()):
+            y = history[col].to_numpy(np.float64)
+            ok = np.isfinite(y) & (y > 0)
+            if ok.any():
+                label = f"{part} {stat.upper() if stat != 'loss' else 'loss'}"
+                ax.plot(epoch[ok], y[ok], styles[stat], color=colours[part], marker="." if ok.sum() < 30 else None,
+                        label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        unit = _UNIT_LABELS.get(spec["unit"], spec["unit"])
+        ax.set_ylabel(f"{term} ({unit})" if unit else "loss (weighted sum of MSEs)")
+        ax.set_title(term.replace("_", " "))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in axes[len(terms):]:
+        ax.set_visible(False)
+    fig.suptitle("Learning curves")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- parity and errors
+
+
+def _parity(ax, ref: np.ndarray, pred: np.ndarray, quantity: str, unit: str) -> None:
+    ref, pred = np.ravel(ref), np.ravel(pred)
+    lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
+    pad = 0.03 * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
+    if ref.size > DENSITY_THRESHOLD:
+        hb = ax.hexbin(ref, pred, gridsize=80, bins="log", mincnt=1, cmap="viridis", extent=(lo, hi, lo, hi))
+        ax.figure.colorbar(hb, ax=ax, label="points per bin")
+    else:
+        ax.scatter(ref, pred, s=8, alpha=0.6, edgecolors="none")
+    ax.plot([lo, hi], [lo, hi], color="0.3", lw=0.8, ls="--", label="y = x")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    d = pred - ref
+    ax.text(0.04, 0.96, f"MAE {np.mean(np.abs(d)):.4g} {unit}\nRMSE {np.sqrt(np.mean(d * d)):.4g} {unit}\n"
+            f"n = {ref.size}", transform=ax.transAxes, va="top", fontsize="small",
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
+    ax.set_xlabel(f"reference {quantity} ({unit})")
+    ax.set_ylabel(f"predicted {quantity} ({unit})")
+
+
+def plot_parity_energy(pred: Mapping, path: Path) -> Path:
+    fig, (ax,) = _figure()
+    _parity(ax, pred["E_ref"], pred["E_pred"], "energy", "eV")
+    ax.set_title(f"Energy parity ({len(pred['E_ref'])} structures)")
+    return _save(fig, path)
+
+
+def plot_parity_forces(pred: Mapping, path: Path) -> Path:
+    fig, (ax,) = _figure()
+    _parity(ax, pred["F_ref"], pred["F_pred"], "force component", "eV/Å")
+    ax.set_title(f"Force parity (x, y, z of {len(pred['F_ref'])} atoms)")
+    return _save(fig, path)
+
+
+def _histogram(ax, values: np.ndarray, xlabel: str, title: str) -> None:
+    values = np.ravel(values)
+    ax.hist(values, bins=min(60, max(10, int(np.sqrt(values.size)))), color="tab:blue", alpha=0.8)
+    ax.axvline(0.0, color="0.3", lw=0.8, ls="--")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title)
+
+
+def plot_error_histogram(pred: Mapping, path: Path) -> Path:
+    """Energy error per structure (meV), force component errors (meV/Å), and the dipole
+    error's length (e·Å) when the model predicts dipoles and the data has them."""
+    panels = [((np.asarray(pred["E_pred"]) - pred["E_ref"]) * 1e3, "energy error, predicted - reference (meV)",
+               "Energy error per structure")]
+    panels.append(((np.asarray(pred["F_pred"]) - pred["F_ref"]) * 1e3,
+                   "force component error, predicted - reference (meV/Å)", "Force component errors"))
+    if "D_pred" in pred and "D_ref" in pred:
+        panels.append((np.linalg.norm(np.asarray(pred["D_pred"]) - pred["D_ref"], axis=1),
+                       "dipole error |D_pred - D_ref| (e·Å)", "Dipole error per structure"))
+    fig, axes = _figure(len(panels), 1, (4.6, 3.8))
+    for ax, (values, xlabel, title) in zip(axes, panels):
+        _histogram(ax, values, xlabel, title)
+    fig.suptitle("Error distributions")
+    return _save(fig, path)
+
+
+def plot_force_errors_by_element(per_element: Mapping[str, Mapping], path: Path) -> Path:
+    """Force component MAE and RMSE per element (bars), with the atom count of each."""
+    symbols = list(per_element)
+    mae = [per_element[s]["forces_mae_eV_per_A"] * 1e3 for s in symbols]
+    rmse = [per_element[s]["forces_rmse_eV_per_A"] * 1e3 for s in symbols]
+    x = np.arange(len(symbols))
+    fig, (ax,) = _figure(size=(max(4.0, 1.2 * len(symbols) + 2.0), 4.0))
+    ax.bar(x - 0.2, mae, 0.4, label="MAE")
+    ax.bar(x + 0.2, rmse, 0.4, label="RMSE")
+    ax.set_xticks(x, [f"{s}\n({per_element[s]['n_atoms']} atoms)" for s in symbols])
+    ax.set_xlabel("element")
+    ax.set_ylabel("force component error (meV/Å)")
+    ax.set_title("Force errors per element")
+    ax.legend()
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- DCMNet
+
+
+def _principal_frame(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(centre, axes)``: the atoms' centroid and principal axes (rows, largest spread first)."""
+    centre = R.mean(axis=0)
+    _, _, vt = np.linalg.svd(R - centre, full_matrices=True)
+    return centre, vt
+
+
+def _molecule(pred: Mapping, j: int) -> dict:
+    """Atoms, charges and grid of the ``j``-th predicted structure."""
+    a, b = int(pred["offsets"][j]), int(pred["offsets"][j + 1])
+    g0, g1 = int(pred["grid_offsets"][j]), int(pred["grid_offsets"][j + 1])
+    return {"index": int(pred["index"][j]), "Z": np.asarray(pred["Z"][a:b]), "R": np.asarray(pred["R"][a:b]),
+            "dcm_q": np.asarray(pred["dcm_charges"][a:b]), "dcm_R": np.asarray(pred["dcm_positions"][a:b]),
+            "grid": np.asarray(pred["grid"][g0:g1]),
+            "dV": (np.asarray(pred["esp_pred"][g0:g1]) - pred["esp_ref"][g0:g1]) * _KCAL}
+
+
+def _draw_nuclei(ax, xy: np.ndarray, Z: np.ndarray) -> None:
+    from ase.data import chemical_symbols
+    from ase.data.colors import jmol_colors
+
+    ax.scatter(xy[:, 0], xy[:, 1], s=200, c=[jmol_colors[z] for z in Z], edgecolors="k", linewidths=0.8,
+               alpha=0.8, zorder=2)
+    for (x, y), z in zip(xy, Z):
+        ax.annotate(chemical_symbols[int(z)], (x, y), ha="center", va="center", fontsize=8, zorder=3)
+
+
+def nearest_atom_distances(pred: Mapping) -> np.ndarray:
+    """Distance (Å) from every grid point to the nearest atom of its own structure."""
+    out = np.empty(len(pred["esp_ref"]))
+    for j in range(len(pred["index"])):
+        a, b = int(pred["offsets"][j]), int(pred["offsets"][j + 1])
+        g0, g1 = int(pred["grid_offsets"][j]), int(pred["grid_offsets"][j + 1])
+        if g1 > g0:
+            d = np.linalg.norm(pred["grid"][g0:g1, None, :] - pred["R"][None, a:b, :], axis=-1)
+            out[g0:g1] = d.min(axis=1)
+    return out
+
+
+def plot_esp_error(pred: Mapping, path: Path) -> Path:
+    """ESP over the grid points: parity of all points, |error| against the distance to the
+    nearest atom, and the error at the grid points of one molecule (principal-axes frame)."""
+    ref, new = np.asarray(pred["esp_ref"]) * _KCAL, np.asarray(pred["esp_pred"]) * _KCAL
+    fig, axes = _figure(3, 1, (4.8, 4.4))
+    _parity(axes[0], ref, new, "ESP", "kcal/(mol·e)")
+    axes[0].set_title(f"ESP parity ({ref.size} grid points)")
+    dist, err = nearest_atom_distances(pred), np.abs(new - ref)
+    ax = axes[1]
+    if err.size > DENSITY_THRESHOLD:
+        hb = ax.hexbin(dist, err, gridsize=60, bins="log", mincnt=1, cmap="viridis")
+        fig.colorbar(hb, ax=ax, label="points per bin")
+    else:
+        ax.scatter(dist, err, s=8, alpha=0.6, edgecolors="none")
+    ax.set_xlabel("distance to the nearest atom (Å)")
+    ax.set_ylabel("|ESP error| (kcal/(mol·e))")
+    ax.set_title("ESP error against distance")
+    ax.grid(True, alpha=0.3)
+    mol = _molecule(pred, 0)
+    centre, axes_ = _principal_frame(mol["R"])
+    g = (mol["grid"] - centre) @ axes_.T
+    order = np.argsort(np.abs(mol["dV"]))  # largest errors drawn last (on top)
+    lim = float(np.max(np.abs(mol["dV"]))) or 1.0
+    ax = axes[2]
+    sc = ax.scatter(g[order, 0], g[order, 1], c=mol["dV"][order], cmap="RdBu_r", vmin=-lim, vmax=lim, s=6)
+    fig.colorbar(sc, ax=ax, label="ESP error, predicted - reference (kcal/(mol·e))")
+    _draw_nuclei(ax, ((mol["R"] - centre) @ axes_.T)[:, :2], mol["Z"])
+    ax.set_aspect("equal")
+    ax.set_xlabel("first principal axis (Å)")
+    ax.set_ylabel("second principal axis (Å)")
+    ax.set_title(f"ESP error at the grid points of structure {mol['index']}")
+    fig.suptitle("Electrostatic potential errors over the grid points")
+    return _save(fig, path)
+
+
+def plot_charge_positions(pred: Mapping, path: Path) -> Path:
+    """The distributed charges of the first predicted structure around its nuclei, in two
+    projections of the principal-axes frame; lines join each charge to its atom."""
+    mol = _molecule(pred, 0)
+    centre, axes_ = _principal_frame(mol["R"])
+    nuc = (mol["R"] - centre) @ axes_.T
+    pos = (mol["dcm_R"] - centre) @ axes_.T  # (atoms, n_dcm, 3)
+    q = mol["dcm_q"]
+    lim = float(np.max(np.abs(q))) or 1.0
+    half = float(max(np.max(np.abs(nuc)), np.max(np.abs(pos)))) + 0.6  # same Å scale on every axis
+    fig, axes = _figure(2, 1, (5.0, 4.6))
+    for ax, (i, j) in zip(axes, ((0, 1), (0, 2))):
+        for a in range(len(nuc)):
+            for k in range(pos.shape[1]):
+                ax.plot([nuc[a, i], pos[a, k, i]], [nuc[a, j], pos[a, k, j]], color="0.5", lw=0.7, zorder=1)
+        _draw_nuclei(ax, nuc[:, [i, j]], mol["Z"])
+        sc = ax.scatter(pos[..., i].ravel(), pos[..., j].ravel(), c=q.ravel(), cmap="RdBu_r", vmin=-lim, vmax=lim,
+                        s=45, marker="D", edgecolors="k", linewidths=0.5, zorder=4)
+        ax.set_xlim(-half, half)
+        ax.set_ylim(-half, half)
+        ax.set_aspect("equal")
+        ax.set_xlabel(f"principal axis {i + 1} (Å)")
+        ax.set_ylabel(f"principal axis {j + 1} (Å)")
+        ax.grid(True, alpha=0.3)
+    fig.colorbar(sc, ax=list(axes), label="distributed charge (e)", shrink=0.85)
+    fig.suptitle(f"Distributed charges of structure {mol['index']} ({q.shape[1]} per atom)")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- a run
+
+
+def read_history(run_dir: str | os.PathLike):
+    """``history.csv`` of a run as a :class:`pandas.DataFrame`."""
+    import pandas as pd
+
+    path = Path(run_dir) / "history.csv"
+    if not path.exists():
+        raise DataError("no history.csv (has the run trained an epoch?)", path=path)
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"unreadable history ({' '.join(str(exc).split())})", path=path) from None
+    if df.empty:
+        raise DataError("no epochs recorded", path=path)
+    return df
+
+
+def make_plots(run_dir: str | os.PathLike, out_dir: str | os.PathLike, pred: Mapping,
+               model_type: str = "physnet") -> list[Path]:
+    """Write :data:`PLOT_FILES` ``[model_type]`` into ``out_dir`` from the run's history and
+    the prediction dict ``pred``; returns the paths in that order."""
+    from .evaluate import per_element_metrics
+
+    if model_type not in PLOT_FILES:
+        raise DataError(f"no plots defined for model type '{model_type}' (known: {', '.join(PLOT_FILES)})",
+                        path=run_dir)
+    for key in _NEEDS[model_type]:
+        if key not in pred:
+            raise DataError(f"{model_type} predictions lack it (the per-atom predictions file is needed too)",
+                            field=key)
+    if len(pred["index"]) == 0:
+        raise DataError("no structures in the predictions", field="index")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    history = read_history(run_dir)
+    makers = {
+        "learning_curves.png": lambda p: plot_learning_curves(history, p),
+        "parity_energy.png": lambda p: plot_parity_energy(pred, p),
+        "parity_forces.png": lambda p: plot_parity_forces(pred, p),
+        "error_histogram.png": lambda p: plot_error_histogram(pred, p),
+        "force_errors_by_element.png": lambda p: plot_force_errors_by_element(per_element_metrics(pred), p),
+        "esp_error.png": lambda p: plot_esp_error(pred, p),
+        "charge_positions.png": lambda p: plot_charge_positions(pred, p),
+    }
+    return [makers[name](out / name) for name in PLOT_FILES[model_type]]
