@@ -3,11 +3,12 @@
 Public API::
 
     label_structures(sources, output, *, method="HF", basis="6-31g*", fmt=None,
-                     points=PointSettings(), cache_dir=None, max_structures=None,
+                     points=PointSettings(), cache_dir=None, max_structures=None, stride=1,
                      charge=None, spin=None, charges=None, forces=False, keys=None,
                      length_unit=None, threads=None, overwrite=False, progress=False) -> Path
 
-reads geometries from ``sources`` (any format ``mmlwf convert`` reads), runs one SCF per
+reads geometries from ``sources`` (any format ``mmlwf convert`` reads; every ``stride``-th
+structure, at most ``max_structures`` of them), runs one SCF per
 structure (``method``: ``"HF"`` or any pyscf DFT functional name, e.g. ``"B3LYP"``; restricted
 for closed shells, unrestricted otherwise), and writes a packed dataset at ``output`` with,
 in canonical units: ``E`` SCF energy (eV), ``D`` dipole (e·Å, about the origin, as pyscf's
@@ -185,16 +186,19 @@ def _load_cached(path: Path, wanted: Sequence[str]) -> dict | None:
     return labels if all(k in labels for k in wanted) else None
 
 
-def _geometries(sources, fmt, keys, length_unit, max_structures) -> Iterator[tuple[str, Structure]]:
+def _geometries(sources, fmt, keys, length_unit, max_structures, stride=1) -> Iterator[tuple[str, Structure]]:
     from .io import open_source, parse_key_map
 
     key_map = parse_key_map(keys)
     opened = [open_source(p, fmt, key_map) for p in sources]  # fail fast on bad paths/formats
-    n = 0
+    n = seen = 0
     for src in opened:
         units = src.units.replace(length=length_unit)
         where = str(src.path)
         for s in src:
+            seen += 1
+            if (seen - 1) % stride:
+                continue
             if max_structures is not None and n >= max_structures:
                 return
             yield where, s.checked(where, require_energy=False).to_canonical(units)
@@ -211,6 +215,7 @@ def label_structures(
     points: PointSettings | None = None,
     cache_dir: str | os.PathLike | None = None,
     max_structures: int | None = None,
+    stride: int = 1,
     charge: int | None = None,
     spin: int | None = None,
     charges: str | None = None,
@@ -232,6 +237,8 @@ def label_structures(
     points = points or PointSettings()
     if max_structures is not None and max_structures < 1:
         raise ConfigError(f"max_structures must be >= 1, got {max_structures}")
+    if int(stride) < 1:
+        raise ConfigError(f"stride must be >= 1, got {stride}")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
     cache = None if cache_dir is None else Path(cache_dir)
@@ -245,7 +252,7 @@ def label_structures(
     previous_threads = _set_threads(threads)
     try:
         with PackedWriter(output, overwrite=overwrite) as writer:
-            for k, (where, s) in enumerate(_geometries(sources, fmt, keys, length_unit, max_structures)):
+            for k, (where, s) in enumerate(_geometries(sources, fmt, keys, length_unit, max_structures, int(stride))):
                 q = s.Qtot if charge is None else charge
                 if abs(q - round(q)) > 1e-6:
                     raise DataError(f"total charge {q} is not an integer", path=where, field="Qtot", index=s.index)

@@ -222,3 +222,24 @@ def test_labeller_agrees_with_the_reference_cubes(tmp_path, tag):
     kcal = U.kcal / U.mol
     rmse = np.sqrt(np.mean((ours - row["esp"]) ** 2)) / kcal
     assert np.sqrt(np.mean(row["esp"] ** 2)) / kcal > 15 and rmse < 2.5
+
+
+def test_stride_and_max_structures_pick_every_kth_structure(tmp_path):
+    import ase.io
+    from ase.build import molecule
+
+    from mmlwf.label import label_structures
+    from mmlwf.packed import PackedDataset
+
+    frames = []
+    for k in range(5):
+        atoms = molecule("H2")
+        atoms.positions[1, 2] += 0.02 * k
+        frames.append(atoms)
+    ase.io.write(tmp_path / "h2.xyz", frames)
+    out = label_structures([tmp_path / "h2.xyz"], tmp_path / "out", basis="sto-3g", stride=2, max_structures=2,
+                           threads=1)
+    ds = PackedDataset(out)
+    assert len(ds) == 2
+    assert np.allclose([ds[0]["R"][1, 2], ds[1]["R"][1, 2]], frames[0].positions[1, 2] + np.array([0.0, 0.04]),
+                       atol=1e-6)

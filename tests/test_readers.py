@@ -199,3 +199,25 @@ def test_every_reference_file_converts_and_validates(tmp_path, name):
     report = validate_dataset(out)
     assert report.ok, [f.one_line() for f in report.errors]
     assert report.n_molecules == len(PackedDataset(out))
+
+
+def test_packed_dataset_is_a_source_that_round_trips_every_field(tmp_path):
+    from mmlwf.convert import convert
+    from mmlwf.io import detect_format
+    from mmlwf.packed import PackedDataset, PackedWriter
+    from mmlwf.structure import Structure
+
+    rng = np.random.default_rng(0)
+    with PackedWriter(tmp_path / "a") as w:
+        for i in range(4):
+            n, g = 3 + i, 5 + 2 * i
+            w.add(Structure(Z=np.full(n, 6), R=rng.normal(size=(n, 3)) * 2, E=-float(i), Qtot=float(i % 2),
+                            F=rng.normal(size=(n, 3)), D=rng.normal(size=3), q=rng.normal(size=n),
+                            grid=rng.normal(size=(g, 3)) * 4, esp=rng.normal(size=g)))
+    assert detect_format(tmp_path / "a") == "packed"
+    b = PackedDataset(convert([tmp_path / "a", tmp_path / "a"], tmp_path / "b"))
+    a = PackedDataset(tmp_path / "a")
+    assert len(b) == 8 and set(a.fields) == set(b.fields)
+    for i in range(8):
+        for key, value in a[i % 4].items():
+            assert np.array_equal(b[i][key], value), (i, key)

@@ -4,7 +4,8 @@ Formats: ``npz`` (PhysNet-style padded arrays, common aliases, sGDML), ``ase`` (
 anything :func:`ase.io.iread` reads), ``db`` (ASE databases), ``hdf5`` (ANI-style groups
 or flat padded arrays); ESP data for DCMNet: ``cube`` (Gaussian cube files,
 :mod:`.cube`), ``esp-grid`` (grid + ESP text/npy with a geometry file, :mod:`.esp_grid`),
-``dcmnet-npz`` (:mod:`.dcmnet_npz`; detected from the keys of an ``.npz``). Readers yield
+``dcmnet-npz`` (:mod:`.dcmnet_npz`; detected from the keys of an ``.npz``); ``packed`` (a
+packed dataset directory, e.g. one written by ``mmlwf label``: :mod:`.packed_source`). Readers yield
 values in the units of the source; each reader reports the units it assumes
 (``Source.units``), which the user may override.
 """
@@ -20,7 +21,7 @@ from ..structure import Structure, StructureBlock
 from ..units import SourceUnits
 from .keys import CANONICAL_KEYS, parse_key_map
 
-FORMATS = ("npz", "ase", "db", "hdf5", "cube", "esp-grid", "dcmnet-npz")
+FORMATS = ("npz", "ase", "db", "hdf5", "cube", "esp-grid", "dcmnet-npz", "packed")
 #: formats of ESP data (structures with grid + esp, possibly without energy)
 ESP_FORMATS = ("cube", "esp-grid", "dcmnet-npz")
 #: formats whose readers take options (``open_source(..., **options)``)
@@ -36,6 +37,7 @@ DEFAULT_UNITS: dict[str, SourceUnits] = {
     "cube": SourceUnits(length="Bohr", esp="Hartree/e"),  # Å when the voxel counts are negative
     "esp-grid": SourceUnits(length="Angstrom", esp="Hartree/e"),
     "dcmnet-npz": SourceUnits(energy="eV", length="Angstrom", esp="Hartree/e"),
+    "packed": SourceUnits(energy="eV", length="Angstrom", dipole="e*Angstrom", esp="V"),  # canonical
 }
 
 _EXTENSIONS = {".npz": "npz", ".db": "db", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
@@ -80,7 +82,10 @@ class Source:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """Format name from the file extension (everything unknown goes to ``ase``)."""
+    """Format name from the file extension (a directory is a packed dataset; everything
+    unknown goes to ``ase``)."""
+    if Path(path).is_dir():
+        return "packed"
     return _EXTENSIONS.get(Path(path).suffix.lower(), "ase")
 
 
@@ -102,6 +107,7 @@ def open_source(
     from .dcmnet_npz import DcmnetNpzSource
     from .esp_grid import EspGridSource
     from .hdf5 import Hdf5Source
+    from .packed_source import PackedSource
     from .padded import NpzSource
 
     detected = fmt is None
@@ -111,7 +117,8 @@ def open_source(
     if detected and fmt == "npz" and _npz_is_dcmnet(path):
         fmt = "dcmnet-npz"
     readers = {"npz": NpzSource, "ase": AseSource, "db": AseDbSource, "hdf5": Hdf5Source,
-               "cube": CubeSource, "esp-grid": EspGridSource, "dcmnet-npz": DcmnetNpzSource}
+               "cube": CubeSource, "esp-grid": EspGridSource, "dcmnet-npz": DcmnetNpzSource,
+               "packed": PackedSource}
     if fmt not in readers:
         raise ConfigError(f"unknown format '{fmt}' (known: {', '.join(FORMATS)}, extxyz)")
     if fmt in _WITH_OPTIONS:
