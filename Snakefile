@@ -13,15 +13,20 @@ configfile: "config.yaml"
 validate(config, "schemas/config.schema.yaml")  # fills in the schema's defaults
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/analysis.smk"
 
 
 rule all:
     input:
         expand("results/datasets/{dataset}/stats.json", dataset=config["datasets"]),
-        expand("results/runs/{experiment}/history.csv", experiment=config["experiments"]),
+        expand("results/runs/{experiment}/metrics.json", experiment=config["experiments"]),
+        ["results/report/index.html"] if config["experiments"] else [],
     default_target: True
     localrule: True

@@ -90,11 +90,23 @@ def convert_step(
     length_unit: str | None = None,
     dipole_unit: str | None = None,
     keys: Mapping[str, str] | None = None,
+    esp: Mapping | None = None,
 ) -> Path:
-    """Rule ``convert``: the sources into the packed directory ``out`` (replacing it)."""
+    """Rule ``convert``: the sources into the packed directory ``out`` (replacing it).
+
+    ``esp``: the settings of ESP sources (``esp_unit``, ``density`` and ``geometry`` files,
+    ``points`` selection, ``total_charge``), as the dataset's config gives them.
+    """
     from .convert import convert
+    from .esp.points import PointSettings
     from .packed import read_manifest
 
+    esp = dict(esp or {})
+    points = dict(esp.get("points") or {})
+    if "density_window" in points:
+        points["density_window"] = tuple(points["density_window"])
+    if esp.get("density") and "mode" not in points:
+        points["mode"] = "density"
     log.info("converting %d source(s) into %s (format %s)", len(sources), out, format)
     convert(
         [str(s) for s in sources],
@@ -105,6 +117,11 @@ def convert_step(
         dipole_unit=dipole_unit,
         keys=dict(keys or {}),
         overwrite=True,
+        esp_unit=esp.get("esp_unit"),
+        density=[str(p) for p in esp.get("density") or []] or None,
+        geometry=[str(p) for p in esp.get("geometry") or []] or None,
+        points=PointSettings(**points) if points else None,
+        total_charge=esp.get("total_charge"),
     )
     manifest = read_manifest(out)
     log.info("wrote %s: %d structures, %d atoms", out, manifest["n_molecules"], manifest["n_atoms"])
@@ -166,3 +183,75 @@ def train_step(config: Mapping, packed, split, stats, run_dir) -> dict:
     if code:
         raise SystemExit(code)
     return summary
+
+
+def evaluate_step(run_dir, packed, split, metrics, predictions, atoms, plots, *, subset: str = "test",
+                  checkpoint: str = "best") -> dict:
+    """Rule ``evaluate``: metrics.json, the per-structure and per-atom predictions, and the plots.
+
+    The plots are written into a temporary folder renamed to ``plots`` when complete, so an
+    interrupted job leaves no partial set behind.
+    """
+    import shutil
+    import tempfile
+
+    from .analysis.evaluate import evaluate_run, write_atom_predictions, write_metrics, write_predictions
+    from .analysis.plots import make_plots
+
+    doc, pred = evaluate_run(run_dir, packed, split, subset=subset, which=checkpoint)
+    plots = Path(plots)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{plots.name}.", dir=plots.parent))
+    try:
+        make_plots(run_dir, tmp, pred, doc["model_type"])
+        write_predictions(pred, predictions)
+        write_atom_predictions(pred, atoms)
+        if plots.exists():
+            shutil.rmtree(plots)
+        tmp.rename(plots)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_metrics(doc, metrics)  # last: its presence means the evaluation is complete
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in doc["metrics"].items() if k.endswith("mae_eV") or "mae" in k)
+    log.info("%s on %s (%d structures): %s", run_dir, subset, doc["metrics"].get("n_structures", 0), shown)
+    return doc
+
+
+def report_step(run_dirs, html, table) -> Path:
+    """Rule ``report``: the comparison table (CSV) and the self-contained HTML report."""
+    from .analysis.compare import compare_runs, write_table
+    from .analysis.report import write_report
+
+    write_table(compare_runs(run_dirs), table)
+    write_report(run_dirs, html)
+    log.info("wrote %s and %s (%d runs)", html, table, len(run_dirs))
+    return Path(html)
+
+
+def label_step(sources: Sequence[str | os.PathLike], out: str | os.PathLike, settings: Mapping,
+               cache_dir: str | os.PathLike, threads: int = 1) -> Path:
+    """Rule ``label``: pyscf reference ESP, energy and dipole of the geometries in ``sources``.
+
+    ``settings``: the label's config (format, method, basis, stride, max_structures, charges,
+    points). Finished structures are cached in ``cache_dir``, so a re-run after an
+    interruption resumes.
+    """
+    from .esp.points import PointSettings
+    from .label import label_structures
+    from .packed import read_manifest
+
+    s = dict(settings)
+    points = dict(s.get("points") or {})
+    if "density_window" in points:
+        points["density_window"] = tuple(points["density_window"])
+    fmt = s.get("format", "auto")
+    label_structures(
+        [str(p) for p in sources], out, method=s.get("method", "HF"), basis=s.get("basis", "6-31g*"),
+        fmt=None if fmt == "auto" else fmt, points=PointSettings(**points), cache_dir=cache_dir,
+        max_structures=s.get("max_structures"), stride=int(s.get("stride", 1)), charges=s.get("charges"),
+        threads=int(threads), overwrite=True,
+    )
+    m = read_manifest(out)
+    lab = m["labeller"]
+    log.info("wrote %s: %d structures, %d ESP points (%d computed, %d from the cache)", out, m["n_molecules"],
+             m["n_grid_points"], lab["computed"], lab["cached"])
+    return Path(out)

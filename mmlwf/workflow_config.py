@@ -155,6 +155,8 @@ def resolve_workflow_config(config: Mapping) -> dict:
     the sweeps' experiments and their defaults. Raises :class:`ConfigError` naming the key.
     """
     cfg = copy.deepcopy(dict(config))
+    for name in dict(cfg.get("labels") or {}):
+        check_name(name, f"labels.{name}")
     datasets = dict(cfg.get("datasets") or {})
     splits = {"default": dict(SPLIT_DEFAULTS), **dict(cfg.get("splits") or {})}
     for name, split in splits.items():

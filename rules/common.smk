@@ -1,52 +1,28 @@
 # Helpers and input functions shared by the rules.
 
-import re
+import sys
 
 from snakemake.exceptions import WorkflowError
 
-# Dataset (and demo file) names become path components: no separators, no leading dot.
-NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+sys.path.insert(0, workflow.basedir)  # mmlwf from this repository, also where it is not installed
+
+from mmlwf.errors import ConfigError
+from mmlwf.workflow_config import NAME_PATTERN, resolve_workflow_config
 
 
 wildcard_constraints:
     dataset=NAME_PATTERN,
     name=NAME_PATTERN,
     experiment=NAME_PATTERN,
+    label=NAME_PATTERN,
 
 
-def check_dataset_names(datasets):
-    """Stop with a clear message when a dataset name is not safe as a path component."""
-    for name in datasets:
-        if not re.fullmatch(NAME_PATTERN, str(name)):
-            raise WorkflowError(
-                f"config 'datasets': dataset name {name!r} is not allowed; names are used in "
-                "paths and may hold only letters, digits, '_', '.', '-' (not starting with '.')"
-            )
-
-
-check_dataset_names(config["datasets"])
-
-
-def check_experiments(experiments, datasets):
-    """Stop before any job when an experiment names an unknown dataset or has a bad setting."""
-    from mmlwf.errors import ConfigError
-    from mmlwf.training.config import config_from_dict
-
-    for name, exp in experiments.items():
-        if not re.fullmatch(NAME_PATTERN, str(name)):
-            raise WorkflowError(f"config 'experiments': name {name!r} is not allowed (letters, digits, '_', '.', '-')")
-        if exp["dataset"] not in datasets:
-            raise WorkflowError(
-                f"config 'experiments.{name}.dataset': {exp['dataset']!r} is not a dataset "
-                f"(known: {', '.join(datasets) or 'none'})"
-            )
-        try:
-            config_from_dict({"model": exp["model"], "training": exp["training"]})
-        except ConfigError as exc:
-            raise WorkflowError(f"config 'experiments.{name}': {exc}") from None
-
-
-check_experiments(config["experiments"], config["datasets"])
+# Sweeps expanded into experiments, split settings filled in, every name and setting checked:
+# a wrong config stops here, before any job, with one line naming the key.
+try:
+    config.update(resolve_workflow_config(config))
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
 
 
 def experiment_config(wildcards):
@@ -91,3 +67,48 @@ def dataset_setting(key):
         return dataset_config(wildcards)[key]
 
     return setting
+
+
+def experiment_env(wildcards):
+    """conda env of a training/evaluation job: the CUDA build of jaxlib for gpu experiments."""
+    gpu = experiment_config(wildcards)["device"] == "gpu"
+    return "../envs/train-cuda.yaml" if gpu else "../envs/train.yaml"
+
+
+def evaluation_setting(key):
+    """A params function returning the workflow's ``evaluation`` setting ``key``."""
+
+    def setting(wildcards):
+        return config["evaluation"][key]
+
+    return setting
+
+
+def all_run_files(name):
+    """Every experiment's ``results/runs/{experiment}/{name}``, in config order."""
+    return [f"results/runs/{experiment}/{name}" for experiment in config["experiments"]]
+
+
+ESP_SETTINGS = ("esp_unit", "density", "geometry", "points", "total_charge")
+
+
+def dataset_esp_files(wildcards):
+    """Input function: the density cubes and geometry files of an ESP dataset."""
+    ds = dataset_config(wildcards)
+    return list(ds.get("density", [])) + list(ds.get("geometry", []))
+
+
+def dataset_esp_settings(wildcards):
+    """Params: the ESP-source settings of a dataset (unit, density/geometry files, points, charge)."""
+    ds = dataset_config(wildcards)
+    return {key: ds[key] for key in ESP_SETTINGS if key in ds}
+
+
+def label_sources(wildcards):
+    """Input function: the geometry files of a label."""
+    return config["labels"][wildcards.label]["sources"]
+
+
+def label_settings(wildcards):
+    """Params: everything about a label except its sources."""
+    return {k: v for k, v in config["labels"][wildcards.label].items() if k != "sources"}

@@ -4,6 +4,7 @@
 rule convert:
     input:
         sources=dataset_sources,
+        esp_files=dataset_esp_files,
     output:
         packed=directory("results/datasets/{dataset}/packed"),
     params:
@@ -12,11 +13,14 @@ rule convert:
         length_unit=dataset_setting("length_unit"),
         dipole_unit=dataset_setting("dipole_unit"),
         key_map=dataset_setting("keys"),
+        esp=dataset_esp_settings,
     log:
         "logs/convert/{dataset}.log",
     benchmark:
         "results/benchmarks/convert/{dataset}.tsv"
     threads: 1
+    resources:
+        mem_mb=1000,
     conda:
         "../envs/data.yaml"
     script:
@@ -33,6 +37,8 @@ rule validate:
     log:
         "logs/validate/{dataset}.log",
     threads: 1
+    resources:
+        mem_mb=1000,
     conda:
         "../envs/data.yaml"
     script:
@@ -51,6 +57,8 @@ rule split:
     log:
         "logs/split/{dataset}.log",
     threads: 1
+    resources:
+        mem_mb=1000,
     conda:
         "../envs/data.yaml"
     script:
@@ -70,7 +78,32 @@ rule stats:
     benchmark:
         "results/benchmarks/stats/{dataset}.tsv"
     threads: 1
+    resources:
+        mem_mb=1000,
     conda:
         "../envs/data.yaml"
     script:
         "../scripts/stats.py"
+
+
+# Reference ESP with pyscf; the per-structure cache outside the declared output survives an
+# interrupted job, so the re-run resumes.
+rule label:
+    input:
+        sources=label_sources,
+    output:
+        packed=directory("results/labels/{label}/packed"),
+    params:
+        settings=label_settings,
+        cache=lambda wildcards: f"results/labels/{wildcards.label}/cache",
+    log:
+        "logs/label/{label}.log",
+    benchmark:
+        "results/benchmarks/label/{label}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/label.yaml"
+    script:
+        "../scripts/label.py"

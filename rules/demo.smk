@@ -9,7 +9,9 @@ rule demo_data:
     log:
         "logs/demo_data/{name}.log",
     threads: 1
+    resources:
+        mem_mb=1000,
     conda:
-        "../envs/data.yaml"
+        "../envs/label.yaml"
     script:
         "../scripts/demo_data.py"

@@ -16,10 +16,11 @@ rule train:
         "logs/train/{experiment}.log",
     benchmark:
         "results/benchmarks/train/{experiment}.tsv"
-    threads: 2
+    threads: experiment_threads
     resources:
         gpu=experiment_gpus,
+        mem_mb=4000,
     conda:
-        "../envs/train.yaml"
+        experiment_env
     script:
         "../scripts/train.py"

@@ -16,4 +16,5 @@ with log_to(snakemake.log[0]):
         length_unit=snakemake.params.length_unit,
         dipole_unit=snakemake.params.dipole_unit,
         keys=snakemake.params.key_map,
+        esp=snakemake.params.esp,
     )

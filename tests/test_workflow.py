@@ -7,6 +7,7 @@ Every run uses the repository's Snakefile (``-s``) with a temporary working dire
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,20 +16,24 @@ import numpy as np
 import pytest
 import yaml
 
+from mmlwf.analysis.plots import PLOT_FILES
+
 pytestmark = pytest.mark.workflow
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 
+TINY_MODEL = {"type": "physnet", "features": 8, "num_iterations": 1, "num_basis_functions": 4}
 TINY = {
-    "demo": {"molecules": ["H2O", "CH4"], "n_per_molecule": 3, "seed": 1, "steps_between": 5},
-    "datasets": {"demo": {"sources": ["results/demo/demo.extxyz"], "split": {"valid": 1, "test": 1}}},
+    "demo": {"molecules": ["H2O", "CH4"], "n_per_molecule": 4, "seed": 1, "steps_between": 5},
+    "datasets": {
+        "demo": {"sources": ["results/demo/demo.extxyz"], "split": {"valid": 2, "test": 2}},
+        "water": {"sources": ["water.extxyz"], "split": {"valid": 1, "test": 1}},
+    },
     "experiments": {
-        "tiny": {
-            "dataset": "demo",
-            "model": {"type": "physnet", "features": 8, "num_iterations": 1, "num_basis_functions": 4},
-            "training": {"batch_size": 2, "max_epochs": 2},
-        }
+        "tiny": {"dataset": "demo", "model": TINY_MODEL, "training": {"batch_size": 2, "max_epochs": 2}},
+        "tiny_b": {"dataset": "demo", "model": TINY_MODEL,
+                   "training": {"batch_size": 2, "max_epochs": 2, "learning_rate": 3.0e-3}},
     },
 }
 
@@ -64,10 +69,16 @@ def write_extxyz(path: Path, n: int = 3, *, nan_force_at: int | None = None, clo
     ase.io.write(path, frames, format="extxyz")
 
 
-def dry_run_with(workdir: Path, **dataset_changes) -> str:
-    """The output of ``snakemake -n`` with the demo dataset's settings changed (then restored)."""
-    config = json.loads(json.dumps(TINY))
-    config["datasets"]["demo"].update(dataset_changes)
+def tiny_config() -> dict:
+    return json.loads(json.dumps(TINY))
+
+
+def dry_run_with(workdir: Path, config: dict | None = None, **dataset_changes) -> str:
+    """The output of ``snakemake -n`` with ``config`` (or TINY with the demo dataset's
+    settings changed); the TINY config is restored afterwards."""
+    if config is None:
+        config = tiny_config()
+        config["datasets"]["demo"].update(dataset_changes)
     write_config(workdir, config)
     try:
         plan = snakemake(workdir, "-n")
@@ -78,10 +89,31 @@ def dry_run_with(workdir: Path, **dataset_changes) -> str:
     return out
 
 
+def planned_jobs(dry_run_output: str) -> set[tuple[str, str]]:
+    """``{(rule, wildcards)}`` of the jobs a ``snakemake -n`` output plans (rule all left out)."""
+    jobs, rule = set(), None
+    for line in dry_run_output.splitlines():
+        stripped = line.strip()
+        if line.startswith(("rule ", "localrule ")) and stripped.endswith(":"):
+            if rule is not None:
+                jobs.add((rule, ""))
+            rule = stripped.split()[1].rstrip(":")
+        elif rule is not None and stripped.startswith("wildcards:"):
+            jobs.add((rule, stripped.split(":", 1)[1].strip()))
+            rule = None
+        elif rule is not None and not stripped:
+            jobs.add((rule, ""))
+            rule = None
+    if rule is not None:
+        jobs.add((rule, ""))
+    return {job for job in jobs if job[0] != "all"}
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """The tiny demo run end to end once: (workdir, completed process)."""
     workdir = tmp_path_factory.mktemp("demo")
+    write_extxyz(workdir / "water.extxyz", n=5)
     write_config(workdir, TINY)
     return workdir, snakemake(workdir)
 
@@ -91,16 +123,16 @@ def test_demo_runs_end_to_end(demo_run):
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((workdir / "results/datasets/demo/validation.json").read_text())
     assert report["ok"] is True and report["n_errors"] == 0
-    assert report["n_molecules"] == 6
+    assert report["n_molecules"] == 8
     manifest = json.loads((workdir / "results/datasets/demo/packed/manifest.json").read_text())
-    assert manifest["n_molecules"] == 6
+    assert manifest["n_molecules"] == 8
     assert manifest["elements"] == [1, 6, 8]
-    assert {"E", "F", "R", "Z"} <= set(manifest["fields"])
+    assert {"E", "F", "R", "Z", "D", "q"} <= set(manifest["fields"])  # GFN2-xTB charges and dipoles
     for step in ("demo_data", "convert", "validate", "split", "stats"):
         assert (workdir / f"logs/{step}/demo.log").stat().st_size > 0, step
     assert (workdir / "results/benchmarks/convert/demo.tsv").exists()
     split = np.load(workdir / "results/datasets/demo/split.npz")
-    assert sum(split[s].size for s in ("train", "valid", "test")) == 6
+    assert sum(split[s].size for s in ("train", "valid", "test")) == 8
     stats = json.loads((workdir / "results/datasets/demo/stats.json").read_text())
     assert stats["n_train"] == split["train"].size and set(stats["element_energies"]) == {"H", "C", "O"}
     assert 1 <= len(stats["batching"]["budgets"]) <= 4
@@ -109,6 +141,37 @@ def test_demo_runs_end_to_end(demo_run):
     model = json.loads((workdir / "results/runs/tiny/model.json").read_text())
     assert model["model"]["features"] == 8 and set(model["element_energies"]) == {"H", "C", "O"}
     assert (workdir / "logs/train/tiny.log").stat().st_size > 0
+    # evaluation on the test split, its plots, the comparison and the report
+    for experiment in ("tiny", "tiny_b"):
+        run = workdir / "results/runs" / experiment
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["subset"] == "test" and metrics["metrics"]["n_structures"] == 2
+        assert np.isfinite(metrics["metrics"]["energy_mae_eV"])
+        assert len((run / "predictions.csv").read_text().splitlines()) == 3  # header + 2 structures
+        plots = sorted(p.name for p in (run / "plots").iterdir() if not p.name.startswith("."))
+        assert plots == sorted(PLOT_FILES["physnet"])
+        assert (workdir / f"logs/evaluate/{experiment}.log").stat().st_size > 0
+    table = (workdir / "results/report/comparison.csv").read_text().splitlines()
+    assert len(table) == 3 and "tiny_b" in table[2]
+    html = (workdir / "results/report/index.html").read_text()
+    assert "tiny_b" in html and html.count("data:image/png;base64,") >= 2 * len(PLOT_FILES["physnet"])
+
+
+def test_snakemake_report_has_the_plots_under_captions(demo_run, tmp_path):
+    workdir, proc = demo_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = tmp_path / "report.zip"
+    made = snakemake(workdir, "--report", str(out))
+    assert made.returncode == 0, made.stderr[-4000:]
+    import zipfile
+
+    with zipfile.ZipFile(out) as zf:
+        names = zf.namelist()
+        text = "".join(zf.read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
+    for plot in PLOT_FILES["physnet"]:
+        assert sum(n.endswith(plot) for n in names) == 2, plot  # one per experiment
+    assert any(n.endswith("index.html") for n in names) and any(n.endswith("comparison.csv") for n in names)
+    assert "learning_curves" in text and "held-out split" in text  # plot caption (report/plot.rst)
 
 
 def test_rerun_plans_nothing_and_params_trigger_only_downstream(demo_run):
@@ -127,6 +190,54 @@ def test_rerun_plans_nothing_and_params_trigger_only_downstream(demo_run):
     out = dry_run_with(workdir, split={"seed": 7, "valid": 1, "test": 1})
     assert "rule split:" in out and "rule stats:" in out and "rule train:" in out
     assert "rule convert:" not in out and "rule validate:" not in out
+
+
+def test_changed_learning_rate_plans_that_experiments_train_evaluate_and_the_report(demo_run):
+    workdir, proc = demo_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    config = tiny_config()
+    config["experiments"]["tiny_b"]["training"]["learning_rate"] = 1.0e-2
+    jobs = planned_jobs(dry_run_with(workdir, config))
+    assert jobs == {("train", "experiment=tiny_b"), ("evaluate", "experiment=tiny_b"), ("report", "")}
+
+
+def test_added_experiment_plans_no_data_steps(demo_run):
+    workdir, proc = demo_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    config = tiny_config()
+    config["experiments"]["on_water"] = {"dataset": "water", "model": TINY_MODEL, "training": {"max_epochs": 1}}
+    config["sweeps"] = {"lr": {"base": "tiny", "grid": {"training.learning_rate": [0.01, 0.02]}}}
+    jobs = planned_jobs(dry_run_with(workdir, config))
+    new = ("on_water", "lr-learning_rate_0.01", "lr-learning_rate_0.02")
+    assert jobs == ({(rule, f"experiment={e}") for rule in ("train", "evaluate") for e in new}
+                    | {("report", "")})
+
+
+def test_edited_source_file_plans_its_datasets_chain_only(demo_run):
+    """Snakemake compares checksums of small inputs: an edit, not a mere touch, re-runs."""
+    import ase.io
+
+    workdir, proc = demo_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    water, demo = workdir / "water.extxyz", workdir / "results/demo/demo.extxyz"
+    originals = {path: (path.read_bytes(), path.stat()) for path in (water, demo)}
+    data_chain = ("convert", "validate", "split", "stats")
+    try:
+        write_extxyz(water, n=6)  # one more structure
+        jobs = planned_jobs(dry_run_with(workdir, tiny_config()))
+        assert jobs == {(rule, "dataset=water") for rule in data_chain}
+
+        frames = ase.io.read(demo, ":")
+        ase.io.write(demo, frames[::-1], format="extxyz")  # same structures, another order
+        jobs = planned_jobs(dry_run_with(workdir, tiny_config()))
+        assert jobs == ({(rule, f"dataset={d}") for rule in data_chain for d in ("water", "demo")}
+                        | {(rule, f"experiment={e}") for rule in ("train", "evaluate") for e in ("tiny", "tiny_b")}
+                        | {("report", "")})
+    finally:
+        for path, (data, stat) in originals.items():
+            path.write_bytes(data)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert "Nothing to be done" in snakemake(workdir, "-n").stdout
 
 
 def test_bad_data_stops_the_workflow_with_the_one_line_reason(tmp_path):
@@ -169,6 +280,35 @@ def test_bad_config_fails_before_any_job(tmp_path, datasets, expected):
     assert "Error validating config file" in proc.stderr
     for text in expected:
         assert text in proc.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda c: c["experiments"]["tiny"]["model"].update(type="transformer"),
+         ["'transformer' is not one of ['physnet', 'dcmnet']", "['experiments']['tiny']['model']['type']"]),
+        (lambda c: c["experiments"]["tiny"]["training"].update(learning_rate=-1.0),
+         ["config 'experiments.tiny': training.learning_rate"]),
+        (lambda c: c["datasets"]["demo"].update(split={"valid": 0.7, "test": 0.4}),
+         ["config 'datasets.demo.split': valid + test fractions (0.7 + 0.4) leave no training data"]),
+        (lambda c: c["experiments"]["tiny"].update(dataset="ethanol"),
+         ["config 'experiments.tiny.dataset': 'ethanol' is not a dataset (known: demo, water)"]),
+        (lambda c: c["experiments"].update({"../up": {"dataset": "demo"}}),
+         ["'../up' does not match", "['experiments']"]),
+        (lambda c: c.update(sweeps={"s": {"base": "tiny", "grid": {"training.learning_rate": ["a/b"]}}}),
+         ["config 'sweeps.s.grid.training.learning_rate': sweep value 'a/b'"]),
+    ],
+    ids=["unknown-model", "negative-lr", "fractions-over-1", "undefined-dataset", "path-in-name", "bad-sweep"],
+)
+def test_bad_experiment_config_fails_before_any_job_naming_the_key(tmp_path, change, expected):
+    config = tiny_config()
+    change(config)
+    write_config(tmp_path, config)
+    proc = snakemake(tmp_path)
+    assert proc.returncode != 0
+    for text in expected:
+        assert text in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
 
 
