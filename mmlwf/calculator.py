@@ -1,0 +1,174 @@
+"""ASE calculator for a trained PhysNet: energy (eV), forces (eV/Å), charges (e), dipole (e·Å).
+
+    calc = MMLWFCalculator.from_run("results/runs/demo")      # orbax checkpoint (best, EMA)
+    calc = MMLWFCalculator.from_file("model.mmlwf")           # exported file, no orbax needed
+    atoms.calc = calc; atoms.get_potential_energy(); atoms.get_forces()
+
+Isolated molecules only (``pbc`` must be all False). For every new geometry the neighbour
+list is rebuilt within the model's pair cutoff; atoms and pairs are padded up to the next
+power of two (one graph), so a molecular-dynamics run compiles the single jitted
+energy-and-forces function once per bucket, not per step. The network runs in float32 by
+default; the per-element reference energies are added in float64. ``dtype="float64"`` runs
+the network in float64 (needs ``jax_enable_x64``), e.g. for finite-difference checks.
+
+Properties: ``energy``/``free_energy`` (eV, absolute: model + element references),
+``energies`` (per atom, eV), ``forces`` (eV/Å, -dE/dR), and for models with charges
+``charges`` (e, summing to ``charge``) and ``dipole`` (e·Å, about the centroid of the atoms,
+which for a neutral molecule is the same about any origin).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
+
+from .errors import ConfigError, DataError
+
+#: smallest padded sizes (atoms, directed pairs); larger systems go to the next power of two
+MIN_ATOMS, MIN_PAIRS = 8, 64
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_energy_and_forces(model):
+    """One jitted function per model configuration, shared by its calculators (XLA then
+    compiles once per padded shape and dtype, however many calculators there are)."""
+    import jax
+
+    from .models.physnet import energy_and_forces
+
+    return jax.jit(functools.partial(energy_and_forces, model))
+
+
+def bucket(n: int, minimum: int) -> int:
+    """The padded size for ``n``: the next power of two, at least ``minimum``."""
+    return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
+
+
+class MMLWFCalculator(Calculator):
+    """ASE calculator wrapping a :class:`~mmlwf.analysis.predict.TrainedModel` (PhysNet).
+
+    ``charge``: total charge of the molecule in e (used by models that predict charges).
+    ``dtype``: ``"float32"`` (default) or ``"float64"`` for the network evaluation.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "charges", "dipole"]
+
+    def __init__(self, trained, *, charge: float = 0.0, dtype: str = "float32", **kwargs) -> None:
+        import jax
+
+        from .models.physnet import PhysNet, pair_cutoff
+
+        super().__init__(**kwargs)
+        if not isinstance(trained.model, PhysNet):
+            raise ConfigError(f"{trained.run_dir}: the calculator needs an energy model (physnet), "
+                              f"got {type(trained.model).__name__}")
+        if dtype not in ("float32", "float64"):
+            raise ConfigError(f"calculator dtype must be float32 or float64, got {dtype!r}")
+        if dtype == "float64" and not jax.config.jax_enable_x64:
+            raise ConfigError("calculator dtype float64 needs jax_enable_x64 (set JAX_ENABLE_X64=1)")
+        self.trained = trained
+        self.model = trained.model
+        self.reference = np.asarray(trained.reference, np.float64)
+        self.cutoff = pair_cutoff(self.model)
+        self.charge = float(charge)
+        self.dtype = np.dtype(dtype)
+        self.params = jax.tree.map(lambda a: jax.numpy.asarray(a, self.dtype), trained.params)
+        self._evaluate = _jitted_energy_and_forces(self.model)
+        self.shapes_compiled: set[tuple[int, int]] = set()  # (atoms, pairs) buckets seen
+        props = ["energy", "free_energy", "energies", "forces"]
+        if self.model.charges:
+            props += ["charges", "dipole"]
+        self.implemented_properties = props
+
+    # -- construction
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, which: str = "best", **kwargs) -> MMLWFCalculator:
+        """From a run directory's ``best`` or ``latest`` checkpoint (EMA weights when kept)."""
+        import json
+        from pathlib import Path
+
+        from .analysis.predict import load_run
+
+        info_file = Path(run_dir) / "model.json"
+        if not info_file.is_file():
+            raise FileNotFoundError(f"{run_dir}: not a run directory (no model.json)")
+        model_type = str(json.loads(info_file.read_text()).get("model", {}).get("type", "physnet")).lower()
+        if model_type != "physnet":
+            raise ConfigError(f"{run_dir}: model type {model_type!r} predicts no energy; "
+                              "the calculator needs an energy model (physnet)")
+        return cls(load_run(run_dir, which), **kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **kwargs) -> MMLWFCalculator:
+        """From a file written by ``mmlwf export`` (needs neither orbax nor optax)."""
+        from .export import load_exported
+
+        return cls(load_exported(path), **kwargs)
+
+    # -- evaluation
+    def check_atoms(self, atoms) -> np.ndarray:
+        """The atomic numbers of ``atoms``, or a one-line DataError (pbc, unknown element)."""
+        if np.any(atoms.pbc):
+            raise DataError(f"periodic boundary conditions (pbc={atoms.pbc.tolist()}) are not supported: "
+                            "isolated molecules only (set atoms.pbc = False)", field="pbc")
+        Z = np.asarray(atoms.numbers, np.int64)
+        if Z.size == 0:
+            raise DataError("no atoms", field="Z")
+        known = np.zeros(119, bool)
+        known[: self.model.max_atomic_number + 1] = True
+        known &= ~np.isnan(self.reference)
+        bad = Z[(Z < 1) | (Z > 118) | ~known[np.clip(Z, 0, 118)]]
+        if bad.size:
+            z = int(bad[0])
+            name = chemical_symbols[z] if 0 < z < len(chemical_symbols) else "?"
+            have = ", ".join(chemical_symbols[k] for k in np.flatnonzero(known))
+            raise DataError(f"element {name} (Z={z}) is not supported by this model (it knows {have})", field="Z")
+        return Z
+
+    def batch(self, atoms) -> dict:
+        """The padded one-graph batch (DESIGN §5) for ``atoms``."""
+        from .batching.neighbours import neighbour_pairs
+
+        Z = self.check_atoms(atoms)
+        R = np.asarray(atoms.positions, np.float64)
+        if not np.all(np.isfinite(R)):
+            raise DataError("non-finite positions", field="R")
+        n = Z.shape[0]
+        dst, src = neighbour_pairs(R, np.array([0, n]), self.cutoff)
+        n_a, n_p = bucket(n, MIN_ATOMS), bucket(dst.shape[0], MIN_PAIRS)
+        b = {
+            "Z": np.zeros(n_a, np.int32), "R": np.zeros((n_a, 3), self.dtype),
+            "atom_graph": np.zeros(n_a, np.int32), "atom_mask": np.zeros(n_a, bool),
+            "dst": np.zeros(n_p, np.int32), "src": np.zeros(n_p, np.int32), "pair_mask": np.zeros(n_p, bool),
+            "graph_mask": np.ones(1, bool), "Qtot": np.full(1, self.charge, self.dtype),
+        }
+        b["Z"][:n], b["R"][:n], b["atom_mask"][:n] = Z, R, True
+        k = dst.shape[0]
+        b["dst"][:k], b["src"][:k], b["pair_mask"][:k] = dst, src, True
+        self.shapes_compiled.add((n_a, n_p))
+        return b
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        import jax
+
+        super().calculate(atoms, properties, system_changes)
+        b = self.batch(self.atoms)
+        n = len(self.atoms)
+        out = jax.device_get(self._evaluate(self.params, b))
+        ref = self.reference[b["Z"][:n]]
+        energy = float(np.float64(out["energy"][0]) + ref.sum())
+        if not np.isfinite(energy):
+            raise DataError(f"the model's energy is not finite ({energy})", field="energy")
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": np.asarray(out["atomic_energies"][:n], np.float64) + ref,
+            "forces": np.asarray(out["forces"][:n], np.float64),
+        }
+        if "charges" in out:
+            self.results["charges"] = np.asarray(out["charges"][:n], np.float64)
+            self.results["dipole"] = np.asarray(out["dipole"][0], np.float64)

@@ -1,0 +1,146 @@
+"""One portable file per trained model: ``mmlwf export RUN -o model.mmlwf``.
+
+The file is an uncompressed NumPy ``.npz`` (a zip; read with ``allow_pickle=False``):
+
+- ``__meta__``: UTF-8 JSON as ``uint8`` — ``format`` (``"mmlwf-export"``), ``format_version``,
+  ``model_info`` (the run's ``model.json``: model config, units, element energies),
+  ``source`` (run directory, checkpoint, EMA or not), ``paths`` (the flax variable tree path
+  of each parameter array, ``"/"``-joined) and ``sha256`` of the content (see
+  :func:`content_sha256`), checked on every load.
+- ``p00000``, ``p00001``, ...: the parameter arrays in the order of ``paths``.
+
+Loading (:func:`load_exported`) needs numpy, jax, flax and e3x only — not orbax or optax, so
+a model can be used (ASE calculator, MD) without the training dependencies. The same run
+exported twice gives a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+FORMAT = "mmlwf-export"
+FORMAT_VERSION = 1
+_META = "__meta__"
+
+
+def content_sha256(model_info: dict, paths: list[str], arrays: list[np.ndarray]) -> str:
+    """SHA-256 of the model info (canonical JSON) and every array's path, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    h.update(json.dumps(model_info, sort_keys=True, separators=(",", ":")).encode())
+    for path, arr in zip(paths, arrays):
+        arr = np.ascontiguousarray(arr)
+        h.update(f"\n{path}|{arr.dtype.str}|{arr.shape}\n".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _flatten(variables) -> tuple[list[str], list[np.ndarray]]:
+    from flax.traverse_util import flatten_dict
+
+    flat = flatten_dict(_as_dict(variables), sep="/")
+    paths = sorted(flat)
+    return paths, [np.asarray(flat[p]) for p in paths]
+
+
+def _as_dict(tree):
+    """Plain nested dicts (orbax may hand back other mappings)."""
+    if hasattr(tree, "items"):
+        return {str(k): _as_dict(v) for k, v in tree.items()}
+    return tree
+
+
+def export_model(run_dir: str | os.PathLike, output: str | os.PathLike, which: str = "best") -> dict:
+    """Write the ``which`` (``best``/``latest``) parameters of ``run_dir`` to ``output``
+    atomically; return the metadata written (with ``sha256``)."""
+    from .analysis.predict import load_run
+    from .fileio import save_npz_deterministic
+
+    if which not in ("best", "latest"):
+        raise ConfigError(f"--which must be 'best' or 'latest', got {which!r}")
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no model.json)")
+    with open(run_dir / "model.json") as fh:
+        model_type = str(json.load(fh).get("model", {}).get("type", "physnet")).lower()
+    if model_type != "physnet":
+        raise ConfigError(f"{run_dir}: model type {model_type!r} cannot be exported yet (only physnet)")
+    run = load_run(run_dir, which)
+    variables = run.params if "params" in run.params else {"params": run.params}
+    paths, arrays = _flatten(variables)
+    info = json.loads(json.dumps(run.info))  # JSON-clean copy
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_info": info,
+        "source": {"run_dir": str(run_dir.resolve()), "checkpoint": which, "ema": bool(info.get("ema", False))},
+        "paths": paths,
+        "sha256": content_sha256(info, paths, arrays),
+    }
+    members = {f"p{k:05d}": a for k, a in enumerate(arrays)}
+    members[_META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+    save_npz_deterministic(output, members)
+    return meta
+
+
+def read_exported(path: str | os.PathLike) -> tuple[dict, Any]:
+    """``(meta, variables)`` of an exported file, checked (format, version, sha256)."""
+    from flax.traverse_util import unflatten_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"not an {FORMAT} file (not an npz/zip archive, or truncated)", path=path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if _META not in npz.files:
+                raise DataError(f"not an {FORMAT} file (no {_META} member)", path=path, field=_META)
+            meta = json.loads(bytes(npz[_META]).decode())
+            if meta.get("format") != FORMAT:
+                raise DataError(f"format is {meta.get('format')!r}, expected {FORMAT!r}", path=path, field="format")
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise DataError(f"format_version {meta.get('format_version')} is not supported "
+                                f"(this mmlwf reads {FORMAT_VERSION})", path=path, field="format_version")
+            paths = list(meta["paths"])
+            arrays = [npz[f"p{k:05d}"] for k in range(len(paths))]
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise DataError(f"unreadable or truncated export file ({type(exc).__name__}: {exc})", path=path) from None
+    digest = content_sha256(meta["model_info"], paths, arrays)
+    if digest != meta.get("sha256"):
+        raise DataError("content does not match its sha256 (corrupted or edited file)", path=path, field="sha256")
+    variables = unflatten_dict({tuple(p.split("/")): a for p, a in zip(paths, arrays)})
+    return meta, variables
+
+
+def reference_table(element_energies_by_z: dict) -> np.ndarray:
+    """``(119,)`` float64 element energies (eV) by atomic number; NaN for unknown elements."""
+    table = np.full(119, np.nan, np.float64)
+    for z, e in element_energies_by_z.items():
+        table[int(z)] = float(e)
+    return table
+
+
+def load_exported(path: str | os.PathLike):
+    """The model of an exported file as a :class:`~mmlwf.analysis.predict.TrainedModel`
+    (``run_dir`` is the file's path). Does not import orbax or optax."""
+    from .analysis.predict import TrainedModel
+    from .models.physnet import build_model
+
+    meta, variables = read_exported(path)
+    info = meta["model_info"]
+    model_type = str(info.get("model", {}).get("type", "physnet")).lower()
+    if model_type != "physnet":
+        raise ConfigError(f"{path}: model type {model_type!r} is not supported here (only physnet)")
+    model = build_model(info["model"])
+    return TrainedModel(model, variables, info, reference_table(info["element_energies_by_Z"]), Path(path))
