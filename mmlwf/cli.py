@@ -29,11 +29,67 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=args.progress,
         chunk_atoms=args.chunk_atoms,
+        esp_unit=args.esp_unit,
+        density=args.density,
+        geometry=args.geometry,
+        esp_values=args.esp_values,
+        points=_point_settings(args),
+        total_charge=args.total_charge,
     )
     from .packed import read_manifest
 
     m = read_manifest(out)
     print(f"wrote {out}: {m['n_molecules']} structures, {m['n_atoms']} atoms")
+    return 0
+
+
+def _point_settings(args: argparse.Namespace, always: bool = False):
+    """PointSettings from the --select/--vdw-*/--density-window/--spacing/--max-points/--seed
+    options (None when none is given and ``always`` is False: the reader's defaults)."""
+    from .esp.points import PointSettings
+
+    given = {k: getattr(args, k) for k in ("inner", "outer", "spacing", "max_points", "seed")
+             if getattr(args, k, None) is not None}
+    if getattr(args, "density_window", None) is not None:
+        given["density_window"] = tuple(args.density_window)
+    if not given and args.select is None and not always:
+        return None
+    mode = args.select or ("density" if getattr(args, "density", None) else "shell")
+    return PointSettings(mode=mode, **given)
+
+
+def _add_point_options(p: argparse.ArgumentParser, spacing: bool) -> None:
+    default = "shell" if spacing else "density with --density cubes, else shell"
+    p.add_argument("--select", choices=["shell", "density"],
+                   help=f"ESP point selection: vdW shell, or electron density window (default: {default})")
+    p.add_argument("--vdw-inner", dest="inner", type=float, metavar="X",
+                   help="keep points outside X times every vdW radius (default 1.4 shell, 1.0 density)")
+    p.add_argument("--vdw-outer", dest="outer", type=float, metavar="X",
+                   help="shell: keep points within X times some vdW radius (default 2.0)")
+    p.add_argument("--density-window", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="density mode: electron density window in e/Bohr^3 (default 1e-4 1e-3)")
+    if spacing:
+        p.add_argument("--spacing", type=float, metavar="A", help="candidate grid step in Å (default 0.5)")
+    p.add_argument("--max-points", type=int, metavar="N", help="keep at most N points per structure (default all)")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of that subsampling (default 0)")
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from .label import label_structures
+    from .packed import read_manifest
+
+    out = label_structures(
+        args.sources, args.output, method=args.method, basis=args.basis, fmt=args.format,
+        points=_point_settings(args, always=True), cache_dir=args.cache, max_structures=args.max_structures,
+        stride=args.stride, charge=args.charge, spin=args.spin, charges=None if args.charges == "none" else args.charges,
+        forces=args.forces, keys=args.key, length_unit=args.length_unit, threads=args.threads,
+        overwrite=args.overwrite,
+        progress=args.progress,
+    )
+    m = read_manifest(out)
+    lab = m["labeller"]
+    print(f"wrote {out}: {m['n_molecules']} structures, {m['n_grid_points']} ESP points "
+          f"({lab['computed']} computed, {lab['cached']} from the cache)")
     return 0
 
 
@@ -114,6 +170,83 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return exit_code(summary)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    meta = export_model(args.run, args.output, which=args.which)
+    print(f"wrote {args.output}: {len(meta['paths'])} parameter arrays, sha256 {meta['sha256'][:16]}")
+    return 0
+
+
+def _cmd_md(args: argparse.Namespace) -> int:
+    from .md import MDAborted, MDSettings, load_calculator, read_structure, run_md
+
+    settings = MDSettings(steps=args.steps, dt_fs=args.dt_fs, ensemble=args.ensemble,
+                          temperature_K=args.temperature_K, friction_per_fs=args.friction, seed=args.seed,
+                          log_every=args.log_every, traj_every=args.traj_every,
+                          min_distance_A=args.min_distance).check()
+    atoms = read_structure(args.structure, args.index)
+    calc = load_calculator(args.model, args.which, charge=args.charge)
+    try:
+        s = run_md(calc, atoms, settings, args.output, overwrite=args.overwrite,
+                   info={"model": str(args.model), "structure": str(args.structure), "index": args.index})
+    except MDAborted as exc:
+        print(f"mmlwf md: aborted: {exc} (partial run in {args.output}.aborted)", file=sys.stderr)
+        return 3
+    drift = s.get("nve", {}).get("drift_meV_per_atom_per_ps")
+    extra = "" if drift is None else f", drift {drift:.3g} meV/atom/ps"
+    print(f"wrote {args.output}: {s['steps_done']} steps ({s['simulated_ps']:g} ps), {s['steps_per_s']:.0f} steps/s, "
+          f"closest approach {s['closest_approach']['min_distance_A']:.3f} Å{extra}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .analysis.evaluate import evaluate_run, write_atom_predictions, write_metrics, write_predictions
+
+    doc, pred = evaluate_run(args.run, args.data, args.split, subset=args.subset, which=args.checkpoint,
+                             batch_size=args.batch_size)
+    write_metrics(doc, args.output)
+    if args.predictions:
+        write_predictions(pred, args.predictions)
+    if args.atom_predictions:
+        write_atom_predictions(pred, args.atom_predictions)
+    m = doc["metrics"]
+    shown = ", ".join(f"{k} {m[k]:.5g}" for k in ("energy_mae_eV", "forces_mae_eV_per_A", "dipole_mae_eA",
+                                                   "esp_rmse_kcal_per_mol_e") if k in m)
+    print(f"wrote {args.output}: {m['n_structures']} {args.subset} structures; {shown}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .analysis.compare import compare_runs, write_table
+
+    table = compare_runs(args.runs)
+    write_table(table, args.output)
+    print(f"wrote {args.output}: {len(table)} runs, {len(table.columns)} columns")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .analysis.evaluate import model_type, run_predictions
+    from .analysis.plots import make_plots
+
+    if args.atom_predictions and not args.predictions:
+        raise ConfigError("--atom-predictions needs --predictions (the per-structure table)")
+    pred = run_predictions(args.run, args.predictions, args.atom_predictions, data=args.data, split=args.split,
+                           subset=args.subset)
+    paths = make_plots(args.run, args.output, pred, model_type(args.run))
+    print(f"wrote {len(paths)} figures to {args.output}: {', '.join(p.name for p in paths)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .analysis.report import write_report
+
+    write_report(args.runs, args.output, title=args.title)
+    print(f"wrote {args.output}: {len(args.runs)} run(s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mmlwf", description="Machine-learned force-field workflow: data, training, evaluation."
@@ -123,15 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "convert",
-        help="convert NPZ / extxyz (any ase.io format) / ASE db / HDF5 files into a packed dataset",
+        help="convert NPZ / extxyz (any ase.io format) / ASE db / HDF5 / ESP (cube, grid, DCMNet npz) "
+        "files into a packed dataset",
         description="Convert one or more sources (concatenated in order) into a packed dataset "
         "directory in canonical units (Å, eV, eV/Å, e, e·Å). Default units per format: npz eV/Å "
         "(sGDML npz: kcal/mol, or its e_unit/r_unit), extxyz/ase eV/Å, db eV/Å, hdf5 eV/Å "
-        "(or the dataset's 'units' attribute).",
+        "(or the dataset's 'units' attribute); ESP (stored in V): cube Bohr and Hartree/e, esp-grid and "
+        "dcmnet-npz Å and Hartree/e. Cube and grid data carry no energy: such datasets have no E field.",
     )
     p.add_argument("sources", nargs="+", metavar="SRC", help="input files")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
-    p.add_argument("--format", metavar="F", help="npz, extxyz, ase (any ase.io format), db, hdf5 (default: from the extension)")
+    p.add_argument("--format", metavar="F", help="npz, extxyz, ase (any ase.io format), db, hdf5, cube, esp-grid, "
+                   "dcmnet-npz (default: from the extension; .cube/.cub cube, .npy esp-grid, an .npz with "
+                   "esp + vdw_surface/esp_grid dcmnet-npz)")
     p.add_argument("--energy-unit", metavar="U", help="eV, meV, Hartree, kcal/mol, kJ/mol, Rydberg")
     p.add_argument("--length-unit", metavar="U", help="Angstrom, Bohr, nm")
     p.add_argument("--dipole-unit", metavar="U", help="e*Angstrom, Debye, e*Bohr")
@@ -141,7 +278,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--chunk-atoms", type=int, default=1 << 20, metavar="N",
                    help="atoms buffered before each write (bounds memory; default %(default)s)")
+    g = p.add_argument_group("ESP data (formats cube, esp-grid, dcmnet-npz)")
+    g.add_argument("--esp-unit", metavar="U", help="V, Hartree/e, kcal/mol/e (default Hartree/e for all three)")
+    g.add_argument("--density", action="append", metavar="DENS.cube",
+                   help="density cube of each potential cube, in the same order; repeatable")
+    g.add_argument("--geometry", action="append", metavar="GEOM",
+                   help="geometry of each grid file (any ase.io format, Å), in order, or one for all; "
+                   "implies --format esp-grid; grids: 'x y z esp' text or .npy (G,4), or (G,3) with --esp-values")
+    g.add_argument("--esp-values", action="append", metavar="ESP", help="ESP values of each x-y-z-only grid file")
+    g.add_argument("--total-charge", type=float, metavar="Q", help="total charge of cube/grid structures (default 0)")
+    _add_point_options(g, spacing=False)
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser(
+        "label",
+        help="reference SCF energy, dipole and ESP with pyscf, into a packed dataset",
+        description="One pyscf SCF per geometry (any format convert reads): energy (eV), dipole (e·Å), "
+        "ESP (V) on points of the vdW shell (or a density window), optional Mulliken charges and forces. "
+        "With --cache, finished structures are kept and an interrupted run resumes.",
+    )
+    p.add_argument("sources", nargs="+", metavar="SRC", help="geometry files")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
+    p.add_argument("--format", metavar="F", help="input format as for convert (default: from the extension)")
+    p.add_argument("--length-unit", metavar="U", help="length unit of the geometries (default: the format's)")
+    p.add_argument("--key", action="append", default=[], metavar="CANONICAL=SOURCE", help="as for convert")
+    p.add_argument("--method", default="HF", help="HF or a DFT functional, e.g. B3LYP (default %(default)s)")
+    p.add_argument("--basis", default="6-31g*", help="basis set (default %(default)s)")
+    p.add_argument("--charge", type=int, help="total charge of every molecule (default: the data's Qtot)")
+    p.add_argument("--spin", type=int, help="2S (default 0 for even electron counts, else 1)")
+    p.add_argument("--charges", choices=["none", "mulliken"], default="none", help="atomic charges (default none)")
+    p.add_argument("--forces", action="store_true", help="compute forces too")
+    p.add_argument("--cache", metavar="DIR", help="per-structure cache directory (resume)")
+    p.add_argument("--max-structures", type=int, metavar="N", help="label only the first N structures")
+    p.add_argument("--stride", type=int, default=1, metavar="K",
+                   help="label every K-th structure of the sources (default %(default)s)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="pyscf OpenMP threads (default: OMP_NUM_THREADS or all cores; 1 is fastest for small molecules)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically)")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    _add_point_options(p, spacing=True)
+    p.set_defaults(func=_cmd_label)
 
     p = sub.add_parser("validate", help="check a packed dataset's integrity and flag outliers",
                        description="Errors (exit 1): sizes, truncation, offsets, Z range, NaN/Inf, atoms "
@@ -174,12 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser("train", help="train a model (or resume its run directory)",
-                       description="Train PhysNet on the training split; re-running with the same run "
+                       description="Train PhysNet or DCMNet (model.type) on the training split; re-running with the same run "
                        "directory resumes from its latest checkpoint. SIGTERM writes a checkpoint and exits 75.")
     p.add_argument("--config", metavar="CFG.yaml", help="YAML with model: and training: sections (defaults if absent)")
     p.add_argument("--data", required=True, metavar="DIR", help="packed dataset")
     p.add_argument("--split", required=True, metavar="SPLIT.npz")
-    p.add_argument("--stats", required=True, metavar="STATS.json")
+    p.add_argument("--stats", metavar="STATS.json", help="training statistics (needed for physnet, unused by dcmnet)")
     p.add_argument("-o", "--output", required=True, metavar="RUN", help="run directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. training.max_epochs=5; repeatable")
@@ -203,6 +379,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", metavar="DIR")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("export", help="write a trained model to one portable file (no orbax needed to use it)",
+                       description="One .npz-based file: model.json, the parameter arrays with their tree "
+                       "paths, format version and sha256, written atomically.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.mmlwf")
+    p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint (default %(default)s)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("md", help="molecular dynamics (NVE / Langevin NVT) of one molecule with ASE",
+                       description="Writes OUT/trajectory.traj, OUT/energy.csv (step, time_fs, Epot_eV, "
+                       "Ekin_eV, Etot_eV, T_K, min_distance_A) and OUT/md.json (timing, closest approach, "
+                       "NVE energy drift). Exits 3 if atoms come closer than --min-distance.")
+    p.add_argument("model", metavar="RUN_OR_MODEL", help="run directory or file from 'mmlwf export'")
+    p.add_argument("--structure", required=True, metavar="FILE", help="starting structure (any ase.io format)")
+    p.add_argument("--index", type=int, default=0, help="frame of FILE (default %(default)s)")
+    p.add_argument("--steps", type=int, required=True, metavar="N")
+    p.add_argument("--dt-fs", type=float, default=0.5, help="time step in fs (default %(default)s)")
+    p.add_argument("--ensemble", choices=["nve", "nvt"], default="nve", help="default %(default)s")
+    p.add_argument("--temperature-K", type=float, default=300.0,
+                   help="initial velocities and Langevin bath, K (default %(default)s)")
+    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="velocities and Langevin noise (default %(default)s)")
+    p.add_argument("--charge", type=float, default=0.0, help="total charge in e (default %(default)s)")
+    p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint of RUN (default %(default)s)")
+    p.add_argument("--log-every", type=int, default=1, help="energy.csv row every N steps (default %(default)s)")
+    p.add_argument("--traj-every", type=int, default=10, help="trajectory frame every N steps (default %(default)s)")
+    p.add_argument("--min-distance", type=float, default=0.5,
+                   help="abort when two atoms come closer, Å (default %(default)s)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists")
+    p.set_defaults(func=_cmd_md)
+
+    p = sub.add_parser("evaluate", help="metrics of a trained run on a subset of a dataset",
+                       description="Energy (per structure and per atom, eV), forces (per component and "
+                       "error-vector norm, eV/Å, also per element), dipole (e·Å) and total charge (e) errors "
+                       "where the model predicts them, with the best checkpoint's parameters (EMA weights "
+                       "when the run kept an EMA).")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--data", required=True, metavar="DIR", help="packed dataset")
+    p.add_argument("--split", metavar="SPLIT.npz", help="split file (not needed for --subset all)")
+    p.add_argument("--subset", choices=["test", "valid", "train", "all"], default="test", help="default %(default)s")
+    p.add_argument("-o", "--output", required=True, metavar="METRICS.json")
+    p.add_argument("--predictions", metavar="FILE.csv", help="also write one row per structure")
+    p.add_argument("--atom-predictions", metavar="FILE.npz", help="also write the per-atom forces (and charges)")
+    p.add_argument("--checkpoint", choices=["best", "latest"], default="best", help="default %(default)s")
+    p.add_argument("--batch-size", type=int, default=32, help="default %(default)s")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("compare", help="one table row per run: hyperparameters, metrics, time, parameters")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("-o", "--output", required=True, metavar="TABLE.csv")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("plot", help="figures of a run (learning curves, parity, errors) as PNG files",
+                       description="Predictions come from --predictions (+ --atom-predictions), else from "
+                       "RUN/predictions.csv + RUN/predictions_atoms.npz, else from evaluating the run on "
+                       "--data/--split (default: the dataset and split it was trained on).")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--predictions", metavar="FILE.csv", help="per-structure table from mmlwf evaluate")
+    p.add_argument("--atom-predictions", metavar="FILE.npz", help="per-atom file from mmlwf evaluate")
+    p.add_argument("--data", metavar="DIR", help="packed dataset to evaluate on when there are no predictions")
+    p.add_argument("--split", metavar="SPLIT.npz")
+    p.add_argument("--subset", choices=["test", "valid", "train", "all"], default="test", help="default %(default)s")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("report", help="one self-contained HTML page on one or many runs",
+                       description="Comparison table, metrics, figures (embedded as data URIs; made when a run "
+                       "has no plots/ yet) and configuration of each run; no external references.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("-o", "--output", required=True, metavar="REPORT.html")
+    p.add_argument("--title", default="mmlwf report", help="default %(default)r")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
