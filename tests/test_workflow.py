@@ -26,14 +26,20 @@ SNAKEFILE = REPO / "Snakefile"
 TINY_MODEL = {"type": "physnet", "features": 8, "num_iterations": 1, "num_basis_functions": 4}
 TINY = {
     "demo": {"molecules": ["H2O", "CH4"], "n_per_molecule": 4, "seed": 1, "steps_between": 5},
+    "labels": {"esp": {"sources": ["results/demo/demo.extxyz"], "basis": "sto-3g", "stride": 2,
+                       "points": {"max_points": 100}}},
     "datasets": {
         "demo": {"sources": ["results/demo/demo.extxyz"], "split": {"valid": 2, "test": 2}},
         "water": {"sources": ["water.extxyz"], "split": {"valid": 1, "test": 1}},
+        "esp": {"sources": ["results/labels/esp/packed"], "split": {"valid": 1, "test": 1}},
     },
     "experiments": {
         "tiny": {"dataset": "demo", "model": TINY_MODEL, "training": {"batch_size": 2, "max_epochs": 2}},
         "tiny_b": {"dataset": "demo", "model": TINY_MODEL,
                    "training": {"batch_size": 2, "max_epochs": 2, "learning_rate": 3.0e-3}},
+        "tiny_dcm": {"dataset": "esp", "model": {"type": "dcmnet", "n_dcm": 2, "features": 8, "num_iterations": 1,
+                                                 "num_basis_functions": 4},
+                     "training": {"batch_size": 2, "max_epochs": 2}},
     },
 }
 
@@ -151,10 +157,19 @@ def test_demo_runs_end_to_end(demo_run):
         plots = sorted(p.name for p in (run / "plots").iterdir() if not p.name.startswith("."))
         assert plots == sorted(PLOT_FILES["physnet"])
         assert (workdir / f"logs/evaluate/{experiment}.log").stat().st_size > 0
+    # the DCMNet chain: pyscf labels -> convert ... -> train -> evaluate (ESP errors, its plots)
+    esp = json.loads((workdir / "results/datasets/esp/packed/manifest.json").read_text())
+    assert esp["n_molecules"] == 4 and {"grid", "esp", "E", "D"} <= set(esp["fields"])
+    assert "esp_rmse_kcal_per_mol_e" in (workdir / "results/runs/tiny_dcm/history.csv").read_text().splitlines()[0]
+    metrics = json.loads((workdir / "results/runs/tiny_dcm/metrics.json").read_text())
+    assert metrics["model_type"] == "dcmnet" and np.isfinite(metrics["metrics"]["esp_rmse_kcal_per_mol_e"])
+    plots = sorted(p.name for p in (workdir / "results/runs/tiny_dcm/plots").iterdir() if not p.name.startswith("."))
+    assert plots == sorted(PLOT_FILES["dcmnet"])
     table = (workdir / "results/report/comparison.csv").read_text().splitlines()
-    assert len(table) == 3 and "tiny_b" in table[2]
+    assert len(table) == 4 and "tiny_b" in table[2] and "tiny_dcm" in table[3]
     html = (workdir / "results/report/index.html").read_text()
-    assert "tiny_b" in html and html.count("data:image/png;base64,") >= 2 * len(PLOT_FILES["physnet"])
+    n_images = 2 * len(PLOT_FILES["physnet"]) + len(PLOT_FILES["dcmnet"])
+    assert "tiny_dcm" in html and html.count("data:image/png;base64,") >= n_images
 
 
 def test_snakemake_report_has_the_plots_under_captions(demo_run, tmp_path):
@@ -169,7 +184,9 @@ def test_snakemake_report_has_the_plots_under_captions(demo_run, tmp_path):
         names = zf.namelist()
         text = "".join(zf.read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
     for plot in PLOT_FILES["physnet"]:
-        assert sum(n.endswith(plot) for n in names) == 2, plot  # one per experiment
+        assert sum(n.endswith(plot) for n in names) >= 2, plot  # one per PhysNet experiment
+    for plot in PLOT_FILES["dcmnet"]:
+        assert sum(n.endswith(plot) for n in names) >= 1, plot
     assert any(n.endswith("index.html") for n in names) and any(n.endswith("comparison.csv") for n in names)
     assert "learning_curves" in text and "held-out split" in text  # plot caption (report/plot.rst)
 
@@ -230,8 +247,11 @@ def test_edited_source_file_plans_its_datasets_chain_only(demo_run):
         frames = ase.io.read(demo, ":")
         ase.io.write(demo, frames[::-1], format="extxyz")  # same structures, another order
         jobs = planned_jobs(dry_run_with(workdir, tiny_config()))
-        assert jobs == ({(rule, f"dataset={d}") for rule in data_chain for d in ("water", "demo")}
-                        | {(rule, f"experiment={e}") for rule in ("train", "evaluate") for e in ("tiny", "tiny_b")}
+        # the demo file is the source of dataset demo and of the ESP label (dataset esp)
+        assert jobs == ({(rule, f"dataset={d}") for rule in data_chain for d in ("water", "demo", "esp")}
+                        | {("label", "label=esp")}
+                        | {(rule, f"experiment={e}") for rule in ("train", "evaluate")
+                           for e in ("tiny", "tiny_b", "tiny_dcm")}
                         | {("report", "")})
     finally:
         for path, (data, stat) in originals.items():
@@ -293,7 +313,7 @@ def test_bad_config_fails_before_any_job(tmp_path, datasets, expected):
         (lambda c: c["datasets"]["demo"].update(split={"valid": 0.7, "test": 0.4}),
          ["config 'datasets.demo.split': valid + test fractions (0.7 + 0.4) leave no training data"]),
         (lambda c: c["experiments"]["tiny"].update(dataset="ethanol"),
-         ["config 'experiments.tiny.dataset': 'ethanol' is not a dataset (known: demo, water)"]),
+         ["config 'experiments.tiny.dataset': 'ethanol' is not a dataset (known: demo, esp, water)"]),
         (lambda c: c["experiments"].update({"../up": {"dataset": "demo"}}),
          ["'../up' does not match", "['experiments']"]),
         (lambda c: c.update(sweeps={"s": {"base": "tiny", "grid": {"training.learning_rate": ["a/b"]}}}),
