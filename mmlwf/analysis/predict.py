@@ -1,7 +1,8 @@
-"""Predictions of a trained run on a packed dataset, in canonical units (eV, eV/Å).
+"""Predictions of a trained run on a packed dataset, in canonical units (eV, eV/Å, e, e·Å, V).
 
-The model's energy is relative to the per-element reference energies of ``model.json``;
-they are added back here in float64.
+PhysNet (:func:`predict`): the model's energy is relative to the per-element reference
+energies of ``model.json``; they are added back here in float64. DCMNet
+(:func:`predict_esp`): the ESP at the grid points and the distributed charges.
 """
 
 from __future__ import annotations
@@ -30,64 +31,163 @@ class TrainedModel:
 
     @property
     def pair_cutoff(self) -> float:
-        from ..models.physnet import pair_cutoff
-
-        return pair_cutoff(self.model)
+        return float(self.model.pair_cutoff)  # PhysNet and DCMNet both define it
 
 
 def load_run(run_dir: str | os.PathLike, which: str = "best") -> TrainedModel:
     """The model of a run directory with the ``best`` (default) or ``latest`` parameters."""
-    from ..models.physnet import build_model
+    from ..models import dcmnet, physnet
     from ..training.checkpoint import load_params
     from ..training.losses import reference_table
 
     params, info = load_params(run_dir, which)
-    model = build_model(info["model"])
+    builders = {"physnet": physnet.build_model, "dcmnet": dcmnet.build_model}
+    model = builders[str(info["model"].get("type", "physnet")).lower()](info["model"])
     return TrainedModel(model, params, info, reference_table(info["element_energies_by_Z"]), Path(run_dir))
 
 
 def predict(run: TrainedModel, data: PackedDataset | str | os.PathLike, indices=None, *, batch_size: int = 32) -> dict:
     """Per-structure and per-atom predictions for ``indices`` (default: all), in index order.
 
-    Returns ``index (k,)``, ``n_atoms (k,)``, ``E_ref``/``E_pred (k,)`` eV, and when the
-    dataset has forces ``F_ref``/``F_pred (sum n_atoms, 3)`` eV/Å (atoms of structure
-    ``index[j]`` at rows ``offsets[j]:offsets[j+1]``), plus ``Z`` of those atoms.
+    Returns ``index (k,)``, ``n_atoms (k,)``, ``E_ref``/``E_pred (k,)`` eV, ``Z`` and
+    ``offsets (k+1,)`` of the atoms (structure ``index[j]`` at rows ``offsets[j]:offsets[j+1]``),
+    and where the dataset has forces ``F_ref``/``F_pred (sum n_atoms, 3)`` eV/Å. A model
+    with charges adds ``q_pred (sum n_atoms,)`` e, ``Q_pred (k,)`` (their sum per structure)
+    with ``Q_ref`` (the dataset's ``Qtot``, 0 when absent), ``D_pred (k, 3)`` e·Å and, where
+    the dataset has them, ``D_ref (k, 3)`` and atomic ``q_ref``.
     """
     import jax
 
-    from ..models.physnet import energy_and_forces
     from ..training.losses import reference_energies
 
     ds = data if isinstance(data, PackedDataset) else PackedDataset(data)
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices, np.int64)
     loader = BatchLoader(ds, idx, batch_size=batch_size, cutoff=run.pair_cutoff, shuffle=False)
-    step = jax.jit(functools.partial(energy_and_forces, run.model))
+    step = _jitted_step(run.model)
     has_F = "F" in ds.fields
-    e_pred, index, parts = {}, [], {}
+    mol_out: dict[str, dict[int, np.ndarray]] = {"E": {}, "D": {}}  # per structure
+    atom_out: dict[str, dict[int, np.ndarray]] = {"F": {}, "q": {}}  # per atom, by structure
     for batch in loader.epoch(0):
         out = jax.device_get(step(run.params, batch))
-        gm, am = batch["graph_mask"], batch["atom_mask"]
+        gm, am = np.asarray(batch["graph_mask"], bool), np.asarray(batch["atom_mask"], bool)
         E = np.asarray(out["energy"], np.float64) + reference_energies(batch, run.reference)
-        for k, mol in enumerate(batch["index"][gm]):
-            e_pred[int(mol)] = E[k]
-        if has_F:
-            graph = batch["atom_graph"][am]
-            for k, mol in enumerate(batch["index"][gm]):
-                parts[int(mol)] = np.asarray(out["forces"])[am][graph == k]
-        index.append(batch["index"][gm])
+        graph = np.asarray(batch["atom_graph"])
+        for k in np.flatnonzero(gm):
+            mol = int(batch["index"][k])
+            mol_out["E"][mol] = E[k]
+            atoms = am & (graph == k)
+            if has_F:
+                atom_out["F"][mol] = np.asarray(out["forces"])[atoms]
+            if "dipole" in out:
+                mol_out["D"][mol] = np.asarray(out["dipole"])[k]
+            if "charges" in out:
+                atom_out["q"][mol] = np.asarray(out["charges"])[atoms]
     order = idx
     result = {
         "index": order,
         "n_atoms": np.asarray(ds.n_atoms[order]),
         "E_ref": np.asarray(ds.arrays["E"][order], np.float64),
-        "E_pred": np.array([e_pred[int(i)] for i in order]),
+        "E_pred": np.array([mol_out["E"][int(i)] for i in order]),
     }
-    g = ds.gather(order, fields=("Z", "F") if has_F else ("Z",))
+    wanted = ("Z",) + tuple(f for f in ("F", "q", "D", "Qtot") if f in ds.fields)
+    g = ds.gather(order, fields=wanted)
     result["Z"], result["offsets"] = g["Z"], g["offsets"]
     if has_F:
         result["F_ref"] = np.asarray(g["F"], np.float64)
-        result["F_pred"] = np.concatenate([parts[int(i)] for i in order]).astype(np.float64)
+        result["F_pred"] = _stack(atom_out["F"], order, (0, 3))
+    if atom_out["q"]:
+        result["q_pred"] = _stack(atom_out["q"], order, (0,))
+        result["Q_pred"] = np.array([np.sum(atom_out["q"][int(i)], dtype=np.float64) for i in order])
+        result["Q_ref"] = np.asarray(g["Qtot"], np.float64) if "Qtot" in g else np.zeros(len(order))
+        if "q" in g:
+            result["q_ref"] = np.asarray(g["q"], np.float64)
+    if mol_out["D"]:
+        result["D_pred"] = np.array([mol_out["D"][int(i)] for i in order], np.float64).reshape(-1, 3)
+        if "D" in g:
+            result["D_ref"] = np.asarray(g["D"], np.float64)
     return result
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_step(model):
+    """``jit(energy_and_forces)`` of a model, kept so that repeated predictions compile once."""
+    import jax
+
+    from ..models.physnet import energy_and_forces
+
+    return jax.jit(functools.partial(energy_and_forces, model))
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_esp_step(model):
+    """``jit(dcmnet.forward)`` of a DCMNet, kept so that repeated predictions compile once."""
+    import jax
+
+    from ..models.dcmnet import forward
+
+    return jax.jit(functools.partial(forward, model))
+
+
+def predict_esp(run: TrainedModel, data: PackedDataset | str | os.PathLike, indices=None, *,
+                batch_size: int = 32) -> dict:
+    """DCMNet predictions for ``indices`` (default: all), in index order, on an ESP dataset.
+
+    Returns ``index``, ``n_atoms``, ``Z``, ``R (A,3)`` Å and ``offsets`` of the atoms;
+    ``grid (G,3)`` Å, ``grid_offsets (k+1,)``, ``esp_ref``/``esp_pred (G,)`` V; per atom
+    ``dcm_charges (A, n_dcm)`` e, ``dcm_positions (A, n_dcm, 3)`` Å and ``q_pred (A,)`` (their
+    sum); ``Q_pred``/``Q_ref (k,)`` e, ``D_pred (k,3)`` e·Å, and ``D_ref``/``q_ref`` where the
+    dataset has them.
+    """
+    import jax
+
+    ds = data if isinstance(data, PackedDataset) else PackedDataset(data)
+    missing = [f for f in ("grid", "esp") if f not in ds.fields]
+    if missing:
+        from ..errors import DataError
+
+        raise DataError("a DCMNet run needs an ESP dataset", path=ds.path, field=missing[0])
+    idx = np.arange(len(ds)) if indices is None else np.asarray(indices, np.int64)
+    loader = BatchLoader(ds, idx, batch_size=batch_size, cutoff=run.pair_cutoff, shuffle=False)
+    step = _jitted_esp_step(run.model)
+    per_atom: dict[str, dict[int, np.ndarray]] = {"dcm_charges": {}, "dcm_positions": {}, "charges": {}}
+    esp: dict[int, np.ndarray] = {}
+    dipole: dict[int, np.ndarray] = {}
+    for batch in loader.epoch(0):
+        out = jax.device_get(step(run.params, batch))
+        gm, am = np.asarray(batch["graph_mask"], bool), np.asarray(batch["atom_mask"], bool)
+        graph, ggraph = np.asarray(batch["atom_graph"]), np.asarray(batch["grid_graph"])
+        gmask = np.asarray(batch["grid_mask"], bool)
+        for k in np.flatnonzero(gm):
+            mol = int(batch["index"][k])
+            atoms = am & (graph == k)
+            for key, store in per_atom.items():
+                store[mol] = np.asarray(out[key])[atoms]
+            esp[mol] = np.asarray(out["esp"])[gmask & (ggraph == k)]
+            dipole[mol] = np.asarray(out["dipole"])[k]
+    g = ds.gather(idx, fields=("Z", "R", "grid", "esp") + tuple(f for f in ("q", "D", "Qtot") if f in ds.fields))
+    result = {
+        "index": idx, "n_atoms": np.asarray(ds.n_atoms[idx]), "Z": g["Z"], "R": np.asarray(g["R"], np.float64),
+        "offsets": g["offsets"], "grid": np.asarray(g["grid"], np.float64), "grid_offsets": g["grid_offsets"],
+        "esp_ref": np.asarray(g["esp"], np.float64), "esp_pred": _stack(esp, idx, (0,)),
+        "dcm_charges": _stack(per_atom["dcm_charges"], idx, (0, run.model.n_dcm)),
+        "dcm_positions": _stack(per_atom["dcm_positions"], idx, (0, run.model.n_dcm, 3)),
+        "q_pred": _stack(per_atom["charges"], idx, (0,)),
+        "Q_pred": np.array([np.sum(per_atom["charges"][int(i)], dtype=np.float64) for i in idx]),
+        "Q_ref": np.asarray(g["Qtot"], np.float64) if "Qtot" in g else np.zeros(len(idx)),
+        "D_pred": np.array([dipole[int(i)] for i in idx], np.float64).reshape(-1, 3),
+    }
+    if "D" in g:
+        result["D_ref"] = np.asarray(g["D"], np.float64)
+    if "q" in g:
+        result["q_ref"] = np.asarray(g["q"], np.float64)
+    return result
+
+
+def _stack(parts: dict[int, np.ndarray], order: np.ndarray, empty_shape: tuple) -> np.ndarray:
+    """Per-structure arrays concatenated in ``order`` (float64)."""
+    if len(order) == 0:
+        return np.zeros(empty_shape)
+    return np.concatenate([parts[int(i)] for i in order]).astype(np.float64)
 
 
 def energy_force_metrics(pred: dict) -> dict:

@@ -77,6 +77,13 @@ class TrainingConfig:
     forces_weight: float = _f(50.0, "weight of the force MSE ((eV/A)^2, per component); >= 0")
     dipole_weight: float = _f(25.0, "weight of the dipole MSE ((e*A)^2); used when data and model have one")
     charge_weight: float = _f(10.0, "weight of the total-charge MSE (e^2); used when the model predicts charges")
+    mono_weight: float = _f(0.0, "weight of the atomic-charge MSE (e^2) against per-atom q of the data (DCMNet: "
+                                 "atomic monopoles); used when data and model have them; >= 0")
+    esp_weight: float = _f(1.0, "weight of the electrostatic-potential MSE (V^2, DCMNet); used when data and "
+                                "model have an ESP; >= 0")
+    esp_decay_length: float | None = _f(None, "DCMNet ESP loss weighting toward points near the molecule: "
+                                              "each point weighs exp(-d / esp_decay_length), d its distance (A) "
+                                              "to the nearest atom, loss = sum w dV^2 / sum w; null = uniform")
     energy_loss: str = _f("per_molecule", "per_molecule | per_atom (energy error divided by the atom count)",
                           ENERGY_LOSSES)
     # -- length and stopping
@@ -184,8 +191,9 @@ def _check(t: TrainingConfig) -> None:
     need(t.plateau_patience >= 1, "plateau_patience", "must be >= 1")
     need(0 < t.plateau_factor < 1, "plateau_factor", "must be in (0, 1)")
     need(t.plateau_threshold >= 0, "plateau_threshold", "must be >= 0")
-    for w in ("energy_weight", "forces_weight", "dipole_weight", "charge_weight"):
+    for w in ("energy_weight", "forces_weight", "dipole_weight", "charge_weight", "mono_weight", "esp_weight"):
         need(getattr(t, w) >= 0, w, "must be >= 0")
+    need(t.esp_decay_length is None or t.esp_decay_length > 0, "esp_decay_length", "must be > 0 or null")
     need(t.max_epochs >= 1, "max_epochs", "must be >= 1")
     need(t.max_time_min is None or t.max_time_min > 0, "max_time_min", "must be > 0 or null")
     need(t.early_stopping_patience is None or t.early_stopping_patience >= 1,

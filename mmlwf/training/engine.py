@@ -161,13 +161,13 @@ def model_info(config: Config, element_energies: Mapping, outputs, metadata: Map
     """The content of ``model.json``: enough to rebuild the model and use it."""
     from ase.data import chemical_symbols
 
-    by_z = {str(int(z)): float(e) for z, e in sorted(dict(element_energies).items(), key=lambda kv: int(kv[0]))}
+    by_z = {str(int(z)): float(e) for z, e in sorted(dict(element_energies or {}).items(), key=lambda kv: int(kv[0]))}
     info = {
         "format": "mmlwf-model",
         "format_version": 1,
         "mmlwf_version": __version__,
         "model": dict(config.model),
-        "units": {k: CANONICAL[k] for k in ("length", "energy", "force", "charge", "dipole")},
+        "units": {k: CANONICAL[k] for k in ("length", "energy", "force", "charge", "dipole", "esp")},
         "energy_reference": "model energy + sum of element_energies of the atoms",
         "element_energies_by_Z": by_z,
         "element_energies": {chemical_symbols[int(z)]: e for z, e in by_z.items()},
@@ -206,7 +206,7 @@ def train(
     config: Config,
     train_loader,
     valid_loader,
-    element_energies: Mapping,
+    element_energies: Mapping | None,
     forward: Callable | None = None,
     metadata: Mapping | None = None,
     progress: bool | None = None,
@@ -220,8 +220,10 @@ def train(
     ``valid_loader``: :class:`~mmlwf.batching.BatchLoader` s (``valid_loader`` may be None:
     then the best checkpoint and early stopping follow the training loss).
     ``element_energies``: ``{Z: eV}`` (e.g. ``load_stats(...)["element_energies_by_Z"]``),
-    subtracted from the energy targets on the host in float64. ``forward(params, batch)``:
-    energies and forces (default: autodiff forces of ``model.apply``). ``metadata``: extra
+    subtracted from the energy targets on the host in float64 (unused, may be None, for a
+    model without an ``energy`` output such as DCMNet). ``forward(params, batch)``: the
+    model's outputs, energies and forces or an ``esp`` (default: autodiff forces of
+    ``model.apply``; :func:`~mmlwf.models.dcmnet.forward` for DCMNet). ``metadata``: extra
     entries for ``model.json``. ``progress``: tqdm bar (default: when stderr is a terminal).
     ``on_step(epoch, batches_done)``: called after each step (epoch counted from 0; loader
     batches done of the epoch: one more per step on one device, up to ``n`` with ``n``).
@@ -281,7 +283,6 @@ class _Run:
         import jax
 
         cfg = self.cfg
-        self.table = reference_table(self.element_energies)
         n_batches = len(self.train_loader)
         if n_batches == 0:
             raise ConfigError("the training loader yields no batches (empty training split?)")
@@ -294,14 +295,18 @@ class _Run:
         self.tx = make_optimizer(cfg, self.updates_per_epoch)
         self.lr_host = schedule_fn(cfg, self.updates_per_epoch, np)
 
-        first = prepare_batch(_first_batch(self.train_loader), self.table)
+        raw_first = _first_batch(self.train_loader)
+        first = prepare_batch(raw_first, None)
         key = jax.random.PRNGKey(cfg.seed)
         init_key, self.rng = jax.random.split(key)
         variables = jax.jit(self.model.init)(init_key, *model_inputs(first))
         out = jax.eval_shape(self.forward, variables, first)
-        if "energy" not in out:
-            raise ConfigError("the model's output has no 'energy'")
+        if "energy" not in out and "esp" not in out:
+            raise ConfigError("the model's output has neither 'energy' nor 'esp'")
         self.outputs = set(out)
+        # element energies are needed only for an energy target (not for an ESP-only model)
+        self.table = reference_table(self.element_energies) if "energy" in out else None
+        first = prepare_batch(raw_first, self.table)
 
         def sums_of(p, b):
             return batch_sums(self.forward(p, b), b)
@@ -586,7 +591,8 @@ class _Run:
             status = "time_limit"
         if status is not None or epoch_no % cfg.checkpoint_every == 0:
             self.save_latest(status or "running")
-        keys = ["train_loss", "valid_loss", "valid_energy_mae_eV", "valid_forces_mae_eV_per_A", "learning_rate"]
+        keys = ["train_loss", "valid_loss", "valid_energy_mae_eV", "valid_forces_mae_eV_per_A",
+                "valid_esp_rmse_kcal_per_mol_e", "learning_rate"]
         self.log.line(f"epoch {epoch_no}/{cfg.max_epochs} {format_metrics(row, keys)} "
                       f"time={row['wall_time_s']:.1f}s compilations={self.compiles.count}"
                       + (" *best" if improved else ""))

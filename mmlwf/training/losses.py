@@ -1,4 +1,4 @@
-"""Targets, predictions and losses for energy, forces, dipole and total charge.
+"""Targets, predictions and losses: energy, forces, dipole, total charge, atomic monopoles, ESP.
 
 Host side (numpy): :func:`prepare_batch` turns a loader batch into device arrays, with the
 energy target ``E - sum of the molecule's element energies`` computed in float64 and only
@@ -6,6 +6,12 @@ then cast to float32. Device side (jax): :func:`energy_and_forces` evaluates a m
 forces ``-dE/dR``; :func:`batch_sums` reduces the errors of a batch to masked sums
 (squared and absolute errors and their counts) from which :func:`loss_from_sums` and
 :func:`metrics_from_sums` make the loss and MAE/RMSE, per batch or over a whole split.
+
+Models without an energy (DCMNet) need no element energies: ``prepare_batch(batch, None)``
+forms no energy target and the energy term drops out. The ESP term compares the model's
+``esp (G,)`` (V) with the batch's ``esp`` over the real grid points; when the model also
+returns ``esp_loss_weight (G,)`` the loss uses the weighted mean ``sum w dV² / sum w`` (V²)
+while the reported MAE/RMSE stay unweighted, in kcal/(mol·e).
 """
 
 from __future__ import annotations
@@ -15,17 +21,22 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from ..errors import DataError
+from ..units import ESP
 
 #: the loss terms, the batch target each needs and the model output it compares with
-TERMS = ("energy", "forces", "dipole", "charge")
+TERMS = ("energy", "forces", "dipole", "charge", "mono", "esp")
 #: columns of the metrics (name, unit suffix for history.csv)
-METRIC_UNITS = {"energy": "eV", "forces": "eV_per_A", "dipole": "eA", "charge": "e"}
+METRIC_UNITS = {"energy": "eV", "forces": "eV_per_A", "dipole": "eA", "charge": "e", "mono": "e",
+                "esp": "kcal_per_mol_e"}
+#: factor from the canonical unit of a term's errors to its metric unit (V -> kcal/(mol·e))
+METRIC_SCALE = {"esp": 1.0 / ESP["kcal/mol/e"]}
 
 #: batch keys moved to the device (others, like ``index``, stay on the host)
 _DEVICE_KEYS = {
     "Z": np.int32, "R": np.float32, "F": np.float32, "atom_graph": np.int32, "atom_mask": bool,
     "dst": np.int32, "src": np.int32, "pair_mask": bool, "graph_mask": bool, "n_atoms": np.int32,
-    "Qtot": np.float32, "D": np.float32,
+    "Qtot": np.float32, "D": np.float32, "q": np.float32,
+    "grid": np.float32, "esp": np.float32, "grid_graph": np.int32, "grid_mask": bool,
 }
 MODEL_ARGS = ("Z", "R", "dst", "src", "atom_graph", "atom_mask", "pair_mask", "graph_mask", "Qtot")
 
@@ -57,13 +68,16 @@ def reference_energies(batch: Mapping[str, np.ndarray], table: np.ndarray) -> np
     return np.bincount(np.asarray(batch["atom_graph"])[mask], weights=e, minlength=n_graphs)
 
 
-def prepare_batch(batch: Mapping[str, np.ndarray], table: np.ndarray) -> dict[str, np.ndarray]:
-    """Device-ready arrays of a loader batch plus ``E_target`` (float32).
+def prepare_batch(batch: Mapping[str, np.ndarray], table: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Device-ready arrays of a loader batch plus ``E_target`` (float32; none when ``table``
+    is None, for models without an energy).
 
     ``E_target = E - sum of element energies`` is formed in float64 before the cast, so the
     large reference energies cancel exactly and only the small remainder is rounded.
     """
     out = {k: np.asarray(batch[k], dtype=t) for k, t in _DEVICE_KEYS.items() if k in batch}
+    if table is None:
+        return out
     gm = out["graph_mask"]
     E = np.asarray(batch["E"], np.float64)
     with np.errstate(over="ignore"):  # an absurd energy becomes inf here; the NaN guard names it
@@ -118,9 +132,10 @@ def batch_sums(out: Mapping, batch: Mapping) -> dict:
         sums[f"{p}_sae"] = jnp.sum(jnp.abs(diff))
         sums[f"{term}_n"] = n
 
-    dE = (out["energy"] - batch["E_target"]) * gm
-    add("energy", dE, jnp.sum(gm))
-    add("energy", dE / jnp.maximum(batch["n_atoms"], 1).astype(jnp.float32), jnp.sum(gm), "energy_atom")
+    if "energy" in out and "E_target" in batch:
+        dE = (out["energy"] - batch["E_target"]) * gm
+        add("energy", dE, jnp.sum(gm))
+        add("energy", dE / jnp.maximum(batch["n_atoms"], 1).astype(jnp.float32), jnp.sum(gm), "energy_atom")
     if "F" in batch and "forces" in out:
         add("forces", (out["forces"] - batch["F"]) * am[:, None], 3.0 * jnp.sum(am))
     if "D" in batch and "dipole" in out:
@@ -128,6 +143,16 @@ def batch_sums(out: Mapping, batch: Mapping) -> dict:
     if "charges" in out:
         Q = jax.ops.segment_sum(out["charges"] * am, batch["atom_graph"], num_segments=gm.shape[0])
         add("charge", (Q - batch["Qtot"]) * gm, jnp.sum(gm))
+    if "charges" in out and "q" in batch:
+        add("mono", (out["charges"] - batch["q"]) * am, jnp.sum(am))
+    if "esp" in out and "esp" in batch:
+        gpm = batch["grid_mask"].astype(jnp.float32) * gm[batch["grid_graph"]]
+        dV = (out["esp"] - batch["esp"]) * gpm
+        add("esp", dV, jnp.sum(gpm))
+        if "esp_loss_weight" in out:
+            w = out["esp_loss_weight"] * gpm
+            sums["esp_loss_sse"] = jnp.sum(w * dV * dV)
+            sums["esp_loss_n"] = jnp.sum(w)
     return sums
 
 
@@ -136,11 +161,17 @@ def available_terms(sums: Mapping) -> tuple[str, ...]:
 
 
 def loss_from_sums(sums: Mapping, weights: Mapping[str, float], per_atom: bool, xp=np):
-    """``sum_t w_t * MSE_t`` over the terms in ``weights`` (numpy or jax.numpy via ``xp``)."""
+    """``sum_t w_t * MSE_t`` over the terms in ``weights`` (numpy or jax.numpy via ``xp``);
+    a term with ``<term>_loss_sse``/``<term>_loss_n`` sums (a weighted ESP) uses those."""
     loss = 0.0
     for term, w in weights.items():
-        sse = sums["energy_atom_sse" if (term == "energy" and per_atom) else f"{term}_sse"]
-        loss = loss + w * sse / xp.maximum(sums[f"{term}_n"], 1.0)
+        if f"{term}_loss_sse" in sums:
+            sse, n = sums[f"{term}_loss_sse"], sums[f"{term}_loss_n"]
+            n = xp.where(n > 0, n, 1.0)  # the weights are positive: n > 0 whenever there are points
+        else:
+            sse = sums["energy_atom_sse" if (term == "energy" and per_atom) else f"{term}_sse"]
+            n = xp.maximum(sums[f"{term}_n"], 1.0)
+        loss = loss + w * sse / n
     return loss
 
 
@@ -150,8 +181,9 @@ def metrics_from_sums(sums: Mapping, prefix: str) -> dict[str, float]:
     for term in available_terms(sums):
         n = max(float(sums[f"{term}_n"]), 1.0)
         unit = METRIC_UNITS[term]
-        out[f"{prefix}_{term}_mae_{unit}"] = float(sums[f"{term}_sae"]) / n
-        out[f"{prefix}_{term}_rmse_{unit}"] = float(np.sqrt(float(sums[f"{term}_sse"]) / n))
+        scale = METRIC_SCALE.get(term, 1.0)
+        out[f"{prefix}_{term}_mae_{unit}"] = scale * float(sums[f"{term}_sae"]) / n
+        out[f"{prefix}_{term}_rmse_{unit}"] = scale * float(np.sqrt(float(sums[f"{term}_sse"]) / n))
     return out
 
 

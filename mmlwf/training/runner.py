@@ -21,7 +21,7 @@ def run_training(
     config: str | os.PathLike | Mapping | None,
     data: str | os.PathLike,
     split: str | os.PathLike,
-    stats: str | os.PathLike,
+    stats: str | os.PathLike | None,
     run_dir: str | os.PathLike,
     *,
     overrides: Sequence[str] = (),
@@ -29,27 +29,43 @@ def run_training(
     workers: int = 2,
     progress: bool | None = None,
 ) -> dict:
-    """Train (or resume) the model of ``config`` on the training split; return the summary."""
-    from ..models import physnet
+    """Train (or resume) the model of ``config`` on the training split; return the summary.
+
+    ``model.type``: ``physnet`` (needs ``stats`` for the element energies) or ``dcmnet``
+    (ESP dataset; ``stats`` unused and may be None).
+    """
+    from ..models import dcmnet, physnet
 
     cfg = load_config(config, overrides)
     model_type = str(cfg.model.get("type", "physnet")).lower()
-    if model_type != "physnet":
-        raise ConfigError(f"model.type '{model_type}': only physnet can be trained so far")
+    builders = {"physnet": physnet, "dcmnet": dcmnet}
+    if model_type not in builders:
+        raise ConfigError(f"model.type '{model_type}': known types are {', '.join(builders)}")
+    module = builders[model_type]
     try:
-        model = physnet.build_model(cfg.model)
+        model = module.build_model(cfg.model)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None
-    train_loader, valid_loader = make_loaders(data, split, cfg, cutoff=physnet.pair_cutoff(model),
+    if model_type == "physnet":
+        if stats is None:
+            raise ConfigError("model.type physnet needs the training statistics (--stats STATS.json)")
+        element_energies = element_energies_from_stats(stats)
+        forward = functools.partial(physnet.energy_and_forces, model)
+    else:
+        element_energies = None
+        forward = functools.partial(dcmnet.forward, model, esp_decay_length=cfg.training.esp_decay_length)
+    train_loader, valid_loader = make_loaders(data, split, cfg, cutoff=module.pair_cutoff(model),
                                               prefetch=prefetch, workers=workers)
+    if model_type == "dcmnet" and "esp" not in train_loader.fields:
+        raise ConfigError(f"model.type dcmnet needs an ESP dataset: {data} has no 'grid'/'esp' fields")
     return train(
         Path(run_dir),
         model=model,
         config=cfg,
         train_loader=train_loader,
         valid_loader=valid_loader,
-        element_energies=element_energies_from_stats(stats),
-        forward=functools.partial(physnet.energy_and_forces, model),
-        metadata={"dataset": str(data), "split": str(split), "stats": str(stats)},
+        element_energies=element_energies,
+        forward=forward,
+        metadata={"dataset": str(data), "split": str(split), "stats": None if stats is None else str(stats)},
         progress=progress,
     )

@@ -29,7 +29,12 @@ def _tree_norm(tree):
 
 def make_forward(model) -> Callable:
     """``forward(params, batch) -> {energy, forces, [charges, dipole]}`` for a flax model with
-    the PhysNet call signature (forces = -dE/dR by autodiff)."""
+    the PhysNet call signature (forces = -dE/dR by autodiff); for a
+    :class:`~mmlwf.models.dcmnet.DCMNet` its :func:`~mmlwf.models.dcmnet.forward` (ESP, no energy)."""
+    from ..models.dcmnet import DCMNet, forward
+
+    if isinstance(model, DCMNet):
+        return partial(forward, model)
     return partial(energy_and_forces, model.apply)
 
 

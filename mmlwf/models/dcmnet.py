@@ -1,0 +1,300 @@
+"""DCMNet in flax.linen + e3x (DESIGN §6): distributed charges fitted to the ESP.
+
+Per atom the network predicts ``n_dcm`` point charges and ``n_dcm`` displacement vectors.
+Atomic features come from ``num_iterations`` equivariant message passes over the cutoff
+graph (``max_degree >= 1``, so features carry l=1 parts). The charges are read from the
+scalar (l=0) channel; the displacements from the l=1 (vector) channel by a bias-free linear
+map, so they rotate with the molecule, and are bounded smoothly to ``max_displacement`` Å:
+``d = max_displacement * tanh(|v|) v / |v|``. The charges of each molecule are shifted
+evenly (over its real charges only, padding masked) so that they sum to its total charge.
+
+The potential (V = eV/e) at a grid point is ``k_e sum_j q_j / |r - p_j|`` over the charges
+of the grid point's own molecule only (``k_e`` = 14.399645 eV Å / e²); no term couples two
+molecules of a batch. The distance is softened as ``sqrt(|r - p|² + ESP_SOFTENING²)``
+(1e-3 Å: relative change below 1e-6 beyond 1 Å), which keeps values and gradients finite
+when a charge sits on a grid point. Cost per batch: O(grid points × atoms × n_dcm), a dense
+masked product, so keep batches to a few tens of small molecules.
+
+Outputs (:meth:`DCMNet.__call__`): ``dcm_charges (A, n_dcm)`` e, ``dcm_positions (A, n_dcm, 3)``
+Å, ``charges (A,)`` atomic monopoles (sum of an atom's charges, e), ``dipole (B, 3)`` e·Å
+from the distributed charges about the centroid of the atoms, and with grid inputs
+``esp (G,)`` V. Padding atoms, graphs and grid points get zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import e3x
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: Coulomb constant in eV Å / e² (potential in V = eV/e from charges in e and lengths in Å)
+COULOMB_CONSTANT = 14.399645351950548
+#: softening length of the charge-grid distance, Å
+ESP_SOFTENING = 1.0e-3
+
+#: inputs of :meth:`DCMNet.__call__`, in order, as named in a batch (DESIGN §5)
+INPUT_KEYS = ("Z", "R", "dst", "src", "atom_graph", "atom_mask", "pair_mask", "graph_mask", "Qtot",
+              "grid", "grid_graph", "grid_mask")
+
+
+def _safe_norm(v, axis=-1):
+    """``(|v|, |v|²)`` with a finite gradient at ``v = 0``."""
+    r2 = jnp.sum(v * v, axis=axis)
+    safe = jnp.where(r2 > 0, r2, 1.0)
+    return jnp.where(r2 > 0, jnp.sqrt(safe), 0.0), r2
+
+
+def bounded_displacement(v, max_displacement: float):
+    """``max_displacement * tanh(|v|) v/|v|`` along the last axis (smooth, equivariant, 0 at 0)."""
+    r, r2 = _safe_norm(v)
+    # tanh(r)/r with its series 1 - r²/3 near 0 (no 0/0)
+    ratio = jnp.where(r2 > 1e-12, jnp.tanh(r) / jnp.where(r2 > 1e-12, r, 1.0), 1.0 - r2 / 3.0)
+    return max_displacement * ratio[..., None] * v
+
+
+def esp_at_points(charges, positions, charge_graph, charge_mask, grid, grid_graph, grid_mask):
+    """Potential in V at each grid point from the charges of its own molecule.
+
+    ``charges (C,)`` e, ``positions (C,3)`` Å, ``charge_graph (C,)`` molecule of each charge,
+    ``charge_mask (C,)``; ``grid (G,3)`` Å, ``grid_graph (G,)``, ``grid_mask (G,)``.
+    Returns ``(G,)`` V, 0 at padding points. Charges and points of other molecules never
+    interact (dense masked sum, O(G·C)).
+    """
+    dtype = grid.dtype
+    same = (grid_graph[:, None] == charge_graph[None, :]) & grid_mask[:, None] & charge_mask[None, :]
+    diff = grid[:, None, :] - positions[None, :, :]
+    dist = jnp.sqrt(jnp.sum(diff * diff, axis=-1) + jnp.asarray(ESP_SOFTENING**2, dtype))
+    terms = jnp.where(same, charges[None, :] / dist, 0.0)
+    return COULOMB_CONSTANT * jnp.sum(terms, axis=1)
+
+
+def nearest_atom_distance(R, atom_graph, atom_mask, grid, grid_graph, grid_mask):
+    """Distance (Å) from each grid point to the nearest atom of its own molecule (0 for padding)."""
+    same = (grid_graph[:, None] == atom_graph[None, :]) & atom_mask[None, :]
+    diff = grid[:, None, :] - R[None, :, :]
+    d2 = jnp.where(same, jnp.sum(diff * diff, axis=-1), jnp.inf)
+    d = jnp.sqrt(jnp.min(d2, axis=1))
+    return jnp.where(grid_mask & jnp.isfinite(d), d, 0.0)
+
+
+class DCMNet(nn.Module):
+    """Distributed charge model: ``n_dcm`` charges per atom at learned, bounded displacements.
+
+    Fields are the model configuration (see :func:`build_model` / :func:`model_config`).
+    """
+
+    n_dcm: int = 2
+    features: int = 32
+    max_degree: int = 1
+    num_iterations: int = 2
+    num_basis_functions: int = 16
+    cutoff: float = 4.0
+    max_displacement: float = 0.5
+    max_atomic_number: int = 118
+
+    @property
+    def pair_cutoff(self) -> float:
+        """The cutoff the neighbour list must reach for this model."""
+        return float(self.cutoff)
+
+    @nn.compact
+    def __call__(self, Z, R, dst, src, atom_graph, atom_mask, pair_mask, graph_mask, Qtot=None,
+                 grid=None, grid_graph=None, grid_mask=None) -> dict:
+        _check_fields(self)
+        n_atoms = Z.shape[0]
+        n_graphs = graph_mask.shape[0]
+        dtype = R.dtype if jnp.issubdtype(R.dtype, jnp.floating) else jnp.float32
+        R = R.astype(dtype)
+        Z = Z.astype(jnp.int32)
+        dst = dst.astype(jnp.int32)
+        src = src.astype(jnp.int32)
+        atom_graph = atom_graph.astype(jnp.int32)
+
+        gm = graph_mask.astype(dtype)
+        am = atom_mask.astype(dtype) * gm[atom_graph]
+        pm = pair_mask.astype(dtype) * am[dst] * am[src]
+
+        disp = R[src] - R[dst]
+        disp = jnp.where((pm > 0)[:, None], disp, jnp.asarray([1.0, 0.0, 0.0], dtype))
+        r, r2 = _safe_norm(disp)
+        r = jnp.where(r2 > 0, r, 1.0)
+        unit = disp / r[:, None]
+        cut = e3x.nn.smooth_cutoff(r, cutoff=self.cutoff) * pm
+        rbf = e3x.nn.reciprocal_bernstein(r, self.num_basis_functions) * cut[:, None]
+        ylm = e3x.so3.spherical_harmonics(unit, self.max_degree, r_is_normalized=True, normalization="racah")
+        basis = (ylm[:, :, None] * rbf[:, None, :])[:, None]  # (P, 1, (L+1)^2, K)
+
+        F = self.features
+        x = e3x.nn.Embed(num_embeddings=self.max_atomic_number + 1, features=F, name="embed")(Z).astype(dtype)
+        for t in range(self.num_iterations):
+            y = e3x.nn.MessagePass(include_pseudotensors=False, max_degree=self.max_degree, name=f"message_{t}")(
+                x, basis, dst_idx=dst, src_idx=src, num_segments=n_atoms)
+            y = e3x.nn.add(x, y)
+            y = e3x.nn.Dense(F, name=f"dense_a_{t}")(y)
+            y = e3x.nn.silu(y)
+            y = e3x.nn.Dense(F, name=f"dense_b_{t}")(y)
+            x = e3x.nn.add(x, y)
+
+        # charges from the invariant channel, per-element offsets
+        s = x[:, 0, 0, :]
+        s = nn.silu(nn.Dense(F, name="charge_hidden")(s))
+        q = nn.Dense(self.n_dcm, kernel_init=nn.initializers.zeros, name="charge_out")(s)
+        q_shift = self.param("charge_shift", nn.initializers.zeros, (self.max_atomic_number + 1, self.n_dcm))
+        q = (q + q_shift[Z]) * am[:, None]
+        # displacements from the vector channel (bias-free: rotate with the molecule)
+        v = x[:, 0, 1:4, :]  # (A, 3, F), e3x's l=1 components are Cartesian x, y, z
+        v = nn.Dense(self.n_dcm, use_bias=False, name="displacement_out")(v)  # (A, 3, n_dcm)
+        d = bounded_displacement(jnp.swapaxes(v, 1, 2), self.max_displacement)  # (A, n_dcm, 3)
+        pos = (R[:, None, :] + d) * am[:, None, None]
+
+        # total-charge constraint, spread evenly over the molecule's real charges
+        n_real = jax.ops.segment_sum(am, atom_graph, num_segments=n_graphs) * self.n_dcm
+        Qtot = jnp.zeros(n_graphs, dtype) if Qtot is None else jnp.asarray(Qtot).astype(dtype)
+        q_mol = jax.ops.segment_sum(jnp.sum(q, axis=1), atom_graph, num_segments=n_graphs)
+        excess = (Qtot * gm - q_mol) / jnp.maximum(n_real, 1.0)
+        q = (q + excess[atom_graph][:, None]) * am[:, None]
+
+        mono = jnp.sum(q, axis=1)
+        n_at = jax.ops.segment_sum(am, atom_graph, num_segments=n_graphs)
+        centre = jax.ops.segment_sum(R * am[:, None], atom_graph, num_segments=n_graphs) / jnp.maximum(n_at, 1.0)[:, None]
+        rel = pos - centre[atom_graph][:, None, :]
+        dipole = jax.ops.segment_sum(jnp.sum(q[..., None] * rel, axis=1), atom_graph, num_segments=n_graphs)
+
+        out: dict[str, Any] = {
+            "dcm_charges": q,
+            "dcm_positions": pos,
+            "charges": mono,
+            "dipole": dipole * gm[:, None],
+        }
+        if grid is not None:
+            grid = jnp.asarray(grid).astype(dtype)
+            grid_graph = jnp.asarray(grid_graph).astype(jnp.int32)
+            gmask = jnp.asarray(grid_mask).astype(bool) & (gm[grid_graph] > 0)
+            c_graph = jnp.repeat(atom_graph, self.n_dcm)
+            c_mask = jnp.repeat(am > 0, self.n_dcm)
+            out["esp"] = esp_at_points(q.reshape(-1), pos.reshape(-1, 3), c_graph, c_mask, grid, grid_graph, gmask)
+        return out
+
+
+# -- using the model
+
+
+def _variables(params):
+    if isinstance(params, Mapping) and "params" in params:
+        return params
+    return {"params": params}
+
+
+def batch_inputs(batch: Mapping) -> dict:
+    """The model inputs of a batch; a missing ``Qtot`` becomes zeros, missing grid keys None."""
+    needed = INPUT_KEYS[:8]
+    missing = [k for k in needed if k not in batch]
+    if missing:
+        raise KeyError(f"batch lacks {missing[0]!r} (needs {', '.join(needed)})")
+    inputs = {k: jnp.asarray(batch[k]) for k in needed}
+    n_graphs = inputs["graph_mask"].shape[0]
+    Qtot = batch.get("Qtot")
+    inputs["Qtot"] = jnp.zeros(n_graphs, inputs["R"].dtype) if Qtot is None else jnp.asarray(Qtot).astype(inputs["R"].dtype)
+    for k in ("grid", "grid_graph", "grid_mask"):
+        inputs[k] = jnp.asarray(batch[k]) if k in batch else None
+    return inputs
+
+
+def forward(model: DCMNet, params, batch: Mapping, esp_decay_length: float | None = None) -> dict:
+    """The model's outputs on a batch; with grid keys also ``esp`` and ``esp_loss_weight``.
+
+    ``esp_loss_weight (G,)``: the weight of each grid point in the ESP loss,
+    ``exp(-d / esp_decay_length)`` with ``d`` the distance (Å) to the nearest atom of the
+    point's molecule (emphasises points near the molecule), or 1 when ``esp_decay_length``
+    is None; 0 on padding points. Jit-compatible.
+    """
+    inputs = batch_inputs(batch)
+    out = dict(model.apply(_variables(params), **inputs))
+    if inputs["grid"] is not None:
+        gmask = inputs["grid_mask"].astype(bool)
+        if esp_decay_length is None:
+            w = gmask.astype(out["esp"].dtype)
+        else:
+            d = nearest_atom_distance(inputs["R"].astype(out["esp"].dtype), inputs["atom_graph"],
+                                      inputs["atom_mask"].astype(bool), inputs["grid"].astype(out["esp"].dtype),
+                                      inputs["grid_graph"], gmask)
+            w = jnp.where(gmask, jnp.exp(-d / esp_decay_length), 0.0)
+        out["esp_loss_weight"] = jax.lax.stop_gradient(w)
+    return out
+
+
+def init_params(model: DCMNet, rng, batch: Mapping):
+    """Fresh flax variables ``{"params": ...}`` for ``model`` from one example batch."""
+    return jax.jit(model.init)(rng, **batch_inputs(batch))
+
+
+# -- configuration
+
+_INT_FIELDS = ("n_dcm", "features", "max_degree", "num_iterations", "num_basis_functions", "max_atomic_number")
+_FLOAT_FIELDS = ("cutoff", "max_displacement")
+CONFIG_KEYS = _INT_FIELDS + _FLOAT_FIELDS
+
+
+def _check_fields(m) -> None:
+    """Raise ValueError on a configuration the model cannot run."""
+    for name in ("n_dcm", "features", "num_iterations", "num_basis_functions", "max_atomic_number", "max_degree"):
+        if getattr(m, name) < 1:
+            raise ValueError(f"DCMNet {name} must be >= 1, got {getattr(m, name)}")
+    if not m.cutoff > 0:
+        raise ValueError(f"DCMNet cutoff must be > 0, got {m.cutoff}")
+    if not m.max_displacement > 0:
+        raise ValueError(f"DCMNet max_displacement must be > 0 (Å), got {m.max_displacement}")
+
+
+def pair_cutoff(model: DCMNet) -> float:
+    """How far the neighbour list must reach: ``cutoff``."""
+    return float(model.cutoff)
+
+
+def build_model(config: Mapping) -> DCMNet:
+    """A :class:`DCMNet` from a dict of its fields; ``type`` must be ``"dcmnet"`` if given.
+
+    Unknown keys and bad values raise ``ValueError`` naming the key.
+    """
+    kwargs: dict[str, Any] = {}
+    for key, value in dict(config).items():
+        if key == "type":
+            if str(value).lower() != "dcmnet":
+                raise ValueError(f"model type {value!r} is not dcmnet")
+            continue
+        if key not in CONFIG_KEYS:
+            raise ValueError(f"unknown DCMNet model key {key!r} (known: {', '.join(CONFIG_KEYS)})")
+        kwargs[key] = _coerce(key, value)
+    model = DCMNet(**kwargs)
+    _check_fields(model)
+    return model
+
+
+def _coerce(key: str, value):
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        raise ValueError(f"DCMNet {key} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"DCMNet {key} must be a number, got {value!r}") from None
+    if not np.isfinite(number):
+        raise ValueError(f"DCMNet {key} must be finite, got {value!r}")
+    if key in _INT_FIELDS:
+        if number != int(number):
+            raise ValueError(f"DCMNet {key} must be an integer, got {value!r}")
+        return int(number)
+    return number
+
+
+def model_config(model: DCMNet) -> dict:
+    """The JSON-ready configuration that :func:`build_model` turns back into ``model``."""
+    out: dict[str, Any] = {"type": "dcmnet"}
+    for key in CONFIG_KEYS:
+        value = getattr(model, key)
+        out[key] = int(value) if key in _INT_FIELDS else float(value)
+    return out
