@@ -171,12 +171,17 @@ def stats_step(packed: str | os.PathLike, split: str | os.PathLike, out: str | o
     return Path(out)
 
 
-def train_step(config: Mapping, packed, split, stats, run_dir) -> dict:
-    """Rule ``train``: train or resume ``run_dir``; an interrupted run exits non-zero (75)."""
+def train_step(config: Mapping, packed, split, stats, run_dir, weights: Sequence[float] | None = None) -> dict:
+    """Rule ``train``: train or resume ``run_dir``; an interrupted run exits non-zero (75).
+
+    ``packed``/``split``/``stats``: one each, or lists for a weighted mixture (``weights``).
+    """
     from .training import exit_code
     from .training.runner import run_training
 
-    summary = run_training(dict(config), packed, split, stats, run_dir, progress=False)
+    packed, split, stats = list(_listed(packed)), list(_listed(split)), list(_listed(stats))
+    weights = None if weights is None or len(packed) == 1 else [float(w) for w in weights]
+    summary = run_training(dict(config), packed, split, stats, run_dir, weights=weights, progress=False)
     log.info("%s: %s after %d epochs (best epoch %s)", run_dir, summary["status"], summary["epochs"],
              summary["best_epoch"])
     code = exit_code(summary)
@@ -189,6 +194,9 @@ def evaluate_step(run_dir, packed, split, metrics, predictions, atoms, plots, *,
                   checkpoint: str = "best") -> dict:
     """Rule ``evaluate``: metrics.json, the per-structure and per-atom predictions, and the plots.
 
+    For a mixture (lists of ``packed``/``split``) the predictions, plots and top-level metrics
+    are those of the first dataset, and ``metrics.json`` adds ``per_dataset`` metrics.
+
     The plots are written into a temporary folder renamed to ``plots`` when complete, so an
     interrupted job leaves no partial set behind.
     """
@@ -198,7 +206,11 @@ def evaluate_step(run_dir, packed, split, metrics, predictions, atoms, plots, *,
     from .analysis.evaluate import evaluate_run, write_atom_predictions, write_metrics, write_predictions
     from .analysis.plots import make_plots
 
-    doc, pred = evaluate_run(run_dir, packed, split, subset=subset, which=checkpoint)
+    packed, split = list(_listed(packed)), list(_listed(split))
+    doc, pred = evaluate_run(run_dir, packed[0], split[0], subset=subset, which=checkpoint)
+    if len(packed) > 1:  # a mixture: metrics on each member's held-out split as well
+        doc["per_dataset"] = {str(p): evaluate_run(run_dir, p, s, subset=subset, which=checkpoint)[0]["metrics"]
+                              for p, s in zip(packed, split)}
     plots = Path(plots)
     tmp = Path(tempfile.mkdtemp(prefix=f".{plots.name}.", dir=plots.parent))
     try:
@@ -255,3 +267,10 @@ def label_step(sources: Sequence[str | os.PathLike], out: str | os.PathLike, set
     log.info("wrote %s: %d structures, %d ESP points (%d computed, %d from the cache)", out, m["n_molecules"],
              m["n_grid_points"], lab["computed"], lab["cached"])
     return Path(out)
+
+
+def _listed(value) -> list:
+    """``[value]`` for one path, the items for a list of paths (Snakemake's named inputs)."""
+    if isinstance(value, (str, os.PathLike)):
+        return [value]
+    return list(value)

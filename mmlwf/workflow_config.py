@@ -18,6 +18,8 @@ gives the four experiments ``lr_scan-learning_rate_0.001-features_16`` ...
 ``lr_scan-learning_rate_0.0003-features_32`` (the last part of each grid key, or the whole
 dotted key when two grid keys end alike). Splits (``splits:``) are named split settings that a
 dataset selects with ``split: <name>`` (default ``default``) or replaces with its own mapping.
+An experiment's ``dataset`` is a name or a weighted mixture ``{name: weight}``; the resolved
+experiment carries ``members`` (``{name: weight}``, one entry for a single dataset).
 """
 
 from __future__ import annotations
@@ -130,9 +132,17 @@ def _check_experiment(name: str, exp: dict, datasets: Mapping) -> dict:
     where = f"experiments.{name}"
     exp = {**copy.deepcopy(EXPERIMENT_DEFAULTS), **exp}
     dataset = exp.get("dataset")
-    if dataset not in datasets:
-        raise ConfigError(f"config '{where}.dataset': {dataset!r} is not a dataset "
-                          f"(known: {', '.join(datasets) or 'none'})")
+    members = dict(dataset) if isinstance(dataset, Mapping) else {dataset: 1.0}
+    if not members:
+        raise ConfigError(f"config '{where}.dataset': an empty mixture")
+    for member, weight in members.items():
+        if member not in datasets:
+            key = f"{where}.dataset" + (f".{member}" if isinstance(dataset, Mapping) else "")
+            raise ConfigError(f"config '{key}': {member!r} is not a dataset "
+                              f"(known: {', '.join(datasets) or 'none'})")
+        if not (isinstance(weight, (int, float)) and weight > 0):
+            raise ConfigError(f"config '{where}.dataset.{member}': mixture weight {weight!r} must be > 0")
+    exp["members"] = {str(k): float(v) for k, v in members.items()}
     model = {"type": "physnet", **dict(exp["model"] or {})}
     if model["type"] not in MODEL_TYPES:
         raise ConfigError(f"config '{where}.model.type': unknown model {model['type']!r} "

@@ -31,9 +31,18 @@ def experiment_config(wildcards):
 
 
 def experiment_data(wildcards):
-    """Input function: the packed dataset, split and stats of the experiment's dataset."""
-    root = f"results/datasets/{experiment_config(wildcards)['dataset']}"
-    return {"packed": f"{root}/packed", "split": f"{root}/split.npz", "stats": f"{root}/stats.json"}
+    """Input function: the packed datasets, splits and stats of the experiment's dataset(s)."""
+    roots = [f"results/datasets/{name}" for name in experiment_config(wildcards)["members"]]
+    return {
+        "packed": [f"{root}/packed" for root in roots],
+        "split": [f"{root}/split.npz" for root in roots],
+        "stats": [f"{root}/stats.json" for root in roots],
+    }
+
+
+def experiment_weights(wildcards):
+    """Params: the mixture weights of the experiment's datasets (1.0 for a single dataset)."""
+    return list(experiment_config(wildcards)["members"].values())
 
 
 def experiment_training_config(wildcards):

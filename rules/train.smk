@@ -11,6 +11,7 @@ rule train:
         model="results/runs/{experiment}/model.json",
     params:
         config=experiment_training_config,
+        weights=experiment_weights,
         run_dir=lambda wildcards: f"results/runs/{wildcards.experiment}",
     log:
         "logs/train/{experiment}.log",

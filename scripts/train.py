@@ -14,4 +14,5 @@ with log_to(snakemake.log[0]):
         snakemake.input.split,
         snakemake.input.stats,
         snakemake.params.run_dir,
+        weights=snakemake.params.weights,
     )

@@ -53,3 +53,39 @@ def test_bad_settings_one_line(ethanol, tmp_path, capsys):
     assert _train(ethanol, tmp_path / "r2", "--set", "model.wings=2") != 0
     err = capsys.readouterr().err.strip()
     assert "wings" in err and len(err.splitlines()) == 1
+
+
+def test_weighted_mixture_trains_on_both_datasets_with_joint_element_energies(tmp_path):
+    import json
+
+    import numpy as np
+
+    from mmlwf.convert import convert
+    from mmlwf.packed import PackedDataset
+    from mmlwf.split import load_split, split_dataset
+    from mmlwf.stats import element_counts, fit_element_energies
+    from mmlwf.training.runner import run_training
+
+    ethanol = convert([shared_file("rmd17_ethanol_train_1000.xyz")], tmp_path / "ethanol")
+    formaldehyde = convert([shared_file("h2co_b3lyp_4001.npz")], tmp_path / "h2co")
+    split_dataset(ethanol, tmp_path / "s1.npz", valid=980, test=0, seed=0)  # 20 training structures
+    split_dataset(formaldehyde, tmp_path / "s2.npz", valid=3981, test=0, seed=0)  # 20
+    config = {"model": {"type": "physnet", "features": 8, "num_iterations": 1, "num_basis_functions": 4},
+              "training": {"batch_size": 5, "max_epochs": 1}}
+    run = tmp_path / "run"
+    summary = run_training(config, [ethanol, formaldehyde], [tmp_path / "s1.npz", tmp_path / "s2.npz"],
+                           None, run, weights=[1.0, 0.5])
+    assert summary["status"] == "completed"
+    info = json.loads((run / "model.json").read_text())
+    assert [m["weight"] for m in info["metadata"]["mixture"]] == [1.0, 0.5]
+    # one set of reference energies, fitted on the union of both training splits
+    elements = np.array([1, 6, 8])
+    counts, energies = [], []
+    for path, split in ((ethanol, "s1.npz"), (formaldehyde, "s2.npz")):
+        ds = PackedDataset(path)
+        train = load_split(tmp_path / split, len(ds)).train
+        counts.append(element_counts(ds, train, elements))
+        energies.append(np.asarray(ds.arrays["E"][train], np.float64))
+    expected = fit_element_energies(np.concatenate(counts), np.concatenate(energies))
+    got = [info["element_energies_by_Z"][str(z)] for z in elements]
+    assert np.allclose(got, expected, rtol=1e-9)

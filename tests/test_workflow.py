@@ -223,11 +223,15 @@ def test_added_experiment_plans_no_data_steps(demo_run):
     assert proc.returncode == 0, proc.stderr[-4000:]
     config = tiny_config()
     config["experiments"]["on_water"] = {"dataset": "water", "model": TINY_MODEL, "training": {"max_epochs": 1}}
+    config["experiments"]["mixed"] = {"dataset": {"demo": 1.0, "water": 0.5}, "model": TINY_MODEL}
     config["sweeps"] = {"lr": {"base": "tiny", "grid": {"training.learning_rate": [0.01, 0.02]}}}
-    jobs = planned_jobs(dry_run_with(workdir, config))
-    new = ("on_water", "lr-learning_rate_0.01", "lr-learning_rate_0.02")
+    out = dry_run_with(workdir, config)
+    jobs = planned_jobs(out)
+    new = ("on_water", "mixed", "lr-learning_rate_0.01", "lr-learning_rate_0.02")
     assert jobs == ({(rule, f"experiment={e}") for rule in ("train", "evaluate") for e in new}
                     | {("report", "")})
+    # the mixture's training reads both datasets
+    assert "results/datasets/demo/packed, results/datasets/water/packed" in out
 
 
 def test_edited_source_file_plans_its_datasets_chain_only(demo_run):

@@ -53,6 +53,21 @@ def test_resolve_fills_experiment_defaults_and_named_splits():
     assert "sweeps" in out and config["experiments"].keys() == {"small"}  # the input is not changed
 
 
+def test_mixture_members_are_resolved_and_checked():
+    config = base_config()
+    config["datasets"]["other"] = {"sources": ["x.xyz"]}
+    config["experiments"]["mix"] = {"dataset": {"demo": 1.0, "other": 0.25}}
+    out = resolve_workflow_config(config)
+    assert out["experiments"]["mix"]["members"] == {"demo": 1.0, "other": 0.25}
+    assert out["experiments"]["small"]["members"] == {"demo": 1.0}
+    config["experiments"]["mix"]["dataset"] = {"demo": 1.0, "nope": 1.0}
+    with pytest.raises(ConfigError, match="'experiments.mix.dataset.nope': 'nope' is not a dataset"):
+        resolve_workflow_config(config)
+    config["experiments"]["mix"]["dataset"] = {"demo": 0}
+    with pytest.raises(ConfigError, match="'experiments.mix.dataset.demo': mixture weight 0 must be > 0"):
+        resolve_workflow_config(config)
+
+
 def test_a_100_point_sweep_resolves_quickly():
     import time
 

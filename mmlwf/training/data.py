@@ -9,8 +9,10 @@ takes. The training loader shuffles by ``training.seed`` (its order is a functio
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from ..batching import BatchLoader
+from ..errors import ConfigError
 from ..packed import PackedDataset
 from ..split import load_split
 from ..stats import load_stats
@@ -19,31 +21,62 @@ from .config import Config
 DEFAULT_CUTOFF = 5.0
 
 
+def as_list(value) -> list:
+    return [value] if isinstance(value, (str, os.PathLike)) else list(value)
+
+
 def make_loaders(
-    dataset: str | os.PathLike,
-    split: str | os.PathLike,
+    dataset: str | os.PathLike | Sequence[str | os.PathLike],
+    split: str | os.PathLike | Sequence[str | os.PathLike],
     config: Config,
     *,
     cutoff: float | None = None,
+    weights: Sequence[float] | None = None,
     prefetch: int = 4,
     workers: int = 2,
 ) -> tuple[BatchLoader, BatchLoader | None]:
     """``(train_loader, valid_loader)``; ``valid_loader`` is None for an empty valid split.
 
-    The neighbour-list cutoff is ``cutoff`` (give the model's pair cutoff: with Coulomb it
-    reaches further than ``model.cutoff``), else ``model.cutoff`` (default 5.0 Å); the batch
-    size is ``training.batch_size`` and the seed ``training.seed``.
+    ``dataset``/``split``: one of each, or lists of equal length for a weighted mixture
+    (``weights``: visits of each training split per epoch, default 1 each; validation covers
+    every member's valid split once). The neighbour-list cutoff is ``cutoff`` (give the
+    model's pair cutoff: with Coulomb it reaches further than ``model.cutoff``), else
+    ``model.cutoff`` (default 5.0 Å); the batch size is ``training.batch_size`` and the seed
+    ``training.seed``.
     """
-    ds = PackedDataset(dataset)
-    sp = load_split(split, len(ds))
+    paths, split_paths = as_list(dataset), as_list(split)
+    if len(paths) != len(split_paths):
+        raise ConfigError(f"{len(paths)} datasets but {len(split_paths)} splits")
+    dss = [PackedDataset(p) for p in paths]
+    sps = [load_split(sp, len(ds)) for sp, ds in zip(split_paths, dss)]
+    names = [os.fspath(p) for p in paths]
     t = config.training
     if cutoff is None:
         cutoff = float(config.model.get("cutoff", DEFAULT_CUTOFF))
     common = {"batch_size": t.batch_size, "cutoff": cutoff, "seed": t.seed, "prefetch": prefetch,
-              "workers": workers}
-    train_loader = BatchLoader(ds, sp.train, shuffle=True, **common)
-    valid_loader = BatchLoader(ds, sp.valid, shuffle=False, **common) if sp.valid.size else None
+              "workers": workers, "names": names}
+    train_loader = BatchLoader(dss, [sp.train for sp in sps], shuffle=True, weights=weights, **common)
+    has_valid = any(sp.valid.size for sp in sps)
+    valid_loader = BatchLoader(dss, [sp.valid for sp in sps], shuffle=False, **common) if has_valid else None
     return train_loader, valid_loader
+
+
+def joint_element_energies(
+    datasets: Sequence[str | os.PathLike], splits: Sequence[str | os.PathLike], ridge: float = 1e-8
+) -> dict[str, float]:
+    """``{"Z": eV}`` fitted on the union of the training splits of ``datasets`` (a mixture's
+    one set of reference energies: the members must share a level of theory)."""
+    import numpy as np
+
+    from ..stats import element_counts, fit_element_energies
+
+    dss = [PackedDataset(p) for p in datasets]
+    trains = [load_split(sp, len(ds)).train for sp, ds in zip(splits, dss)]
+    elements = np.asarray(sorted({int(z) for ds in dss for z in ds.elements}), np.int64)
+    counts = np.concatenate([element_counts(ds, tr, elements) for ds, tr in zip(dss, trains)])
+    energies = np.concatenate([np.asarray(ds.arrays["E"][tr], np.float64) for ds, tr in zip(dss, trains)])
+    e_ref = fit_element_energies(counts, energies, ridge)
+    return {str(int(z)): float(e) for z, e in zip(elements, e_ref)}
 
 
 def element_energies_from_stats(stats: str | os.PathLike) -> dict[str, float]:

@@ -13,17 +13,18 @@ from typing import Mapping, Sequence
 
 from ..errors import ConfigError
 from .config import load_config
-from .data import element_energies_from_stats, make_loaders
+from .data import as_list, element_energies_from_stats, joint_element_energies, make_loaders
 from .engine import train
 
 
 def run_training(
     config: str | os.PathLike | Mapping | None,
-    data: str | os.PathLike,
-    split: str | os.PathLike,
-    stats: str | os.PathLike | None,
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    split: str | os.PathLike | Sequence[str | os.PathLike],
+    stats: str | os.PathLike | Sequence[str | os.PathLike] | None,
     run_dir: str | os.PathLike,
     *,
+    weights: Sequence[float] | None = None,
     overrides: Sequence[str] = (),
     prefetch: int = 4,
     workers: int = 2,
@@ -32,8 +33,13 @@ def run_training(
     """Train (or resume) the model of ``config`` on the training split; return the summary.
 
     ``model.type``: ``physnet`` (needs ``stats`` for the element energies) or ``dcmnet``
-    (ESP dataset; ``stats`` unused and may be None).
+    (ESP dataset; ``stats`` unused and may be None). A weighted mixture: lists of datasets,
+    splits and stats with ``weights`` (each training split visited ``weight`` times per
+    epoch); its element energies are fitted on the union of the training splits.
     """
+    data, split = as_list(data), as_list(split)
+    stats = None if stats is None else as_list(stats)
+    mixture = len(data) > 1
     from ..models import dcmnet, physnet
 
     cfg = load_config(config, overrides)
@@ -47,15 +53,16 @@ def run_training(
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None
     if model_type == "physnet":
-        if stats is None:
+        if stats is None and not mixture:
             raise ConfigError("model.type physnet needs the training statistics (--stats STATS.json)")
-        element_energies = element_energies_from_stats(stats)
+        element_energies = (joint_element_energies(data, split) if mixture
+                            else element_energies_from_stats(stats[0]))
         forward = functools.partial(physnet.energy_and_forces, model)
     else:
         element_energies = None
         forward = functools.partial(dcmnet.forward, model, esp_decay_length=cfg.training.esp_decay_length)
     train_loader, valid_loader = make_loaders(data, split, cfg, cutoff=module.pair_cutoff(model),
-                                              prefetch=prefetch, workers=workers)
+                                              weights=weights, prefetch=prefetch, workers=workers)
     if model_type == "dcmnet" and "esp" not in train_loader.fields:
         raise ConfigError(f"model.type dcmnet needs an ESP dataset: {data} has no 'grid'/'esp' fields")
     return train(
@@ -66,6 +73,10 @@ def run_training(
         valid_loader=valid_loader,
         element_energies=element_energies,
         forward=forward,
-        metadata={"dataset": str(data), "split": str(split), "stats": None if stats is None else str(stats)},
+        metadata={"dataset": str(data[0]), "split": str(split[0]),
+                  "stats": None if stats is None else str(stats[0]),
+                  **({"mixture": [{"dataset": str(d), "split": str(s), "weight": float(w)}
+                                  for d, s, w in zip(data, split, weights or [1.0] * len(data))]}
+                     if mixture else {})},
         progress=progress,
     )
