@@ -30,7 +30,8 @@ import e3x
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from .settings import ModelFields, build, settings_of
 
 #: Coulomb constant in eV Å / e² (potential in V = eV/e from charges in e and lengths in Å)
 COULOMB_CONSTANT = 14.399645351950548
@@ -237,7 +238,8 @@ def init_params(model: DCMNet, rng, batch: Mapping):
 
 _INT_FIELDS = ("n_dcm", "features", "max_degree", "num_iterations", "num_basis_functions", "max_atomic_number")
 _FLOAT_FIELDS = ("cutoff", "max_displacement")
-CONFIG_KEYS = _INT_FIELDS + _FLOAT_FIELDS
+FIELDS = ModelFields("DCMNet", "dcmnet", _INT_FIELDS, _FLOAT_FIELDS)
+CONFIG_KEYS = FIELDS.keys
 
 
 def _check_fields(m) -> None:
@@ -261,40 +263,9 @@ def build_model(config: Mapping) -> DCMNet:
 
     Unknown keys and bad values raise ``ValueError`` naming the key.
     """
-    kwargs: dict[str, Any] = {}
-    for key, value in dict(config).items():
-        if key == "type":
-            if str(value).lower() != "dcmnet":
-                raise ValueError(f"model type {value!r} is not dcmnet")
-            continue
-        if key not in CONFIG_KEYS:
-            raise ValueError(f"unknown DCMNet model key {key!r} (known: {', '.join(CONFIG_KEYS)})")
-        kwargs[key] = _coerce(key, value)
-    model = DCMNet(**kwargs)
-    _check_fields(model)
-    return model
-
-
-def _coerce(key: str, value):
-    if isinstance(value, (bool, np.bool_)) or value is None:
-        raise ValueError(f"DCMNet {key} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"DCMNet {key} must be a number, got {value!r}") from None
-    if not np.isfinite(number):
-        raise ValueError(f"DCMNet {key} must be finite, got {value!r}")
-    if key in _INT_FIELDS:
-        if number != int(number):
-            raise ValueError(f"DCMNet {key} must be an integer, got {value!r}")
-        return int(number)
-    return number
+    return build(FIELDS, DCMNet, config, _check_fields)
 
 
 def model_config(model: DCMNet) -> dict:
     """The JSON-ready configuration that :func:`build_model` turns back into ``model``."""
-    out: dict[str, Any] = {"type": "dcmnet"}
-    for key in CONFIG_KEYS:
-        value = getattr(model, key)
-        out[key] = int(value) if key in _INT_FIELDS else float(value)
-    return out
+    return settings_of(FIELDS, model)

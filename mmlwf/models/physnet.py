@@ -28,7 +28,8 @@ import e3x
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from .settings import ModelFields, build, settings_of
 
 #: Coulomb constant in eV Å / e^2
 COULOMB_CONSTANT = 14.399645351950548
@@ -255,7 +256,8 @@ def init_params(model: PhysNet, rng, batch: Mapping):
 _INT_FIELDS = ("features", "max_degree", "num_iterations", "num_basis_functions", "num_residual", "max_atomic_number")
 _FLOAT_FIELDS = ("cutoff", "coulomb_cutoff")
 _BOOL_FIELDS = ("charges", "coulomb", "repulsion")
-CONFIG_KEYS = _INT_FIELDS + _FLOAT_FIELDS + _BOOL_FIELDS
+FIELDS = ModelFields("PhysNet", "physnet", _INT_FIELDS, _FLOAT_FIELDS, _BOOL_FIELDS)
+CONFIG_KEYS = FIELDS.keys
 
 
 def _check_fields(m) -> None:
@@ -290,44 +292,9 @@ def build_model(config: Mapping) -> PhysNet:
 
     Unknown keys and bad values raise ``ValueError`` naming the key.
     """
-    kwargs: dict[str, Any] = {}
-    for key, value in dict(config).items():
-        if key == "type":
-            if str(value).lower() != "physnet":
-                raise ValueError(f"model type {value!r} is not physnet")
-            continue
-        if key not in CONFIG_KEYS:
-            raise ValueError(f"unknown PhysNet model key {key!r} (known: {', '.join(CONFIG_KEYS)})")
-        kwargs[key] = _coerce(key, value)
-    model = PhysNet(**kwargs)
-    _check_fields(model)
-    return model
-
-
-def _coerce(key: str, value):
-    if key in _BOOL_FIELDS:
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        raise ValueError(f"PhysNet {key} must be true or false, got {value!r}")
-    if isinstance(value, (bool, np.bool_)) or value is None:
-        raise ValueError(f"PhysNet {key} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"PhysNet {key} must be a number, got {value!r}") from None
-    if key in _INT_FIELDS:
-        if number != int(number):
-            raise ValueError(f"PhysNet {key} must be an integer, got {value!r}")
-        return int(number)
-    if not np.isfinite(number):
-        raise ValueError(f"PhysNet {key} must be finite, got {value!r}")
-    return number
+    return build(FIELDS, PhysNet, config, _check_fields)
 
 
 def model_config(model: PhysNet) -> dict:
     """The JSON-ready configuration that :func:`build_model` turns back into ``model``."""
-    out: dict[str, Any] = {"type": "physnet"}
-    for key in CONFIG_KEYS:
-        value = getattr(model, key)
-        out[key] = bool(value) if key in _BOOL_FIELDS else int(value) if key in _INT_FIELDS else float(value)
-    return out
+    return settings_of(FIELDS, model)
