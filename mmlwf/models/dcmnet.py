@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from .pairs import pair_basis
 from .settings import ModelFields, build, settings_of
 
 #: Coulomb constant in eV Å / e² (potential in V = eV/e from charges in e and lengths in Å)
@@ -120,15 +121,8 @@ class DCMNet(nn.Module):
         am = atom_mask.astype(dtype) * gm[atom_graph]
         pm = pair_mask.astype(dtype) * am[dst] * am[src]
 
-        disp = R[src] - R[dst]
-        disp = jnp.where((pm > 0)[:, None], disp, jnp.asarray([1.0, 0.0, 0.0], dtype))
-        r, r2 = _safe_norm(disp)
-        r = jnp.where(r2 > 0, r, 1.0)
-        unit = disp / r[:, None]
-        cut = e3x.nn.smooth_cutoff(r, cutoff=self.cutoff) * pm
-        rbf = e3x.nn.reciprocal_bernstein(r, self.num_basis_functions) * cut[:, None]
-        ylm = e3x.so3.spherical_harmonics(unit, self.max_degree, r_is_normalized=True, normalization="racah")
-        basis = (ylm[:, :, None] * rbf[:, None, :])[:, None]  # (P, 1, (L+1)^2, K)
+        _, basis = pair_basis(R, dst, src, pm, cutoff=self.cutoff, num_basis_functions=self.num_basis_functions,
+                              max_degree=self.max_degree)
 
         F = self.features
         x = e3x.nn.Embed(num_embeddings=self.max_atomic_number + 1, features=F, name="embed")(Z).astype(dtype)

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from .pairs import pair_basis
 from .settings import ModelFields, build, settings_of
 
 #: Coulomb constant in eV Å / e^2
@@ -104,20 +105,10 @@ class PhysNet(nn.Module):
         gm = graph_mask.astype(dtype)
         am = atom_mask.astype(dtype) * gm[atom_graph]
         pm = pair_mask.astype(dtype) * am[dst] * am[src]
-        pair_on = pm > 0
 
-        # -- geometry with a safe norm: masked pairs get a constant unit displacement
-        disp = R[src] - R[dst]
-        disp = jnp.where(pair_on[:, None], disp, jnp.asarray([1.0, 0.0, 0.0], dtype))
-        r2 = jnp.sum(disp * disp, axis=-1)
-        r2 = jnp.where(r2 > 0, r2, 1.0)  # coincident atoms: no NaN (their basis is garbage anyway)
-        r = jnp.sqrt(r2)
-        unit = disp / r[:, None]
-
-        cut = e3x.nn.smooth_cutoff(r, cutoff=self.cutoff) * pm  # 0 beyond cutoff and for padding
-        rbf = e3x.nn.reciprocal_bernstein(r, self.num_basis_functions) * cut[:, None]  # (P, K)
-        ylm = e3x.so3.spherical_harmonics(unit, self.max_degree, r_is_normalized=True, normalization="racah")
-        basis = (ylm[:, :, None] * rbf[:, None, :])[:, None]  # (P, 1, (L+1)^2, K)
+        # -- geometry (masked pairs get a constant displacement: no NaN in gradients)
+        r, basis = pair_basis(R, dst, src, pm, cutoff=self.cutoff, num_basis_functions=self.num_basis_functions,
+                              max_degree=self.max_degree)
 
         # -- modules
         F = self.features
