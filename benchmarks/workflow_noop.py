@@ -25,18 +25,22 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sweep_config(n_experiments: int) -> dict:
+def sweep_config(n_experiments: int, threads: int = 1) -> dict:
     seeds = list(range(max(n_experiments // 4, 1)))
     grid = {"training.seed": seeds, "training.learning_rate": [1.0e-3, 2.0e-3], "model.features": [4, 8]}
     return {
         "demo": {"molecules": ["H2O", "CH4"], "n_per_molecule": 6, "steps_between": 5, "teacher": "gfn2-xtb"},
         "datasets": {"demo": {"sources": ["results/demo/demo.extxyz"], "split": {"valid": 2, "test": 2}}},
         "experiments": {},
-        "sweeps": {"scan": {"dataset": "demo",
+        "sweeps": {"scan": {"dataset": "demo", "threads": threads,
                             "model": {"type": "physnet", "num_iterations": 1, "num_basis_functions": 4},
                             "training": {"batch_size": 4, "max_epochs": 1},
                             "grid": grid}},
     }
+
+
+def n_of(cfg: dict) -> int:
+    return 4 * len(cfg["sweeps"]["scan"]["grid"]["training.seed"])
 
 
 def snakemake(workdir: Path, *args: str, config: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -67,19 +71,27 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=100, help="sweep size (a multiple of 4)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--default-config", action="store_true", help="also time the repository's config.yaml")
+    parser.add_argument("--threads", type=int, default=1, help="threads per training (1: two jobs at once on 2 cores)")
+    parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
 
     result = {}
     with tempfile.TemporaryDirectory(prefix="mmlwf-noop-") as tmp:
-        work = Path(tmp) / "sweep"
-        work.mkdir()
-        cfg = sweep_config(args.experiments)
+        work = args.workdir or Path(tmp) / "sweep"
+        work.mkdir(parents=True, exist_ok=True)
+        cfg = sweep_config(args.experiments, args.threads)
         config = work / "sweep.yaml"
         config.write_text(yaml.safe_dump(cfg))
+        # the data steps first, then the time of a dry run that plans every training (an upper
+        # bound of the no-op: the same DAG, plus printing 2 jobs per experiment)
+        snakemake(work, "results/datasets/demo/stats.json", config=config)
+        plan, _ = snakemake(work, "-n", config=config)
+        result["planning_dry_run_s"] = round(plan, 3)
+        print(f"dry run planning {2 * n_of(cfg) + 1} jobs: {plan:.2f} s")
         full, _ = snakemake(work, config=config)
         times = noop_times(work, args.repeats, config=config)
-        n = 4 * len(cfg["sweeps"]["scan"]["grid"]["training.seed"])
+        n = n_of(cfg)
         result["sweep"] = {"experiments": n, "full_run_s": round(full, 1),
                            "noop_median_s": round(statistics.median(times), 3),
                            "noop_times_s": [round(t, 3) for t in times]}
