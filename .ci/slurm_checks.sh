@@ -6,8 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== SLURM: local cluster and the tests marked slurm"
-python -m pip install --quiet --progress-bar off -e '.[slurm]'
+echo "== SLURM: local cluster and the tests marked slurm (in the environment .ci/run made)"
 trap '.ci/slurm.sh stop' EXIT
 .ci/slurm.sh start
 set +e

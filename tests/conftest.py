@@ -41,3 +41,12 @@ def water_structures():
             )
         )
     return out
+
+
+@pytest.fixture
+def x64():
+    """jax_enable_x64 on for one test (float64 checks), restored afterwards."""
+    import jax
+
+    with jax.enable_x64(True):
+        yield

@@ -17,6 +17,8 @@ from mmlwf.models import dcmnet
 from mmlwf.packed import PackedDataset, PackedWriter
 from mmlwf.structure import Structure
 
+from .precision import FLOAT64_RTOL, float32_atol, to_float64
+
 K_E = 14.399645  # eV Å / e²
 
 
@@ -168,25 +170,34 @@ def test_charge_positions_rotate_and_esp_is_invariant():
     assert np.abs(pos - batch["R"][am][:, None]).max() > 0.05
 
 
-def test_padding_and_batch_company_do_not_change_predictions():
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_padding_and_batch_company_do_not_change_predictions(dtype, request):
+    """Exact in float64 (to summation order); in float32 to float32 rounding of each quantity."""
     mols = _two_waters(5)
     small = _batch(mols[:1], *SHAPE)
     big = _batch(mols[::-1] + mols[:1], 5, 13, 40, 90)  # more padding, other molecules first
     params = _random_params(MODEL, big, 7)
-    a, b = APPLY(params, small), APPLY(params, big)
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+        small, big, params = to_float64(small), to_float64(big), to_float64(params)
+    a, b = jax.tree.map(np.asarray, APPLY(params, small)), jax.tree.map(np.asarray, APPLY(params, big))
+    assert a["esp"].dtype == np.dtype(dtype)
     sa, sb = small["atom_mask"], (big["atom_graph"] == 2) & big["atom_mask"]
-    np.testing.assert_allclose(np.asarray(a["dcm_positions"])[sa], np.asarray(b["dcm_positions"])[sb], atol=1e-5)
-    np.testing.assert_allclose(np.asarray(a["dcm_charges"])[sa], np.asarray(b["dcm_charges"])[sb], atol=1e-6)
     ga, gb = small["grid_mask"], (big["grid_graph"] == 2) & big["grid_mask"]
-    np.testing.assert_allclose(np.asarray(a["esp"])[ga], np.asarray(b["esp"])[gb], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(a["dipole"][0], b["dipole"][2], atol=1e-5)
-    # garbage in padding slots changes nothing
+    pairs = [(a["dcm_positions"][sa], b["dcm_positions"][sb]), (a["dcm_charges"][sa], b["dcm_charges"][sb]),
+             (a["esp"][ga], b["esp"][gb]), (a["dipole"][0], b["dipole"][2])]
+    for x, y in pairs:
+        if dtype == "float64":
+            np.testing.assert_allclose(x, y, rtol=FLOAT64_RTOL, atol=1e-13)
+        else:
+            np.testing.assert_allclose(x, y, rtol=0, atol=float32_atol(x, y))
+    # garbage in padding slots changes nothing: same shapes, masked values, the same sums
     dirty = {k: np.array(v) for k, v in big.items()}
     dirty["R"][~big["atom_mask"]] = 1e3
     dirty["Z"][~big["atom_mask"]] = 6
     dirty["grid"][~big["grid_mask"]] = 0.0
     c = APPLY(params, dirty)
-    np.testing.assert_array_equal(np.asarray(c["esp"])[big["grid_mask"]], np.asarray(b["esp"])[big["grid_mask"]])
+    np.testing.assert_array_equal(np.asarray(c["esp"])[big["grid_mask"]], b["esp"][big["grid_mask"]])
     assert np.all(np.asarray(c["esp"])[~big["grid_mask"]] == 0)
 
 

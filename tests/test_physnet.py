@@ -24,6 +24,8 @@ from mmlwf.models import (
 from mmlwf.packed import PackedDataset, PackedWriter
 from mmlwf.structure import Structure
 
+from .precision import FLOAT64_RTOL, float32_atol, to_float64
+
 CUTOFF = 5.0
 # one float32 model (equivariant, every physics term on) and one batch shape shared by most
 # tests, so that XLA compiles few times
@@ -111,16 +113,6 @@ def model32(data):
     return model, params, forward
 
 
-@pytest.fixture
-def x64():
-    old = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", old)
-
-
 def inputs(batch):
     keys = ("Z", "R", "dst", "src", "atom_graph", "atom_mask", "pair_mask", "graph_mask", "Qtot")
     return {k: batch[k] for k in keys}
@@ -198,8 +190,13 @@ def test_invariant_energy_covariant_forces_and_dipole(tmp_path, model32):
 # -- padding
 
 
-def test_same_molecule_same_prediction_whatever_padding_and_neighbours(data, model32):
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_same_molecule_same_prediction_whatever_padding_and_neighbours(data, model32, dtype, request):
+    """Exact in float64 (to summation order); in float32 to float32 rounding of each quantity."""
     _, params, forward = model32
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+        params = to_float64(params)
     ds = data["mixed"]
     target = 2  # the ammonium cation
     cases = [
@@ -210,23 +207,25 @@ def test_same_molecule_same_prediction_whatever_padding_and_neighbours(data, mod
     ]
     results = []
     for batch in cases:
+        batch = to_float64(batch) if dtype == "float64" else batch
         out = jax.tree.map(np.asarray, forward(params, batch))
+        assert out["energy"].dtype == np.dtype(dtype)
         g, atoms = molecule_rows(batch, target)
         pad_atoms = ~batch["atom_mask"]
         pad_graphs = ~batch["graph_mask"]
         assert np.all(out["forces"][pad_atoms] == 0) and np.all(out["charges"][pad_atoms] == 0)
         assert np.all(out["atomic_energies"][pad_atoms] == 0)
         assert np.all(out["energy"][pad_graphs] == 0) and np.all(out["dipole"][pad_graphs] == 0)
-        np.testing.assert_allclose(out["atomic_energies"][atoms].sum(), out["energy"][g], rtol=1e-5, atol=1e-5)
         results.append((out["energy"][g], out["forces"][atoms], out["charges"][atoms], out["dipole"][g],
                         out["atomic_energies"][atoms]))
     assert len({b["R"].shape for b in cases}) == 2
     ref = results[0]
     assert np.abs(ref[1]).max() > 0.1
-    for got in results[1:]:
-        np.testing.assert_allclose(got[0], ref[0], rtol=1e-6, atol=1e-5)
-        for a, b in zip(got[1:], ref[1:]):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for got in results:
+        tol = {"rtol": FLOAT64_RTOL, "atol": 1e-13} if dtype == "float64" else None
+        np.testing.assert_allclose(got[4].sum(), got[0], **(tol or {"rtol": 0, "atol": float32_atol(got[4])}))
+        for a, b in zip(got, ref):
+            np.testing.assert_allclose(a, b, **(tol or {"rtol": 0, "atol": float32_atol(a, b)}))
 
 
 def test_padding_pairs_with_garbage_geometry_change_nothing(data, model32):

@@ -128,7 +128,8 @@ class DCMNet(nn.Module):
         x = e3x.nn.Embed(num_embeddings=self.max_atomic_number + 1, features=F, name="embed")(Z).astype(dtype)
         for t in range(self.num_iterations):
             y = e3x.nn.MessagePass(include_pseudotensors=False, max_degree=self.max_degree, name=f"message_{t}")(
-                x, basis, dst_idx=dst, src_idx=src, num_segments=n_atoms)
+                x, basis, dst_idx=dst, src_idx=src, num_segments=n_atoms
+            ).astype(dtype)  # e3x's MessagePass returns float64 under jax_enable_x64 whatever its inputs
             y = e3x.nn.add(x, y)
             y = e3x.nn.Dense(F, name=f"dense_a_{t}")(y)
             y = e3x.nn.silu(y)

@@ -25,4 +25,7 @@ def pair_basis(R, dst, src, pair_weight, *, cutoff: float, num_basis_functions: 
     cut = e3x.nn.smooth_cutoff(r, cutoff=cutoff) * pair_weight  # 0 beyond cutoff and for padding
     rbf = e3x.nn.reciprocal_bernstein(r, num_basis_functions) * cut[:, None]  # (P, K)
     ylm = e3x.so3.spherical_harmonics(unit, max_degree, r_is_normalized=True, normalization="racah")
-    return r, (ylm[:, :, None] * rbf[:, None, :])[:, None]
+    # e3x's basis functions may compute in the default float type (float64 under
+    # jax_enable_x64): keep the model's dtype so float32 and float64 models both stay pure
+    basis = (ylm[:, :, None] * rbf[:, None, :])[:, None]
+    return r, basis.astype(dtype)

@@ -120,7 +120,7 @@ class PhysNet(nn.Module):
             a = e3x.nn.shifted_softplus(x)
             msg = e3x.nn.MessagePass(include_pseudotensors=False, max_degree=self.max_degree, name=f"message_{t}")(
                 e3x.nn.Dense(F, name=f"neighbour_{t}")(a), basis, dst_idx=dst, src_idx=src, num_segments=n_atoms
-            )
+            ).astype(dtype)  # e3x's MessagePass returns float64 under jax_enable_x64 whatever its inputs
             v = e3x.nn.add(e3x.nn.Dense(F, name=f"self_{t}")(a), msg)
             for k in range(self.num_residual):
                 v = _Residual(F, name=f"interaction_residual_{t}_{k}")(v)
