@@ -126,6 +126,18 @@ def test_lost_checksums_and_lost_manifest_are_refused(made, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_validate_cli_lost_manifest_is_an_error_legacy_a_warning(made, tmp_path, capsys):
+    ds = copy_dataset(made, tmp_path)
+    (ds / "manifest.json").unlink()
+    assert main(["validate", str(ds)]) == 1
+    captured = capsys.readouterr()
+    assert "error [missing_file] field 'manifest'" in captured.err and "valid" not in captured.out
+    (ds / MARKER).unlink()  # now indistinguishable from the users' legacy layout
+    assert main(["validate", str(ds)]) == 0
+    captured = capsys.readouterr()
+    assert "warning [unverified]" in captured.out and "valid (40 structures, 1 warning(s))" in captured.out
+
+
 def test_legacy_layout_is_accepted_unverified(tmp_path, caplog):
     script = REPO.parent / "shared" / "bench" / "make_synthetic_packed.py"
     if not script.exists():
