@@ -36,6 +36,8 @@ from .units import CANONICAL
 FORMAT_NAME = "mmlwf-packed"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# written by PackedWriter beside the manifest: marks a dataset mmlwf wrote (see mmlwf.integrity)
+MARKER = "mmlwf-packed.json"
 
 
 @dataclass(frozen=True)
@@ -78,14 +80,15 @@ _COUNTS_FILES = {"atoms": ".n_atoms.tmp", "grid": ".n_grid.tmp"}
 _MAX_Z = 118
 
 
-def sha256_file(path: str | os.PathLike, block: int = 1 << 22, stop=None) -> str | None:
-    """SHA-256 of a file's bytes, read in blocks of ``block`` bytes into one buffer (memory:
-    one block, whatever the file size). ``stop``: a :class:`threading.Event` that abandons
-    the work (returns None) when set."""
+def sha256_file(path: str | os.PathLike, block: int = 1 << 22, stop=None, offset: int = 0) -> str | None:
+    """SHA-256 of a file's bytes from ``offset``, read in blocks of ``block`` bytes into one
+    buffer (memory: one block, whatever the file size). ``stop``: a :class:`threading.Event`
+    that abandons the work (returns None) when set."""
     h = hashlib.sha256()
     buf = bytearray(block)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
+        fh.seek(offset)
         while n := fh.readinto(buf):
             h.update(view[:n])
             if stop is not None and stop.is_set():
@@ -317,6 +320,9 @@ class PackedWriter:
             with open(self.tmp / MANIFEST, "w") as fh:
                 json.dump(manifest, fh, indent=2)
                 fh.write("\n")
+            from .integrity import write_marker
+
+            write_marker(self.tmp, manifest)
             self._move_into_place()
         except BaseException:
             self.abort()
@@ -502,6 +508,9 @@ def structural_problems(path: str | os.PathLike) -> list[DataError]:
         manifest = read_manifest(root)
     except DataError as exc:
         return [exc]
+    if manifest is None and (root / MARKER).exists():
+        return [DataError(f"missing, but {MARKER} says mmlwf wrote this dataset: its checksums are lost "
+                          "(convert the dataset again)", path=root / MANIFEST)]
     present = _present_fields(root, manifest)
     for name in REQUIRED:
         if name not in present:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 from .fileio import save_npz_deterministic
+from .integrity import dataset_digest
 from .packed import PackedDataset
 
 SUBSETS = ("train", "valid", "test")
@@ -31,6 +32,7 @@ class Split:
     n_molecules: int
     seed: int
     group_by: str
+    dataset_digest: str | None = None  # of the dataset it was made from (None: older files)
 
     def __getitem__(self, subset: str) -> np.ndarray:
         if subset not in SUBSETS:
@@ -127,6 +129,7 @@ def split_dataset(
     if group_by not in GROUP_BY:
         raise ConfigError(f"--group-by '{group_by}': known are {', '.join(GROUP_BY)}")
     ds = PackedDataset(dataset)
+    digest = dataset_digest(dataset)
     groups = formula_groups(ds) if group_by == "formula" else None
     parts = make_split(len(ds), valid=valid, test=test, seed=seed, groups=groups)
     save_npz_deterministic(
@@ -138,9 +141,10 @@ def split_dataset(
             "group_by": np.str_(group_by),
             "valid_request": np.float64(valid),
             "test_request": np.float64(test),
+            "dataset_digest": np.str_(digest),
         },
     )
-    return Split(**parts, n_molecules=len(ds), seed=int(seed), group_by=group_by)
+    return Split(**parts, n_molecules=len(ds), seed=int(seed), group_by=group_by, dataset_digest=digest)
 
 
 def load_split(path: str | os.PathLike, n_molecules: int | None = None) -> Split:
@@ -150,11 +154,12 @@ def load_split(path: str | os.PathLike, n_molecules: int | None = None) -> Split
         with np.load(path, allow_pickle=False) as z:
             parts = {s: np.asarray(z[s], dtype=np.int64) for s in SUBSETS}
             meta = (int(z["n_molecules"]), int(z["seed"]), str(z["group_by"]))
+            digest = str(z["dataset_digest"]) if "dataset_digest" in z.files else None
     except KeyError as exc:
         raise DataError(f"not a split file (missing {exc})", path=path)
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"unreadable split file ({exc})", path=path)
-    split = Split(**parts, n_molecules=meta[0], seed=meta[1], group_by=meta[2])
+    split = Split(**parts, n_molecules=meta[0], seed=meta[1], group_by=meta[2], dataset_digest=digest)
     if n_molecules is not None and split.n_molecules != int(n_molecules):
         raise DataError(
             f"made for a dataset of {split.n_molecules} structures, this one has {n_molecules}",

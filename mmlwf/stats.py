@@ -19,6 +19,7 @@ from ase.data import chemical_symbols
 from . import __version__
 from .batching import derive_budgets, molecule_sizes
 from .fileio import atomic_write
+from .integrity import check_made_from, dataset_digest
 from .packed import PackedDataset
 from .split import load_split
 
@@ -60,12 +61,16 @@ def compute_stats(
 ) -> dict:
     """Statistics of the training subset of ``dataset`` (see module docstring); JSON-ready."""
     ds = PackedDataset(dataset)
-    train = load_split(split, len(ds)).train
+    digest = dataset_digest(dataset)
+    made = load_split(split, len(ds))
+    check_made_from(split, made.dataset_digest, digest, dataset, "split")
+    train = made.train
     elements = np.asarray(sorted({int(z) for z in ds.elements}), np.int64)
     n_atoms = np.asarray(ds.n_atoms[train])
     out: dict = {
         "mmlwf_version": __version__,
         "dataset": str(dataset),
+        "dataset_digest": digest,
         "n_train": int(train.shape[0]),
         "units": {"energy": "eV", "force": "eV/Angstrom", "length": "Angstrom", "esp": "V"},
         "elements": [int(z) for z in elements],

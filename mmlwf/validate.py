@@ -9,7 +9,8 @@ Errors (the dataset must not be used):
 - ``missing_file``, ``size_mismatch``, ``offsets``, ``manifest``, ``unreadable``: what
   :func:`mmlwf.packed.structural_problems` reports (plus files the manifest lists that are
   missing); when there are any, the arrays are not opened and nothing else is checked;
-- ``checksum``: an array's SHA-256 differs from the one in the manifest;
+- ``checksum``: an array's SHA-256 differs from the one in the manifest, or the manifest has
+  none for it (a dataset mmlwf wrote whose manifest is lost is a ``missing_file`` error);
 - ``z_range``: an atomic number outside 1-118;
 - ``nan``: NaN or Inf in a float field;
 - ``too_close``: two atoms of one structure closer than ``min_distance_error``.
@@ -20,7 +21,8 @@ Warnings (worth a look, the dataset is usable):
 - ``energy_outlier``: the per-atom residual of a per-element linear fit of the energies is a
   robust (median/MAD) outlier;
 - ``force_outlier``: the largest force norm of a structure is a robust outlier (too large);
-- ``duplicate``: the same atomic numbers and positions (rounded to 1e-5 Å) as an earlier structure.
+- ``duplicate``: the same atomic numbers and positions (rounded to 1e-5 Å) as an earlier structure;
+- ``unverified``: no manifest (the users' legacy layout): no checksums to verify the content.
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ import numpy as np
 
 from .errors import DataError
 from .fileio import atomic_write
+from .integrity import checksum_problems
 from .packed import (
     FIELDS,
     MANIFEST,
     PackedDataset,
-    array_checksum,
     read_manifest,
     structural_problems,
 )
@@ -195,7 +197,10 @@ def validate_dataset(
     report.n_molecules, report.n_atoms = ds.n_molecules, ds.n_atoms_total
 
     findings: list[Finding] = []
-    if check_checksums and ds.manifest is not None:
+    if ds.manifest is None:
+        findings.append(Finding(WARNING, "unverified", "manifest", f"no {MANIFEST} (legacy layout): no checksums, "
+                                "the content cannot be verified"))
+    elif check_checksums:
         findings += _checksum_findings(ds)
     scan = _Scan(
         ds,
@@ -276,18 +281,13 @@ def _best_effort_counts(root: Path) -> tuple[int, int]:
 
 
 def _checksum_findings(ds: PackedDataset) -> list[Finding]:
-    arrays = {"offsets": ds.offsets, "n_atoms": ds.n_atoms, "grid_offsets": ds.grid_offsets, **ds.arrays}
-    out = []
-    for name, entry in ds.manifest.get("fields", {}).items():
-        expected = entry.get("sha256") if isinstance(entry, dict) else None
-        arr = arrays.get(name)
-        if not expected or arr is None:
-            continue
-        if array_checksum(arr) != expected:
-            out.append(
-                Finding(ERROR, "checksum", name, f"{FIELDS[name].file}: content differs from the manifest's SHA-256")
-            )
-    return out
+    """Fields whose content differs from the manifest's SHA-256, or that have none (every
+    file hashed, never taken from a record; the results are recorded for train/evaluate)."""
+    try:
+        problems = checksum_problems(ds.path, use_records=False)[0]
+    except DataError as exc:  # e.g. an unreadable marker
+        problems = [exc]
+    return [Finding(ERROR, "checksum", p.field or "manifest", f"{Path(p.path).name}: {p.message}") for p in problems]
 
 
 # ----------------------------------------------------------------------------- streaming scan

@@ -13,6 +13,18 @@ SHARED_DATA = Path(os.environ.get("MMLWF_SHARED_DATA", REPO.parent / "shared" / 
 MLFF = SHARED_DATA / "mlff"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _verification_records(tmp_path_factory):
+    """Checksum verification records (mmlwf.integrity) in a temporary folder, not ~/.cache."""
+    old = os.environ.get("MMLWF_CACHE_DIR")
+    os.environ["MMLWF_CACHE_DIR"] = str(tmp_path_factory.mktemp("mmlwf-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MMLWF_CACHE_DIR", None)
+    else:
+        os.environ["MMLWF_CACHE_DIR"] = old
+
+
 def shared_file(name: str) -> Path:
     """Path of a file in ../shared/data/mlff, skipping the test when it is absent."""
     path = MLFF / name

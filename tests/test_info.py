@@ -10,7 +10,7 @@ import pytest
 
 from mmlwf.errors import DataError
 from mmlwf.info import dataset_info, format_info
-from mmlwf.packed import PackedWriter
+from mmlwf.packed import MARKER, PackedWriter
 from mmlwf.structure import Structure
 
 # (atomic numbers, count of molecules with them)
@@ -65,6 +65,7 @@ def test_fields_dtype_shape_unit(tmp_path: Path) -> None:
 def test_legacy_directory(tmp_path: Path) -> None:
     path = write(tmp_path / "ds")
     (path / "manifest.json").unlink()
+    (path / MARKER).unlink()  # the legacy layout: never written by mmlwf
     info = dataset_info(path)
     assert info["legacy"] is True and info["sources"] == [] and info["format"] is None
     assert info["n_molecules"] == 10 and info["elements"] == {"H": 22, "C": 5, "O": 7}

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import pdist
 
-from mmlwf.packed import FIELDS, PackedWriter, read_manifest
+from mmlwf.packed import FIELDS, MARKER, PackedWriter, read_manifest
 from mmlwf.structure import Structure
 from mmlwf.validate import Finding, ValidationReport, _min_distances, validate_dataset
 
@@ -85,10 +85,49 @@ def test_clean_dataset_has_no_findings(ds: Path) -> None:
     assert (report.n_molecules, report.n_atoms) == (40, int(offsets(ds)[-1]))
 
 
-def test_legacy_directory_without_manifest_validates(ds: Path) -> None:
+def test_legacy_directory_without_manifest_validates_unverified(ds: Path) -> None:
+    (ds / "manifest.json").unlink()
+    (ds / MARKER).unlink()  # the users' legacy layout: never had a manifest
+    report = validate_dataset(ds)
+    assert report.ok and [(f.level, f.code) for f in report.findings] == [("warning", "unverified")]
+
+
+def test_mmlwf_dataset_that_lost_its_manifest_is_an_error(ds: Path) -> None:
     (ds / "manifest.json").unlink()
     report = validate_dataset(ds)
-    assert report.ok and report.findings == []
+    assert not report.ok and [(f.code, f.field) for f in report.findings] == [("missing_file", "manifest")]
+    assert MARKER in report.findings[0].message
+
+
+def test_manifest_that_lost_its_checksums_is_an_error(ds: Path) -> None:
+    manifest = json.loads((ds / "manifest.json").read_text())
+    for entry in manifest["fields"].values():
+        del entry["sha256"]
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+    report = validate_dataset(ds)
+    assert not report.ok
+    assert {(f.code, f.field) for f in report.errors} == {("checksum", n) for n in manifest["fields"]}
+    # without the marker either (a manifest always means mmlwf wrote it): still an error
+    (ds / MARKER).unlink()
+    assert {f.code for f in validate_dataset(ds).errors} == {"checksum"}
+
+
+def test_manifest_replaced_by_another_datasets_is_an_error(tmp_path: Path, ds: Path) -> None:
+    other = write(tmp_path / "other", make_structures(seed=1))
+    for name in ("manifest.json", "E.f64", "F_pack.f32", "R_pack.f32", "Z_pack.int32"):
+        (ds / name).write_bytes((other / name).read_bytes())
+    report = validate_dataset(ds)
+    assert [(f.code, f.field) for f in report.errors] == [("checksum", "sha256")]
+
+
+def test_flipped_byte_is_a_checksum_error(ds: Path) -> None:
+    with open(ds / "E.f64", "r+b") as fh:
+        fh.seek(17)
+        byte = fh.read(1)
+        fh.seek(17)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    report = validate_dataset(ds)
+    assert [(f.code, f.field) for f in report.errors] == [("checksum", "E")]
 
 
 # ----------------------------------------------------------------------------- structural errors

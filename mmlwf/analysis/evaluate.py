@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write, save_npz_deterministic
+from ..integrity import check_split, verify_dataset
 from ..packed import PackedDataset
 from ..units import ESP
 
@@ -244,6 +245,9 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str
     if not (run_dir / "checkpoints" / which).is_dir():
         raise DataError(f"no '{which}' checkpoint (has the run trained an epoch?)", path=run_dir / "checkpoints")
     ds = PackedDataset(data)
+    digest = verify_dataset(data).digest  # checksums, and a split made from this version of it
+    if split is not None and subset != "all":
+        check_split(split, digest, data)
     indices = subset_indices(split, subset, len(ds))
     if indices.size == 0:
         raise DataError(f"the '{subset}' subset is empty", path=split, field=subset)
@@ -256,6 +260,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str
         "model_type": kind,
         "checkpoint": {"which": which, "epoch": checkpoint_epoch(run_dir, which), "ema": bool(info.get("ema", False))},
         "dataset": str(data),
+        "dataset_digest": digest,
         "split": None if split is None else str(split),
         "subset": subset,
         "units": {"energy": "eV", "forces": "eV/A", "dipole": "e*A", "charge": "e",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import ConfigError
+from ..integrity import check_provenance, verify_in_background
 from .config import load_config
 from .data import as_list, element_energies_from_stats, joint_element_energies, make_loaders
 from .engine import train
@@ -40,6 +41,7 @@ def run_training(
     data, split = as_list(data), as_list(split)
     stats = None if stats is None else as_list(stats)
     mixture = len(data) > 1
+    verifying = verify_in_background(data)  # checksums, overlapped with the start-up below
     from ..models import dcmnet, physnet
 
     cfg = load_config(config, overrides)
@@ -52,9 +54,11 @@ def run_training(
         model = module.build_model(cfg.model)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None
+    if model_type == "physnet" and stats is None and not mixture:
+        raise ConfigError("model.type physnet needs the training statistics (--stats STATS.json)")
+    digests = [v.digest for v in verifying.result()]  # a mismatch stops here: nothing written yet
+    check_provenance(data, split, stats, digests)
     if model_type == "physnet":
-        if stats is None and not mixture:
-            raise ConfigError("model.type physnet needs the training statistics (--stats STATS.json)")
         element_energies = (joint_element_energies(data, split) if mixture
                             else element_energies_from_stats(stats[0]))
         forward = functools.partial(physnet.energy_and_forces, model)
@@ -73,10 +77,11 @@ def run_training(
         valid_loader=valid_loader,
         element_energies=element_energies,
         forward=forward,
-        metadata={"dataset": str(data[0]), "split": str(split[0]),
+        metadata={"dataset": str(data[0]), "dataset_digest": digests[0], "split": str(split[0]),
                   "stats": None if stats is None else str(stats[0]),
-                  **({"mixture": [{"dataset": str(d), "split": str(s), "weight": float(w)}
-                                  for d, s, w in zip(data, split, weights or [1.0] * len(data))]}
+                  **({"mixture": [{"dataset": str(d), "dataset_digest": g, "split": str(s), "weight": float(w)}
+                                  for d, g, s, w in zip(data, digests, split, weights or [1.0] * len(data))]}
                      if mixture else {})},
         progress=progress,
     )
+
