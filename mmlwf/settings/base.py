@@ -38,12 +38,17 @@ class Settings(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_boolean_numbers(cls, value: Any, info) -> Any:
-        """``true`` is not the number 1 (pydantic's lax mode would take it)."""
-        types = _types(cls.model_fields[info.field_name])
-        if isinstance(value, bool) and bool not in types and (int in types or float in types):
+    def _booleans(cls, value: Any, info) -> Any:
+        """``true`` is not the number 1 (pydantic's lax mode would take it); where ``off``/``on``
+        is a choice, a boolean is that word (YAML 1.1 reads ``off`` as false)."""
+        if not isinstance(value, bool):
+            return value
+        field = cls.model_fields[info.field_name]
+        types = _types(field)
+        if bool not in types and (int in types or float in types):
             raise PydanticCustomError("number_type", "must be a number" if float in types else "must be an integer")
-        return value
+        word = "on" if value else "off"
+        return word if word in choices(field) else value
 
 
 def _types(field: FieldInfo) -> tuple:

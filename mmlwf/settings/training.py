@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from .base import Settings, SettingError
 
@@ -80,12 +80,6 @@ class TrainingSettings(Settings):
                                                   "batches of one shape, one per device, and the loss is that of "
                                                   "one batch holding all their molecules (steps, accumulate and "
                                                   "the schedule count these n-batch steps); off = one device")
-
-    @field_validator("data_parallel", mode="before")
-    @classmethod
-    def _yaml_off(cls, value: Any) -> Any:
-        """YAML 1.1 reads ``off`` (and ``on``) as a boolean."""
-        return ("auto" if value else "off") if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSettings:
