@@ -28,9 +28,9 @@ experiment carries ``members`` (``{name: weight}``, one entry for a single datas
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import re
-import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any

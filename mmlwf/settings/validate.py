@@ -87,9 +87,9 @@ def one_line(error: ValidationError, root: Mapping | None = None) -> str:
     if kind == "additionalProperties" and rule is False and isinstance(value, Mapping):
         known = list(schema.get("properties", {}))
         patterns = list(schema.get("patternProperties", {}))
-        extra = [k for k in value if k not in known and not any(re.search(p, str(k)) for p in patterns)]
+        extra = [k for k in value if k not in known and not any(re.search(p, str(k)) for p in patterns)] or ["?"]
         key = f"{where}.{extra[0]}" if where else str(extra[0])
-        return (f"config '{key}': unknown key" + (did_you_mean(extra[0], known) or f" (known: {', '.join(known)})"))
+        return f"config '{key}': unknown key" + (did_you_mean(extra[0], known) or f" (known: {', '.join(known)})")
     if "propertyNames" in error.relative_schema_path:
         key = f"{where}.{value}" if where else str(value)
         if kind == "enum":
