@@ -2,7 +2,7 @@
 # Run the demo with `snakemake --cores 2` (or `--profile profiles/default`);
 # add `--sdm conda` to run every step in its environment from envs/.
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("8.20")
 
@@ -10,12 +10,11 @@ min_version("8.20")
 configfile: "config.yaml"
 
 
-validate(config, "schemas/config.schema.yaml")  # fills in the schema's defaults
-
-
 report: "report/workflow.rst"
 
 
+# checks the config against schemas/config.schema.yaml (filling in its defaults) and more,
+# stopping with one line before any job if it is wrong
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/data.smk"

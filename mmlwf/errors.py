@@ -46,3 +46,27 @@ class DataError(ValueError):
 
 class ConfigError(ValueError):
     """A bad setting (unknown unit, format, key ...): one line naming the setting."""
+
+
+
+def closest(word: object, known) -> str | None:
+    """The entry of ``known`` closest to ``word`` (difflib), or None when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1)
+    return close[0] if close else None
+
+
+def did_you_mean(word: object, known, prefix: str = "") -> str:
+    """``" (did you mean 'PREFIXx'?)"`` for the entry ``x`` of ``known`` closest to ``word``, else ``""``."""
+    close = closest(word, known)
+    return f" (did you mean '{prefix}{close}'?)" if close is not None else ""
+
+
+def shown(value: object) -> str:
+    """``value`` as a config file spells it: ``null``, ``true``, ``'text'``, ``1e-05``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)

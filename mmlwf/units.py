@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from ase import units as _u
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 CANONICAL = {
     "length": "Angstrom",
@@ -42,7 +42,8 @@ DIPOLE = {
     "e*bohr": _u.Bohr,
     "au": _u.Bohr,
 }
-ESP = {"v": 1.0, "hartree/e": _u.Hartree, "au": _u.Hartree, "kcal/mol/e": _u.kcal / _u.mol}
+ESP = {"v": 1.0, "hartree/e": _u.Hartree, "au": _u.Hartree, "kcal/mol/e": _u.kcal / _u.mol,
+       "kcal/(mol*e)": _u.kcal / _u.mol}
 
 _TABLES = {"length": LENGTH, "energy": ENERGY, "dipole": DIPOLE, "esp": ESP}
 
@@ -56,8 +57,8 @@ def factor(kind: str, unit: str) -> float:
     table = _TABLES[kind]
     key = _norm(unit)
     if key not in table:
-        known = ", ".join(sorted({k for k in table}))
-        raise ConfigError(f"unknown {kind} unit '{unit}' (known: {known})")
+        raise ConfigError(f"unknown {kind} unit '{unit}'{did_you_mean(key, table)}; "
+                          f"known (in any case): {', '.join(sorted(table))}")
     return table[key]
 
 

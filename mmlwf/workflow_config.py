@@ -2,7 +2,10 @@
 
 ``rules/common.smk`` calls :func:`resolve_workflow_config` once, before any job is planned, so
 that a wrong config stops the workflow with one line naming the key
-(``config 'experiments.x.training': learning_rate must be > 0``).
+(``config 'experiments.x.training.learning_rate': must be > 0, got -0.1``): first against the
+JSON schema (:mod:`mmlwf.settings.validate`, which fills in its defaults), then the checks a
+schema cannot express (names, splits, units, the model and training declarations of
+:mod:`mmlwf.settings`, sweeps).
 
 Sweeps (``sweeps:``) expand a grid of settings into ordinary experiments::
 
@@ -25,16 +28,22 @@ experiment carries ``members`` (``{name: weight}``, one entry for a single datas
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from . import units
 from .errors import ConfigError
+from .settings import SettingError, TrainingSettings, model_settings, parse
+from .settings.validate import check_config, load_schema
 
 #: names become path components: no separators, no leading dot
 NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
-MODEL_TYPES = ("physnet", "dcmnet")
+#: the datasets' unit settings, by the quantity (:mod:`mmlwf.units`) they are a unit of
+UNIT_KEYS = {"energy_unit": "energy", "length_unit": "length", "dipole_unit": "dipole", "esp_unit": "esp"}
 SPLIT_DEFAULTS = {"valid": 0.1, "test": 0.1, "seed": 0, "group_by": "none"}
 EXPERIMENT_DEFAULTS = {"device": "cpu", "threads": 2, "model": {}, "training": {}}
 #: experiment keys a sweep may set besides ``base`` and ``grid``
@@ -126,9 +135,24 @@ def _check_split(split: Mapping, where: str) -> dict:
     return split
 
 
-def _check_experiment(name: str, exp: dict, datasets: Mapping) -> dict:
-    from .training.config import config_from_dict
+def _check_units(ds: Mapping, where: str) -> None:
+    for key, kind in UNIT_KEYS.items():
+        if ds.get(key) is not None:
+            try:
+                units.factor(kind, str(ds[key]))
+            except ConfigError as exc:
+                raise ConfigError(f"config '{where}.{key}': {exc}") from None
 
+
+def _declared(check, values: Any, where: str):
+    """``check(values)`` (a declaration's parse), its :class:`SettingError` as one line under ``where``."""
+    try:
+        return check(values)
+    except SettingError as exc:
+        raise ConfigError(f"config '{'.'.join(k for k in (where, exc.key) if k)}': {exc.problem}") from None
+
+
+def _check_experiment(name: str, exp: dict, datasets: Mapping) -> dict:
     where = f"experiments.{name}"
     exp = {**copy.deepcopy(EXPERIMENT_DEFAULTS), **exp}
     dataset = exp.get("dataset")
@@ -143,28 +167,26 @@ def _check_experiment(name: str, exp: dict, datasets: Mapping) -> dict:
         if not (isinstance(weight, (int, float)) and weight > 0):
             raise ConfigError(f"config '{where}.dataset.{member}': mixture weight {weight!r} must be > 0")
     exp["members"] = {str(k): float(v) for k, v in members.items()}
-    model = {"type": "physnet", **dict(exp["model"] or {})}
-    if model["type"] not in MODEL_TYPES:
-        raise ConfigError(f"config '{where}.model.type': unknown model {model['type']!r} "
-                          f"(known: {', '.join(MODEL_TYPES)})")
-    exp["model"] = model
-    exp["training"] = dict(exp["training"] or {})
     if exp["device"] not in ("cpu", "gpu"):
         raise ConfigError(f"config '{where}.device': {exp['device']!r} is not cpu or gpu")
-    try:
-        config_from_dict({"model": exp["model"], "training": exp["training"]})
-    except ConfigError as exc:
-        raise ConfigError(f"config '{where}': {exc}") from None
+    model = _declared(model_settings, exp["model"], f"{where}.model")
+    _declared(functools.partial(parse, TrainingSettings), exp["training"], f"{where}.training")
+    exp["model"] = {"type": model.type, **dict(exp["model"] or {})}
+    exp["training"] = dict(exp["training"] or {})
     return exp
 
 
-def resolve_workflow_config(config: Mapping) -> dict:
-    """A checked copy of the (schema-validated) workflow config with sweeps expanded.
+def resolve_workflow_config(config: Mapping, schema: Mapping | str | Path | None = None) -> dict:
+    """A checked copy of the workflow config with sweeps expanded.
 
-    Datasets get their split settings filled in (``split`` as a mapping); experiments gain
-    the sweeps' experiments and their defaults. Raises :class:`ConfigError` naming the key.
+    With ``schema`` (the schema or its file), the config is first checked against it and its
+    defaults are filled in. Datasets get their split settings filled in (``split`` as a
+    mapping); experiments gain the sweeps' experiments and their defaults. Raises
+    :class:`ConfigError` naming the key.
     """
     cfg = copy.deepcopy(dict(config))
+    if schema is not None:
+        check_config(cfg, schema if isinstance(schema, Mapping) else load_schema(schema))
     for name in dict(cfg.get("labels") or {}):
         check_name(name, f"labels.{name}")
     datasets = dict(cfg.get("datasets") or {})
@@ -183,6 +205,7 @@ def resolve_workflow_config(config: Mapping) -> dict:
             ds["split"] = dict(splits[split])
         else:
             ds["split"] = _check_split(split, f"datasets.{name}.split")
+        _check_units(ds, f"datasets.{name}")
         datasets[name] = ds
     experiments = dict(cfg.get("experiments") or {})
     swept = expand_sweeps(dict(cfg.get("sweeps") or {}), experiments)
@@ -192,6 +215,12 @@ def resolve_workflow_config(config: Mapping) -> dict:
     experiments.update(swept)
     for name in list(experiments):
         check_name(name, f"experiments.{name}")
-        experiments[name] = _check_experiment(name, dict(experiments[name]), datasets)
+        try:
+            experiments[name] = _check_experiment(name, dict(experiments[name]), datasets)
+        except ConfigError as exc:
+            if name not in swept:
+                raise
+            sweep = max((s for s in cfg["sweeps"] if name.startswith(f"{s}-")), key=len)
+            raise ConfigError(f"{exc} (an experiment of sweep '{sweep}')") from None
     cfg["splits"], cfg["datasets"], cfg["experiments"] = splits, datasets, experiments
     return cfg

@@ -2,8 +2,6 @@
 
 import sys
 
-from snakemake.exceptions import WorkflowError
-
 sys.path.insert(0, workflow.basedir)  # mmlwf from this repository, also where it is not installed
 
 from mmlwf.errors import ConfigError
@@ -17,12 +15,15 @@ wildcard_constraints:
     label=NAME_PATTERN,
 
 
-# Sweeps expanded into experiments, split settings filled in, every name and setting checked:
-# a wrong config stops here, before any job, with one line naming the key.
+# The config checked against schemas/config.schema.yaml (its defaults filled in), sweeps expanded
+# into experiments, split settings filled in, every name and setting checked: a wrong config
+# stops here, before any job, with one line naming the key and exit code 2 (a WorkflowError
+# would add Snakemake's file and line around it).
 try:
-    config.update(resolve_workflow_config(config))
+    config.update(resolve_workflow_config(config, f"{workflow.basedir}/schemas/config.schema.yaml"))
 except ConfigError as exc:
-    raise WorkflowError(str(exc)) from None
+    print(f"Error: {exc}", file=sys.stderr)
+    sys.exit(2)
 
 
 def experiment_config(wildcards):

@@ -30,3 +30,12 @@ def test_unknown_unit_names_the_kind():
         SourceUnits(energy="furlong")
     with pytest.raises(ConfigError, match="unknown length unit"):
         SourceUnits().replace(length="parsec")
+
+
+def test_unknown_unit_suggests_the_closest_spelling_and_lists_the_known():
+    with pytest.raises(ConfigError) as info:
+        factor("energy", "kcal")
+    message = str(info.value)
+    assert "unknown energy unit 'kcal' (did you mean 'kcal/mol'?)" in message
+    assert "known (in any case): ev, ha, hartree, kcal/mol, kj/mol, mev, ry, rydberg" in message
+    assert factor("esp", "kcal/(mol*e)") == factor("esp", "kcal/mol/e")  # as the schema spells it

@@ -288,20 +288,19 @@ def test_bad_data_stops_the_workflow_with_the_one_line_reason(tmp_path):
     "datasets, expected",
     [
         ({"x": {"sources": ["a.extxyz"], "format": "xlsx"}},
-         ["'xlsx' is not one of", "['datasets']['x']['format']"]),
-        ({"a/b": {"sources": ["a.extxyz"]}}, ["'a/b' does not match", "['datasets']"]),
-        ({"..": {"sources": ["a.extxyz"]}}, ["'..' does not match"]),
-        ({"x": {"sources": []}}, ["should be non-empty", "['datasets']['x']['sources']"]),
-        ({"x": {"sources": ["a.extxyz"], "keys": {"Energy": "e"}}}, ["'Energy' is not one of"]),
-        ({"x": {"sources": ["a.extxyz"], "units": "eV"}}, ["'units' was unexpected"]),
+         ["config 'datasets.x.format': 'xlsx' is not one of auto, npz"]),
+        ({"a/b": {"sources": ["a.extxyz"]}}, ["config 'datasets.a/b': name 'a/b' is not allowed"]),
+        ({"..": {"sources": ["a.extxyz"]}}, ["config 'datasets...': name '..' is not allowed"]),
+        ({"x": {"sources": []}}, ["config 'datasets.x.sources': must not be empty"]),
+        ({"x": {"sources": ["a.extxyz"], "keys": {"Energy": "e"}}}, ["config 'datasets.x.keys.Energy': unknown key"]),
+        ({"x": {"sources": ["a.extxyz"], "units": "eV"}}, ["config 'datasets.x.units': unknown key"]),
     ],
     ids=["unknown-format", "slash-in-name", "dotdot-name", "empty-sources", "unknown-key", "unknown-setting"],
 )
 def test_bad_config_fails_before_any_job(tmp_path, datasets, expected):
     write_config(tmp_path, {"datasets": datasets})
     proc = snakemake(tmp_path)
-    assert proc.returncode != 0
-    assert "Error validating config file" in proc.stderr
+    assert proc.returncode == 2
     for text in expected:
         assert text in proc.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
@@ -311,15 +310,15 @@ def test_bad_config_fails_before_any_job(tmp_path, datasets, expected):
     "change, expected",
     [
         (lambda c: c["experiments"]["tiny"]["model"].update(type="transformer"),
-         ["'transformer' is not one of ['physnet', 'dcmnet']", "['experiments']['tiny']['model']['type']"]),
+         ["config 'experiments.tiny.model.type': 'transformer' is not one of physnet, dcmnet"]),
         (lambda c: c["experiments"]["tiny"]["training"].update(learning_rate=-1.0),
-         ["config 'experiments.tiny': training.learning_rate"]),
+         ["config 'experiments.tiny.training.learning_rate': must be > 0, got -1.0"]),
         (lambda c: c["datasets"]["demo"].update(split={"valid": 0.7, "test": 0.4}),
          ["config 'datasets.demo.split': valid + test fractions (0.7 + 0.4) leave no training data"]),
         (lambda c: c["experiments"]["tiny"].update(dataset="ethanol"),
          ["config 'experiments.tiny.dataset': 'ethanol' is not a dataset (known: demo, esp, water)"]),
         (lambda c: c["experiments"].update({"../up": {"dataset": "demo"}}),
-         ["'../up' does not match", "['experiments']"]),
+         ["config 'experiments.../up': name '../up' is not allowed"]),
         (lambda c: c.update(sweeps={"s": {"base": "tiny", "grid": {"training.learning_rate": ["a/b"]}}}),
          ["config 'sweeps.s.grid.training.learning_rate': sweep value 'a/b'"]),
     ],

@@ -85,7 +85,7 @@ def test_a_100_point_sweep_resolves_quickly():
         (lambda c: c["experiments"]["small"]["model"].update(type="transformer"),
          "'experiments.small.model.type': unknown model 'transformer'"),
         (lambda c: c["experiments"]["small"]["training"].update(learning_rate=-0.1),
-         "'experiments.small': training.learning_rate"),
+         "'experiments.small.training.learning_rate': must be > 0, got -0.1"),
         (lambda c: c["experiments"]["small"].update(dataset="nope"),
          "'experiments.small.dataset': 'nope' is not a dataset"),
         (lambda c: c["experiments"].update({"a/b": {"dataset": "demo"}}), "'experiments.a/b': name 'a/b'"),

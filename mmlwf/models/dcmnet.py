@@ -31,8 +31,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ..settings import DCMNetSettings
 from .pairs import pair_basis
-from .settings import ModelFields, build, settings_of
+from .settings import build, check, field_defaults, settings_of
 
 #: Coulomb constant in eV Å / e² (potential in V = eV/e from charges in e and lengths in Å)
 COULOMB_CONSTANT = 14.399645351950548
@@ -84,20 +85,23 @@ def nearest_atom_distance(R, atom_graph, atom_mask, grid, grid_graph, grid_mask)
     return jnp.where(grid_mask & jnp.isfinite(d), d, 0.0)
 
 
+_DEFAULTS = field_defaults(DCMNetSettings)  # declared in mmlwf.settings.models
+
+
 class DCMNet(nn.Module):
     """Distributed charge model: ``n_dcm`` charges per atom at learned, bounded displacements.
 
     Fields are the model configuration (see :func:`build_model` / :func:`model_config`).
     """
 
-    n_dcm: int = 2
-    features: int = 32
-    max_degree: int = 1
-    num_iterations: int = 2
-    num_basis_functions: int = 16
-    cutoff: float = 4.0
-    max_displacement: float = 0.5
-    max_atomic_number: int = 118
+    n_dcm: int = _DEFAULTS["n_dcm"]
+    features: int = _DEFAULTS["features"]
+    max_degree: int = _DEFAULTS["max_degree"]
+    num_iterations: int = _DEFAULTS["num_iterations"]
+    num_basis_functions: int = _DEFAULTS["num_basis_functions"]
+    cutoff: float = _DEFAULTS["cutoff"]
+    max_displacement: float = _DEFAULTS["max_displacement"]
+    max_atomic_number: int = _DEFAULTS["max_atomic_number"]
 
     @property
     def pair_cutoff(self) -> float:
@@ -231,21 +235,9 @@ def init_params(model: DCMNet, rng, batch: Mapping):
 
 # -- configuration
 
-_INT_FIELDS = ("n_dcm", "features", "max_degree", "num_iterations", "num_basis_functions", "max_atomic_number")
-_FLOAT_FIELDS = ("cutoff", "max_displacement")
-FIELDS = ModelFields("DCMNet", "dcmnet", _INT_FIELDS, _FLOAT_FIELDS)
-CONFIG_KEYS = FIELDS.keys
-
-
 def _check_fields(m) -> None:
     """Raise ValueError on a configuration the model cannot run."""
-    for name in ("n_dcm", "features", "num_iterations", "num_basis_functions", "max_atomic_number", "max_degree"):
-        if getattr(m, name) < 1:
-            raise ValueError(f"DCMNet {name} must be >= 1, got {getattr(m, name)}")
-    if not m.cutoff > 0:
-        raise ValueError(f"DCMNet cutoff must be > 0, got {m.cutoff}")
-    if not m.max_displacement > 0:
-        raise ValueError(f"DCMNet max_displacement must be > 0 (Å), got {m.max_displacement}")
+    check(DCMNetSettings, m)
 
 
 def pair_cutoff(model: DCMNet) -> float:
@@ -258,9 +250,9 @@ def build_model(config: Mapping) -> DCMNet:
 
     Unknown keys and bad values raise ``ValueError`` naming the key.
     """
-    return build(FIELDS, DCMNet, config, _check_fields)
+    return build(DCMNetSettings, DCMNet, config)
 
 
 def model_config(model: DCMNet) -> dict:
     """The JSON-ready configuration that :func:`build_model` turns back into ``model``."""
-    return settings_of(FIELDS, model)
+    return settings_of(DCMNetSettings, model)

@@ -29,8 +29,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ..settings import PhysNetSettings
 from .pairs import pair_basis
-from .settings import ModelFields, build, settings_of
+from .settings import build, check, field_defaults, settings_of
 
 #: Coulomb constant in eV Å / e^2
 COULOMB_CONSTANT = 14.399645351950548
@@ -66,23 +67,26 @@ class _Residual(nn.Module):
         return e3x.nn.add(x, y)
 
 
+_DEFAULTS = field_defaults(PhysNetSettings)  # declared in mmlwf.settings.models
+
+
 class PhysNet(nn.Module):
     """PhysNet-style message-passing network (invariant for ``max_degree=0``, else equivariant).
 
     Fields are the model configuration (see :func:`build_model` / :func:`model_config`).
     """
 
-    features: int = 64
-    max_degree: int = 0
-    num_iterations: int = 3
-    num_basis_functions: int = 16
-    cutoff: float = 5.0
-    num_residual: int = 2
-    max_atomic_number: int = 118
-    charges: bool = False
-    coulomb: bool = False
-    repulsion: bool = False
-    coulomb_cutoff: float = 10.0
+    features: int = _DEFAULTS["features"]
+    max_degree: int = _DEFAULTS["max_degree"]
+    num_iterations: int = _DEFAULTS["num_iterations"]
+    num_basis_functions: int = _DEFAULTS["num_basis_functions"]
+    cutoff: float = _DEFAULTS["cutoff"]
+    num_residual: int = _DEFAULTS["num_residual"]
+    max_atomic_number: int = _DEFAULTS["max_atomic_number"]
+    charges: bool = _DEFAULTS["charges"]
+    coulomb: bool = _DEFAULTS["coulomb"]
+    repulsion: bool = _DEFAULTS["repulsion"]
+    coulomb_cutoff: float = _DEFAULTS["coulomb_cutoff"]
 
     @property
     def pair_cutoff(self) -> float:
@@ -244,31 +248,9 @@ def init_params(model: PhysNet, rng, batch: Mapping):
 
 # -- configuration
 
-_INT_FIELDS = ("features", "max_degree", "num_iterations", "num_basis_functions", "num_residual", "max_atomic_number")
-_FLOAT_FIELDS = ("cutoff", "coulomb_cutoff")
-_BOOL_FIELDS = ("charges", "coulomb", "repulsion")
-FIELDS = ModelFields("PhysNet", "physnet", _INT_FIELDS, _FLOAT_FIELDS, _BOOL_FIELDS)
-CONFIG_KEYS = FIELDS.keys
-
-
 def _check_fields(m) -> None:
     """Raise ValueError on a configuration the model cannot run."""
-    positive = ("features", "num_iterations", "num_basis_functions", "max_atomic_number")
-    for name in positive:
-        if getattr(m, name) < 1:
-            raise ValueError(f"PhysNet {name} must be >= 1, got {getattr(m, name)}")
-    for name in ("max_degree", "num_residual"):
-        if getattr(m, name) < 0:
-            raise ValueError(f"PhysNet {name} must be >= 0, got {getattr(m, name)}")
-    if not m.cutoff > 0:
-        raise ValueError(f"PhysNet cutoff must be > 0, got {m.cutoff}")
-    if m.coulomb and not m.charges:
-        raise ValueError("PhysNet coulomb needs charges: set charges: true")
-    if m.coulomb and not m.coulomb_cutoff > m.cutoff / 2:
-        raise ValueError(
-            f"PhysNet coulomb_cutoff ({m.coulomb_cutoff}) must exceed cutoff/2 ({m.cutoff / 2}), "
-            "where the damping of the Coulomb term ends"
-        )
+    check(PhysNetSettings, m)
 
 
 def pair_cutoff(model: PhysNet) -> float:
@@ -283,9 +265,9 @@ def build_model(config: Mapping) -> PhysNet:
 
     Unknown keys and bad values raise ``ValueError`` naming the key.
     """
-    return build(FIELDS, PhysNet, config, _check_fields)
+    return build(PhysNetSettings, PhysNet, config)
 
 
 def model_config(model: PhysNet) -> dict:
     """The JSON-ready configuration that :func:`build_model` turns back into ``model``."""
-    return settings_of(FIELDS, model)
+    return settings_of(PhysNetSettings, model)

@@ -1,0 +1,92 @@
+"""The ``training:`` section (DESIGN §7): one declaration per setting."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import Settings, SettingError
+
+OPTIMIZERS = ("adam", "adamw", "amsgrad", "sgd")
+SCHEDULES = ("constant", "warmup_cosine", "exponential", "plateau")
+ENERGY_LOSSES = ("per_molecule", "per_atom")
+DATA_PARALLEL = ("auto", "off")
+
+
+class TrainingSettings(Settings):
+    """Training settings: optimiser, schedule, loss weights, length and stopping, devices."""
+
+    # -- data
+    batch_size: int = Field(32, ge=1, description="molecules per batch (the loader's budget)")
+    seed: int = Field(0, description="seed of parameter initialisation and of the data order (with the epoch)")
+    # -- optimiser
+    optimizer: Literal[OPTIMIZERS] = Field("adam", description="the optimiser")
+    learning_rate: float = Field(1.0e-3, gt=0, description="peak learning rate")
+    adam_b1: float = Field(0.9, ge=0, lt=1, description="Adam-family first-moment decay")
+    adam_b2: float = Field(0.999, ge=0, lt=1, description="Adam-family second-moment decay")
+    adam_eps: float = Field(1.0e-8, gt=0, description="Adam-family epsilon")
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd momentum; 0 = plain gradient descent")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (AdamW); only with optimizer adamw")
+    clip_norm: float | None = Field(None, gt=0, description="clip the (accumulated) gradient to this global norm; "
+                                                            "null = off")
+    accumulate: int = Field(1, ge=1, description="average the gradients of this many batches per update "
+                                                 "(gradient accumulation)")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="decay of the exponential moving average of the "
+                             "parameters; 0 = off; the EMA parameters are used for validation and export")
+    # -- schedule (counted in optimiser updates, not batches, when accumulating)
+    schedule: Literal[SCHEDULES] = Field("constant", description="the learning-rate schedule")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up over this many updates (every schedule); 0 = none")
+    decay_steps: int | None = Field(None, ge=1, description="warmup_cosine: updates to reach min_learning_rate "
+                                    "(null: all updates of max_epochs); exponential: updates per decay_rate "
+                                    "factor (null: one epoch)")
+    decay_rate: float = Field(0.95, gt=0, le=1, description="exponential: factor per decay_steps updates")
+    min_learning_rate: float = Field(1.0e-6, ge=0, description="floor of every schedule (cosine end value); "
+                                                               "at most learning_rate")
+    plateau_patience: int = Field(10, ge=1, description="plateau: validations without improvement before the "
+                                                        "rate is cut")
+    plateau_factor: float = Field(0.5, gt=0, lt=1, description="plateau: factor applied to the rate at each cut")
+    plateau_threshold: float = Field(1.0e-4, ge=0, description="plateau: relative improvement that counts as one")
+    # -- loss
+    energy_weight: float = Field(1.0, ge=0, description="weight of the energy MSE (eV^2)")
+    forces_weight: float = Field(50.0, ge=0, description="weight of the force MSE ((eV/A)^2, per component)")
+    dipole_weight: float = Field(25.0, ge=0, description="weight of the dipole MSE ((e*A)^2); used when data "
+                                                         "and model have one")
+    charge_weight: float = Field(10.0, ge=0, description="weight of the total-charge MSE (e^2); used when the "
+                                                         "model predicts charges")
+    mono_weight: float = Field(0.0, ge=0, description="weight of the atomic-charge MSE (e^2) against per-atom q "
+                               "of the data (DCMNet: atomic monopoles); used when data and model have them")
+    esp_weight: float = Field(1.0, ge=0, description="weight of the electrostatic-potential MSE (V^2, DCMNet); "
+                                                     "used when data and model have an ESP")
+    esp_decay_length: float | None = Field(None, gt=0, description="DCMNet ESP loss weighting toward points near "
+                                           "the molecule: each point weighs exp(-d / esp_decay_length), d its "
+                                           "distance (A) to the nearest atom, loss = sum w dV^2 / sum w; "
+                                           "null = uniform")
+    energy_loss: Literal[ENERGY_LOSSES] = Field("per_molecule", description="per_atom: the energy error "
+                                                "divided by the atom count")
+    # -- length and stopping
+    max_epochs: int = Field(1000, ge=1, description="epochs to train")
+    max_time_min: float | None = Field(None, gt=0, description="stop (with a resumable checkpoint) after this "
+                                       "many minutes of this invocation; null = no limit")
+    early_stopping_patience: int | None = Field(100, ge=1, description="stop after this many epochs without a "
+                                                "better validation loss; null = off")
+    # -- bookkeeping
+    checkpoint_every: int = Field(1, ge=1, description="write the 'latest' checkpoint every this many epochs "
+                                  "(and at the end, at the time limit and on SIGTERM)")
+    valid_every: int = Field(1, ge=1, description="validate every this many epochs (and after the last)")
+    # -- devices
+    data_parallel: Literal[DATA_PARALLEL] = Field("auto", description="with auto and n > 1 local "
+                                                  "devices (jax.local_devices()) each step takes n consecutive "
+                                                  "batches of one shape, one per device, and the loss is that of "
+                                                  "one batch holding all their molecules (steps, accumulate and "
+                                                  "the schedule count these n-batch steps); off = one device")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingSettings:
+        if self.weight_decay and self.optimizer != "adamw":
+            raise SettingError("weight_decay", f"is decoupled weight decay and needs optimizer adamw "
+                                               f"(optimizer is {self.optimizer}), got {self.weight_decay:g}")
+        if self.min_learning_rate > self.learning_rate:
+            raise SettingError("min_learning_rate", f"must be at most learning_rate ({self.learning_rate:g}), "
+                                                    f"got {self.min_learning_rate:g}")
+        return self

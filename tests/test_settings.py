@@ -1,0 +1,208 @@
+"""The typed declarations of the settings: checks, help, the generated schema, one-line errors."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmlwf.errors import ConfigError
+from mmlwf.settings import DCMNetSettings, PhysNetSettings, SettingError, TrainingSettings, model_settings, parse
+from mmlwf.settings import schema as gen
+from mmlwf.settings.validate import check_config, load_schema
+from mmlwf.workflow_config import resolve_workflow_config
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "schemas" / "config.schema.yaml"
+
+
+def demo_config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def config_error(change) -> str:
+    """The message of resolving the demo config after ``change``, checked to be one line."""
+    config = demo_config()
+    change(config)
+    with pytest.raises(ConfigError) as info:
+        resolve_workflow_config(config, SCHEMA)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message
+    return message
+
+
+# -- the generated schema
+
+
+def test_committed_schema_is_what_the_declarations_generate():
+    text = SCHEMA.read_text()
+    assert gen.render(text) == text, "run: python -m mmlwf.settings.schema"
+    assert gen.main(["--check", str(SCHEMA)]) == 0
+
+
+def test_schema_check_fails_on_a_stale_schema(tmp_path, capsys):
+    stale = tmp_path / "config.schema.yaml"
+    stale.write_text(SCHEMA.read_text().replace("(default: 64)", "(default: 65)"))
+    assert gen.main(["--check", str(stale)]) == 1
+    assert "out of date" in capsys.readouterr().err
+    assert gen.main([str(stale)]) == 0  # regenerates
+    assert stale.read_text() == SCHEMA.read_text()
+
+
+def test_schema_holds_every_declared_setting_with_its_default_and_bounds():
+    defs = load_schema(SCHEMA)["$defs"]
+    for name, cls in gen.DECLARED.items():
+        props = defs[name]["properties"]
+        assert list(props) == list(cls.model_fields), name
+        assert defs[name]["additionalProperties"] is False
+        for key, field in cls.model_fields.items():
+            assert props[key]["description"].startswith(field.description), (name, key)
+            assert "default" not in props[key]  # the workflow does not fill the declared sections
+    assert defs["physnet"]["properties"]["features"]["minimum"] == 1
+    assert defs["training"]["properties"]["learning_rate"]["exclusiveMinimum"] == 0
+    assert defs["training"]["properties"]["clip_norm"]["type"] == ["number", "null"]
+    assert defs["training"]["properties"]["optimizer"]["enum"] == ["adam", "adamw", "amsgrad", "sgd"]
+    assert defs["model"]["properties"]["type"]["enum"] == ["physnet", "dcmnet"]
+
+
+@pytest.mark.parametrize("model, ok", [
+    ({}, True), ({"features": 8, "charges": True}, True), ({"type": "dcmnet", "n_dcm": 3}, True),
+    ({"features": -5}, False), ({"feature": 5}, False), ({"type": "dcmnet", "charges": True}, False),
+    ({"type": "dcmnet", "max_degree": 0}, False), ({"charges": 1}, False), ({"cutoff": 0}, False),
+])
+def test_schema_and_declaration_agree_on_model_settings(model, ok):
+    config = {"datasets": {"d": {"sources": ["a.xyz"]}}, "experiments": {"e": {"dataset": "d", "model": model}}}
+    try:
+        check_config(copy.deepcopy(config), load_schema(SCHEMA))
+        by_schema = True
+    except ConfigError:
+        by_schema = False
+    try:
+        model_settings(model)
+        by_declaration = True
+    except SettingError:
+        by_declaration = False
+    assert by_schema == by_declaration == ok
+
+
+# -- the declarations
+
+
+def test_declarations_check_values_and_name_the_key():
+    assert parse(TrainingSettings, {"learning_rate": "1e-3"}).learning_rate == 1e-3  # YAML 1.1 string
+    assert parse(TrainingSettings, {"data_parallel": False}).data_parallel == "off"  # YAML 1.1 `off`
+    cases = [
+        (TrainingSettings, {"batch_size": True}, "batch_size", "must be an integer, got true"),
+        (TrainingSettings, {"adam_b1": 1.0}, "adam_b1", "must be < 1, got 1.0"),
+        (TrainingSettings, {"max_epochs": None}, "max_epochs", "must not be null"),
+        (TrainingSettings, {"optimizer": "adan"}, "optimizer", "did you mean 'adam'?"),
+        (TrainingSettings, {"learning_rate": 1e-4}, "min_learning_rate", "must be at most learning_rate"),
+        (PhysNetSettings, {"cutoff": float("nan")}, "cutoff", "must be finite"),
+        (PhysNetSettings, {"coulomb": True, "charges": True, "cutoff": 6.0, "coulomb_cutoff": 2.0},
+         "coulomb_cutoff", "must exceed cutoff/2 (3)"),
+        (DCMNetSettings, {"n_dcm": 0, "wings": 2}, "wings", "unknown key (known: type, n_dcm"),
+    ]
+    for cls, values, key, words in cases:
+        with pytest.raises(SettingError) as info:
+            parse(cls, {**values, **({"learning_rate": 1e-7} if key == "min_learning_rate" else {})})
+        assert info.value.key == key and words in info.value.problem, (values, str(info.value))
+
+
+def test_model_type_chooses_the_declaration():
+    assert isinstance(model_settings(None), PhysNetSettings)
+    assert isinstance(model_settings({"type": "DCMNet"}), DCMNetSettings)
+    with pytest.raises(SettingError, match="unknown model 'dcmnt' \\(did you mean 'dcmnet'\\?\\)"):
+        model_settings({"type": "dcmnt"})
+
+
+def test_describe_lists_every_training_setting_with_default_and_bounds():
+    from mmlwf.training import describe
+
+    text = describe()
+    for name in TrainingSettings.model_fields:
+        assert f"  {name} " in text
+    assert "learning_rate            0.001          peak learning rate (> 0)" in text
+    assert "(adam | adamw | amsgrad | sgd)" in text
+
+
+def test_flax_modules_take_their_defaults_from_the_declarations():
+    from mmlwf.models import dcmnet, physnet
+
+    for module, cls in ((physnet.PhysNet(), PhysNetSettings), (dcmnet.DCMNet(), DCMNetSettings)):
+        expected = {k: v for k, v in cls().model_dump().items() if k != "type"}
+        assert {k: getattr(module, k) for k in expected} == expected
+    with pytest.raises(ValueError, match="DCMNet max_degree must be >= 1, got 0"):
+        dcmnet.build_model({"type": "dcmnet", "max_degree": 0})
+
+
+def test_checking_the_workflow_config_does_not_load_jax():
+    code = ("import sys, yaml; from mmlwf.workflow_config import resolve_workflow_config as r; "
+            f"r(yaml.safe_load(open({str(REPO / 'config.yaml')!r})), {str(SCHEMA)!r}); "
+            "assert 'jax' not in sys.modules and 'flax' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the workflow config: one line naming the key
+
+
+def test_the_demo_config_resolves_with_its_defaults_filled_in():
+    out = resolve_workflow_config(demo_config(), SCHEMA)
+    assert out["datasets"]["demo"]["stats"] == {"cutoff": 5.0, "batch_size": 32, "n_shapes": 4}
+    assert out["evaluation"] == {"subset": "test", "checkpoint": "best"}
+    # the declared sections stay as written (the training fills in their defaults)
+    assert out["experiments"]["demo_physnet"]["training"]["learning_rate"] == 3.0e-3
+    assert "adam_b1" not in out["experiments"]["demo_physnet"]["training"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(experimnts={}), "config 'experimnts': unknown key (did you mean 'experiments'?)"),
+    (lambda c: c.update(colour="blue"), "config 'colour': unknown key (known: demo, labels, datasets, splits, "
+                                        "experiments, sweeps, evaluation)"),
+    (lambda c: c["datasets"]["demo"].update(formt="extxyz"),
+     "config 'datasets.demo.formt': unknown key (did you mean 'format'?)"),
+    (lambda c: c["datasets"]["demo"].update(energy_units="eV"),
+     "config 'datasets.demo.energy_units': unknown key (did you mean 'energy_unit'?)"),
+    (lambda c: c["datasets"]["demo"].update(split={"valid": 0.1, "tset": 0.1}),
+     "config 'datasets.demo.split.tset': unknown key (did you mean 'test'?)"),
+    (lambda c: c["datasets"]["demo"].update(format="xyz"),
+     "config 'datasets.demo.format': 'xyz' is not one of auto, npz, extxyz"),
+    (lambda c: c["datasets"]["demo"].update(split=5), "config 'datasets.demo.split': must be a string or a mapping"),
+    (lambda c: c["datasets"].update({"a/b": {"sources": ["x"]}}),
+     "config 'datasets.a/b': name 'a/b' is not allowed: names are used in paths"),
+    (lambda c: c["datasets"]["demo"].update(energy_unit="kcal"),
+     "config 'datasets.demo.energy_unit': unknown energy unit 'kcal' (did you mean 'kcal/mol'?); known (in any "
+     "case): ev, ha, hartree, kcal/mol, kj/mol, mev, ry, rydberg"),
+    (lambda c: c["datasets"]["demo"].update(length_unit="angstroem"),
+     "config 'datasets.demo.length_unit': unknown length unit 'angstroem' (did you mean 'angstrom'?)"),
+    (lambda c: c["experiments"]["demo_physnet"]["model"].update(features=-5),
+     "config 'experiments.demo_physnet.model.features': must be >= 1, got -5"),
+    (lambda c: c["experiments"]["demo_physnet"]["model"].update(featurs=16),
+     "config 'experiments.demo_physnet.model.featurs': unknown key (did you mean 'features'?)"),
+    (lambda c: c["experiments"]["demo_dcmnet"]["model"].update(charges=True),
+     "config 'experiments.demo_dcmnet.model.charges': unknown key (known: type, n_dcm, features"),
+    (lambda c: c["experiments"]["demo_physnet"]["model"].update(charges=False, coulomb=True),
+     "config 'experiments.demo_physnet.model.coulomb': needs charges: set charges: true"),
+    (lambda c: c["experiments"]["demo_physnet"]["training"].update(optimizer="adamw", weight_decay=-1),
+     "config 'experiments.demo_physnet.training.weight_decay': must be >= 0, got -1"),
+    (lambda c: c["experiments"]["demo_physnet"]["training"].update(weight_decay=0.1),
+     "config 'experiments.demo_physnet.training.weight_decay': is decoupled weight decay and needs optimizer adamw"),
+    (lambda c: c.update(sweeps={"s": {"base": "demo_physnet", "grid": {"model.featurs": [8]}}}),
+     "config 'experiments.s-featurs_8.model.featurs': unknown key (did you mean 'features'?) "
+     "(an experiment of sweep 's')"),
+])
+def test_bad_workflow_config_gives_one_line_naming_the_key(change, message):
+    assert message in config_error(change)
+
+
+def test_yaml_11_slips_are_read_as_meant():
+    config = demo_config()
+    config["experiments"]["demo_physnet"]["training"].update(learning_rate="1e-3", data_parallel=False)
+    config["datasets"]["demo"]["stats"] = {"cutoff": "5e0"}
+    out = resolve_workflow_config(config, SCHEMA)
+    assert out["experiments"]["demo_physnet"]["training"]["learning_rate"] == 1e-3
+    assert out["experiments"]["demo_physnet"]["training"]["data_parallel"] == "off"
+    assert out["datasets"]["demo"]["stats"]["cutoff"] == 5.0
