@@ -10,18 +10,28 @@ from ..fileio import atomic_write
 
 CAPTIONS: dict[str, str] = {
     "learning_curves.png": (
-        "Learning curves: training (blue) and validation (orange) error of every trained term against "
-        "the epoch, MAE solid and RMSE dashed, on a log scale; the first panel is the loss (weighted sum "
-        "of the terms' mean squared errors). Validation uses the EMA weights when the run kept an EMA."),
+        "Learning curves: training (blue) and validation (orange) error of each trained term against the "
+        "epoch, MAE solid and RMSE dashed, on a log scale; the first panel is the loss (weighted sum of the "
+        "terms' mean squared errors). A training error is the mean over the epoch's batches, each computed "
+        "with the weights of that moment, which change during the epoch; a validation error is that of the "
+        "weights at the end of the epoch (their exponential moving average when the run kept one), which is "
+        "why the training curve usually lies above the validation curve. Terms the run did not train (loss "
+        "weight 0) and terms the model enforces exactly (the total charge, at float32 rounding level) are "
+        "named under the panels instead of plotted."),
     "parity_energy.png": (
-        "Energy parity: predicted against reference total energy (eV) of each evaluated structure, with "
-        "the line y = x; MAE and RMSE in the corner. Points become a log-density hexbin above 2000 points."),
+        "Energy parity: predicted against reference energy (eV) of each evaluated structure, both minus "
+        "the sum of element energies fitted by least squares to these reference energies (independent of "
+        "the element energies the training used), so that conformational energies and their errors are "
+        "visible in a set of several molecules; with the line y = x, MAE and RMSE in meV in the corner. "
+        "Points become a log-density hexbin above 2000 points."),
     "parity_forces.png": (
         "Force parity: predicted against reference Cartesian force components (eV/Å) of every atom of "
-        "the evaluated structures, with y = x; a log-density hexbin above 2000 points."),
+        "the evaluated structures, with y = x, MAE and RMSE in the corner; a log-density hexbin above "
+        "2000 points."),
     "error_histogram.png": (
-        "Error distributions: energy error per structure (meV), force component errors (meV/Å) and, "
-        "for models with charges on data with dipoles, the length of the dipole error (e·Å)."),
+        "Error distributions (number of structures or force components per bin): energy error per "
+        "structure (meV), force component errors (meV/Å) and, for models with charges on data with "
+        "dipoles, the length of each structure's dipole error vector (D)."),
     "force_errors_by_element.png": (
         "Force component MAE and RMSE (meV/Å) per element over the evaluated structures, with the "
         "number of atoms of each element."),
