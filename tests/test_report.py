@@ -132,7 +132,7 @@ def test_metric_rows_units():
 def test_debye_constant():
     from mmlwf.units import DEBYE_PER_E_ANGSTROM
 
-    assert DEBYE_PER_E_ANGSTROM == pytest.approx(4.80321, abs=1e-5)
+    assert DEBYE_PER_E_ANGSTROM == pytest.approx(4.803205, abs=1e-6)  # CODATA: 1 D = 0.2081943 e·Å
 
 
 def _with_history_columns(run: Path, dest: Path, **columns) -> Path:
@@ -387,7 +387,7 @@ def test_histograms_count_in_integers():
 def test_captions_match_the_figures():
     text = {name: caption(name) for name in CAPTIONS}
     assert "fitted by least squares" in text["parity_energy.png"] and "meV" in text["parity_energy.png"]
-    assert "moving average" in text["learning_curves.png"] and "loss weight 0" in text["learning_curves.png"]
+    assert "moving average" in text["learning_curves.png"] and "meV" in text["learning_curves.png"] and "loss weight 0" in text["learning_curves.png"]
     assert "(D)" in text["error_histogram.png"] and "e·Å" not in text["error_histogram.png"]
 
 

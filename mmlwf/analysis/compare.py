@@ -22,7 +22,7 @@ import yaml
 from ..errors import DataError
 from ..fileio import atomic_write
 from .evaluate import METRICS_FILE, model_type, read_metrics
-from .quantities import HEADLINE, field_name, field_unit, run_training_config, term_weights, trained
+from .quantities import HEADLINE, field_name, field_unit, term_weights, trained, training_with_defaults
 
 #: the headline error columns (field units) and the canonical metric each comes from
 ERROR_COLUMNS = {field_name(m): m for m in HEADLINE}
@@ -116,7 +116,8 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
         source = f"{METRICS_FILE} ({doc.get('subset')}, n={m.get('n_structures')}, epoch {ckpt.get('epoch')})"
     else:
         metrics, source = _history_metrics(history)
-    weights = term_weights(run_training_config(run_dir))
+    training = dict(cfg.get("training") or {})
+    weights = term_weights(training_with_defaults(training))
     row: dict = {"experiment": run_dir.resolve().name}
     row |= {field_name(k): v * field_unit(k)[0] for k, v in metrics.items() if trained(k, weights)}
     row["metrics_source"] = source
@@ -126,7 +127,6 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
     row |= cost_summary(history)
     row["model_type"] = kind
     row |= _model_settings(kind, dict(cfg.get("model") or {}))
-    training = dict(cfg.get("training") or {})
     return row | {k: training.get(k) for k in TRAINING_KEYS}
 
 

@@ -20,7 +20,7 @@ from ..errors import DataError
 from ..fileio import atomic_write
 from ..units import DEBYE_PER_E_ANGSTROM, ESP
 from .energy_fit import relative_energies
-from .quantities import NAMES, run_training_config, term_weights
+from .quantities import FIELD_UNITS, NAMES, run_training_config, term_weights
 
 #: the PNG files :func:`make_plots` writes for each model type
 PLOT_FILES: dict[str, tuple[str, ...]] = {
@@ -118,17 +118,18 @@ def learning_curves_figure(history, weights: Mapping[str, float] | None = None, 
     parts = {"train": "training", "valid": "validation"}
     epoch = history["epoch"].to_numpy()
     for ax, (term, spec) in zip(axes, terms.items()):
+        scale, unit, _ = FIELD_UNITS.get(spec["unit"], (1.0, "", ""))  # history units -> field units
         for (part, stat), col in sorted(spec["columns"].items()):
-            y = history[col].to_numpy(np.float64)
+            y = history[col].to_numpy(np.float64) * scale
             ok = np.isfinite(y) & (y > 0)
             if ok.any():
                 label = f"{parts[part]} {stat.upper() if stat != 'loss' else 'loss'}"
                 ax.plot(epoch[ok], y[ok], styles[stat], color=colours[part], marker="." if ok.sum() < 30 else None,
                         label=label)
         ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(_integer_locator())
-        unit = _UNIT_LABELS.get(spec["unit"], spec["unit"])
         name = NAMES.get(term, term.replace("_", " "))
         ax.set_ylabel(f"{name} error ({unit})" if unit else "loss (weighted sum of MSEs)")
         ax.set_title(name)
@@ -136,12 +137,25 @@ def learning_curves_figure(history, weights: Mapping[str, float] | None = None, 
         ax.legend(fontsize="small")
     for ax in axes[len(terms):]:
         ax.set_visible(False)
-    lines = ["training: mean over each epoch's batches, with the weights changing during the epoch;",
-             f"validation: the {'EMA (moving-average) ' if ema else ''}weights at the end of the epoch"]
+    lines = ["training: mean over each epoch's batches, with the model parameters changing during the epoch;",
+             "validation: the " + ("moving average (EMA) of the parameters" if ema else "parameters")
+             + " at the end of the epoch"]
     lines += [f"not plotted: {NAMES.get(t, t)}, {why}" for t, why in left.items()]
     fig.supxlabel("\n".join(lines), fontsize="small", color="0.25")
     fig.suptitle("Learning curves")
     return fig
+
+
+def _plain_log_axis(axis) -> None:
+    """Plain decimal tick labels (``0.2``, ``90``) on a log axis instead of ``2×10⁻¹``."""
+    from matplotlib.ticker import LogFormatter
+
+    class Plain(LogFormatter):  # LogFormatter's choice of labelled ticks, written as %g
+        def __call__(self, x, pos=None):
+            return f"{x:.6g}" if super().__call__(x, pos) else ""
+
+    axis.set_major_formatter(Plain(labelOnlyBase=False, minor_thresholds=(2, 0.6)))
+    axis.set_minor_formatter(Plain(labelOnlyBase=False, minor_thresholds=(2, 0.6)))
 
 
 def _integer_locator():
@@ -207,7 +221,7 @@ def energy_parity_figure(pred: Mapping):
 
 def plot_parity_forces(pred: Mapping, path: Path) -> Path:
     fig, (ax,) = _figure()
-    _parity(ax, pred["F_ref"], pred["F_pred"], "force component", "eV/Å")
+    _parity(ax, pred["F_ref"], pred["F_pred"], "force component", "eV/Å", "meV/Å", 1e3)
     ax.set_title(f"Force parity (x, y, z of {len(pred['F_ref'])} atoms)")
     return _save(fig, path)
 
@@ -282,14 +296,20 @@ def _molecule(pred: Mapping, j: int) -> dict:
             "dV": (np.asarray(pred["esp_pred"][g0:g1]) - pred["esp_ref"][g0:g1]) * _KCAL}
 
 
-def _draw_nuclei(ax, xy: np.ndarray, Z: np.ndarray) -> None:
+def _draw_nuclei(ax, xy: np.ndarray, Z: np.ndarray, beside: bool = False) -> None:
+    """Nuclei as circles in their element colours with the element symbol on them (``beside``:
+    next to them, where other markers would hide it)."""
     from ase.data import chemical_symbols
     from ase.data.colors import jmol_colors
 
     ax.scatter(xy[:, 0], xy[:, 1], s=200, c=[jmol_colors[z] for z in Z], edgecolors="k", linewidths=0.8,
                alpha=0.8, zorder=2)
     for (x, y), z in zip(xy, Z):
-        ax.annotate(chemical_symbols[int(z)], (x, y), ha="center", va="center", fontsize=8, zorder=3)
+        if beside:
+            ax.annotate(chemical_symbols[int(z)], (x, y), xytext=(-9, 7), textcoords="offset points", ha="right",
+                        va="bottom", fontsize=9, fontweight="bold", zorder=5)
+        else:
+            ax.annotate(chemical_symbols[int(z)], (x, y), ha="center", va="center", fontsize=8, zorder=3)
 
 
 def nearest_atom_distances(pred: Mapping) -> np.ndarray:
@@ -354,7 +374,7 @@ def plot_charge_positions(pred: Mapping, path: Path) -> Path:
         for a in range(len(nuc)):
             for k in range(pos.shape[1]):
                 ax.plot([nuc[a, i], pos[a, k, i]], [nuc[a, j], pos[a, k, j]], color="0.5", lw=0.7, zorder=1)
-        _draw_nuclei(ax, nuc[:, [i, j]], mol["Z"])
+        _draw_nuclei(ax, nuc[:, [i, j]], mol["Z"], beside=True)
         sc = ax.scatter(pos[..., i].ravel(), pos[..., j].ravel(), c=q.ravel(), cmap="RdBu_r", vmin=-lim, vmax=lim,
                         s=45, marker="D", edgecolors="k", linewidths=0.5, zorder=4)
         ax.set_xlim(-half, half)

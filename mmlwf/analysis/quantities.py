@@ -47,7 +47,7 @@ _METRIC = re.compile(r"^(?P<stem>[a-z_]+?)_(?P<stat>mae|rmse|max_abs_error)_(?P<
 #: the headline errors of a comparison, in order (canonical metric names)
 HEADLINE = ("energy_mae_eV", "energy_rmse_eV", "energy_per_atom_mae_eV", "forces_mae_eV_per_A",
             "forces_rmse_eV_per_A", "dipole_mae_eA", "dipole_rmse_eA", "mono_mae_e", "mono_rmse_e",
-            "esp_mae_kcal_per_mol_e", "esp_rmse_kcal_per_mol_e", "charge_mae_e")
+            "esp_mae_kcal_per_mol_e", "esp_rmse_kcal_per_mol_e")
 
 
 def parse(metric: str) -> dict | None:
@@ -92,20 +92,24 @@ def in_field_units(metric: str, value: float | None) -> tuple[str, float | None,
 # ----------------------------------------------------------------------------- trained terms
 
 
-def run_training_config(run_dir: str | os.PathLike) -> dict:
-    """The run's ``training`` settings (``config.yaml``), defaults filled in for missing keys."""
+def training_with_defaults(training: Mapping | None) -> dict:
+    """Training settings (a ``config.yaml``'s ``training`` section) with defaults for missing keys."""
     import dataclasses
 
     from ..training.config import training_config
 
     defaults = training_config({})
     defaults = dataclasses.asdict(defaults) if dataclasses.is_dataclass(defaults) else dict(defaults)
-    path = Path(run_dir) / "config.yaml"
+    return defaults | dict(training or {})
+
+
+def run_training_config(run_dir: str | os.PathLike) -> dict:
+    """The run's ``training`` settings (``config.yaml``), defaults filled in for missing keys."""
     try:
-        cfg = yaml.safe_load(path.read_text()) or {}
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         cfg = {}
-    return defaults | dict((cfg.get("training") if isinstance(cfg, Mapping) else None) or {})
+    return training_with_defaults(cfg.get("training") if isinstance(cfg, Mapping) else None)
 
 
 def term_weights(training: Mapping) -> dict[str, float]:

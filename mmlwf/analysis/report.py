@@ -167,7 +167,7 @@ def _run_section(run_dir: Path, summary: Mapping, tmp: Path) -> str:
     for col, (name, scale) in COST_LABELS.items():
         value = summary.get(col)
         train_rows.append((name, value if _missing(value) or scale == 1 else value * scale))
-    parts.append("<h3>Training</h3>" + _table(["", "value"], train_rows))
+    parts.append("<h3>Training cost</h3>" + _table(["", "value"], train_rows))
     weights = term_weights(run_training_config(run_dir))
     if (run_dir / METRICS_FILE).exists():
         doc = read_metrics(run_dir / METRICS_FILE)
@@ -180,7 +180,8 @@ def _run_section(run_dir: Path, summary: Mapping, tmp: Path) -> str:
         per_el = doc.get("per_element") or {}
         if per_el:
             cols = [k for k in next(iter(per_el.values())) if k != "Z"]
-            header = ["element"] + [_label(c) if c != "n_atoms" else "atoms" for c in cols]
+            header = ["element"] + [("atoms" if c == "n_atoms" else _label(c) if not parse(c) or trained(c, weights)
+                                      else f"{_label(c)}, not trained") for c in cols]
             scale = [field_unit(c)[0] if parse(c) else 1 for c in cols]
             rows = [[el] + [None if _missing(row.get(c)) else row[c] * f for c, f in zip(cols, scale)]
                     for el, row in per_el.items()]
@@ -207,7 +208,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike], title: str = "mmlwf repo
                    for s in summaries)
     intro = (f"{len(runs)} run(s); generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by mmlwf {__version__}. "
              "Errors in the units of the field: energy meV (and meV/atom), forces meV/Å (per Cartesian "
-             f"component), dipole D (per component; 1 e·Å = {DEBYE_PER_E_ANGSTROM:.5f} D), charges e, "
+             f"component), dipole D (per component; 1 e·Å = {DEBYE_PER_E_ANGSTROM:.4f} D), charges e, "
              f"ESP kcal/(mol·e). {ABSENT}: not available (not trained, not in the data, or not recorded "
              "by the mmlwf version that trained the run).")
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>", f"<nav>{nav}</nav>",
