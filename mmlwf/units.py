@@ -45,6 +45,9 @@ DIPOLE = {
 ESP = {"v": 1.0, "hartree/e": _u.Hartree, "au": _u.Hartree, "kcal/mol/e": _u.kcal / _u.mol,
        "kcal/(mol*e)": _u.kcal / _u.mol}
 
+#: reports show dipoles in Debye: 1 e·Å = 4.80320 D (ase.units.Debye, CODATA)
+DEBYE_PER_E_ANGSTROM = 1.0 / _u.Debye
+
 _TABLES = {"length": LENGTH, "energy": ENERGY, "dipole": DIPOLE, "esp": ESP}
 
 

@@ -106,3 +106,33 @@ def trained_dcmnet(tmp_path_factory) -> TrainedRun:
                  "--set", "training.esp_decay_length=1.0", "--set", "training.mono_weight=1.0"])
     assert code == 0
     return TrainedRun(root, Path(ds), root / "split.npz", run)
+
+
+#: the multi-molecule fixture: GFN2-xTB conformers of three molecules (as the demo makes them)
+MULTI_MOLECULES, N_MULTI_PER_MOLECULE = ("H2O", "NH3", "CH4"), 12
+
+
+@pytest.fixture(scope="session")
+def trained_multi(tmp_path_factory) -> TrainedRun:
+    """A tiny PhysNet run (2 epochs, EMA on, charges) on a multi-molecule set labelled by
+    GFN2-xTB (energies, forces, atomic charges, dipoles): ``mono`` (atomic charges) is in the
+    data but has loss weight 0, and the model enforces the total charge."""
+    from mmlwf.cli import main
+    from mmlwf.demo import generate_demo_data
+
+    root = tmp_path_factory.mktemp("analysis_multi")
+    src = generate_demo_data(root / "demo.extxyz", molecules=MULTI_MOLECULES, n_per_molecule=N_MULTI_PER_MOLECULE,
+                             seed=0, temperature_K=500.0, steps_between=5)
+    assert main(["convert", str(src), "-o", str(root / "ds"), "--format", "extxyz"]) == 0
+    assert main(["split", str(root / "ds"), "-o", str(root / "split.npz"), "--valid", "6", "--test", "9"]) == 0
+    assert main(["stats", str(root / "ds"), "--split", str(root / "split.npz"), "-o", str(root / "stats.json"),
+                 "--batch-size", "8", "--n-shapes", "1"]) == 0
+    run = root / "runs" / "multi"
+    code = main(["train", "--data", str(root / "ds"), "--split", str(root / "split.npz"), "-o", str(run),
+                 "--stats", str(root / "stats.json"),
+                 "--set", "model.features=8", "--set", "model.num_iterations=1",
+                 "--set", "model.num_basis_functions=8", "--set", "model.charges=true",
+                 "--set", "training.batch_size=8", "--set", "training.max_epochs=2",
+                 "--set", "training.ema_decay=0.5", "--set", "training.learning_rate=3e-3"])
+    assert code == 0
+    return TrainedRun(root, root / "ds", root / "split.npz", run)

@@ -10,18 +10,29 @@ from ..fileio import atomic_write
 
 CAPTIONS: dict[str, str] = {
     "learning_curves.png": (
-        "Learning curves: training (blue) and validation (orange) error of every trained term against "
-        "the epoch, MAE solid and RMSE dashed, on a log scale; the first panel is the loss (weighted sum "
-        "of the terms' mean squared errors). Validation uses the EMA weights when the run kept an EMA."),
+        "Learning curves: training (blue) and validation (orange) error of each trained term against the "
+        "epoch, in the units of the field (meV, meV/Å, D, e, kcal/(mol·e)), MAE solid and RMSE dashed, on a "
+        "log scale; the first panel is the loss (weighted sum of the terms' mean squared errors, in "
+        "mmlwf's units eV, Å, e). A training error is the mean over the epoch's batches, each computed with "
+        "the model parameters of that moment, which change during the epoch; a validation error is that of "
+        "the parameters at the end of the epoch (their exponential moving average, EMA, when the run kept "
+        "one), which is why the training curve usually lies above the validation curve. Terms the run did "
+        "not train (loss weight 0) and terms the model enforces exactly (the total charge, at float32 "
+        "rounding level) are named under the panels instead of plotted."),
     "parity_energy.png": (
-        "Energy parity: predicted against reference total energy (eV) of each evaluated structure, with "
-        "the line y = x; MAE and RMSE in the corner. Points become a log-density hexbin above 2000 points."),
+        "Energy parity: predicted against reference energy (eV) of each evaluated structure, both minus "
+        "the sum of element energies fitted by least squares to these reference energies (independent of "
+        "the element energies the training used), so that conformational energies and their errors are "
+        "visible in a set of several molecules; with the line y = x, MAE and RMSE in meV in the corner. "
+        "Points become a log-density hexbin above 2000 points."),
     "parity_forces.png": (
         "Force parity: predicted against reference Cartesian force components (eV/Å) of every atom of "
-        "the evaluated structures, with y = x; a log-density hexbin above 2000 points."),
+        "the evaluated structures, with y = x, MAE and RMSE in meV/Å in the corner; a log-density hexbin above "
+        "2000 points."),
     "error_histogram.png": (
-        "Error distributions: energy error per structure (meV), force component errors (meV/Å) and, "
-        "for models with charges on data with dipoles, the length of the dipole error (e·Å)."),
+        "Error distributions (number of structures or force components per bin): energy error per "
+        "structure (meV), force component errors (meV/Å) and, for models with charges on data with "
+        "dipoles, the length of each structure's dipole error vector (D)."),
     "force_errors_by_element.png": (
         "Force component MAE and RMSE (meV/Å) per element over the evaluated structures, with the "
         "number of atoms of each element."),
@@ -29,11 +40,13 @@ CAPTIONS: dict[str, str] = {
         "Electrostatic potential over the grid points of the evaluated structures, in kcal/(mol·e): "
         "predicted against reference ESP (y = x dashed; a log-density hexbin above 2000 points), the "
         "absolute error against the distance from the point to the nearest atom, and the error at each "
-        "grid point of the first structure, projected on its first two principal axes with its nuclei."),
+        "grid point of the first evaluated structure (its index in the dataset in the panel title), "
+        "projected on its first two principal axes, with its nuclei."),
     "charge_positions.png": (
-        "Distributed charges of the first evaluated structure: nuclei (circles, element symbols) and "
-        "the model's off-centre charges (diamonds coloured by charge, e), each joined to its atom, in "
-        "two projections of the molecule's principal-axes frame (Å)."),
+        "Distributed charges of the first evaluated structure (its index in the dataset in the title): "
+        "nuclei (circles in element colours, element symbols beside them) and the model's off-centre "
+        "charges (diamonds coloured by charge, e), each joined to its atom by a line, in two projections "
+        "of the molecule's principal-axes frame (Å)."),
 }
 
 

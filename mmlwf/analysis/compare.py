@@ -1,10 +1,13 @@
 """One table comparing runs: ``mmlwf compare RUN... -o table.csv`` (and the report's first table).
 
-Per run: the experiment name (the run directory's name), the model type and its key
-hyperparameters (the full model configuration with defaults filled in, lengths in Å), the
-main training settings, epochs, training time, parameter count, and the summary metrics
-from the run's ``metrics.json`` when present, else from the best validation row of its
-``history.csv`` (the ``metrics_source`` column says which).
+Per run, in this order: the experiment name (the run directory's name); the headline errors
+in the units of the field (:data:`~.quantities.HEADLINE`; column names carry the unit, e.g.
+``energy_mae_meV``, ``dipole_mae_D``), from the run's ``metrics.json`` when present, else
+from the best validation row of its ``history.csv`` (the ``metrics_source`` column says
+which), errors of terms the run did not train (loss weight 0) left empty; the cost (epochs,
+training time, parameter count, training throughput, batch padding efficiency, XLA
+compilations: :data:`COST_COLUMNS`); then the hyperparameters: the model type and its full
+configuration (defaults filled in, lengths in Å) and the main training settings.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import yaml
 from ..errors import DataError
 from ..fileio import atomic_write
 from .evaluate import METRICS_FILE, model_type, read_metrics
+from .quantities import HEADLINE, field_name, field_unit, term_weights, trained, training_with_defaults
 
-#: summary metrics in the table, in order (those a run has)
-SUMMARY_METRICS = (
-    "energy_mae_eV", "energy_rmse_eV", "energy_per_atom_mae_eV",
-    "forces_mae_eV_per_A", "forces_rmse_eV_per_A",
-    "dipole_mae_eA", "dipole_rmse_eA", "charge_mae_e", "charge_rmse_e", "mono_mae_e", "mono_rmse_e",
-    "esp_mae_V", "esp_rmse_V", "esp_mae_kcal_per_mol_e", "esp_rmse_kcal_per_mol_e",
-)
+#: the headline error columns (field units) and the canonical metric each comes from
+ERROR_COLUMNS = {field_name(m): m for m in HEADLINE}
+#: per-epoch history.csv columns of the training's cost (absent in runs of older versions)
+THROUGHPUT_COLUMNS = ("train_structures_per_s", "train_atoms_per_s", "padding_efficiency")
+COMPILATIONS_COLUMN = "xla_compilations"
+#: the cost columns of the table
+COST_COLUMNS = ("epochs", "training_time_s", "n_params", *THROUGHPUT_COLUMNS, COMPILATIONS_COLUMN)
 #: training settings in the table
 TRAINING_KEYS = ("learning_rate", "batch_size", "optimizer", "schedule", "ema_decay", "max_epochs", "seed")
 #: model keys that are lengths (shown with an ``_A`` suffix)
@@ -65,14 +69,29 @@ def parameter_count(run_dir: str | os.PathLike, which: str = "best") -> int | No
 
 
 def _history_metrics(history) -> tuple[dict, str]:
-    """Summary metrics of the best validation row (lowest ``valid_loss``), else the last row."""
+    """Headline metrics of the best validation row (lowest ``valid_loss``), else the last row."""
     if "valid_loss" in history and history["valid_loss"].notna().any():
         row, part = history.loc[history["valid_loss"].idxmin()], "valid"
     else:
         row, part = history.iloc[-1], "train"
-    out = {m: float(row[f"{part}_{m}"]) for m in SUMMARY_METRICS
+    out = {m: float(row[f"{part}_{m}"]) for m in HEADLINE
            if f"{part}_{m}" in row.index and np.isfinite(row[f"{part}_{m}"])}
     return out, f"history.csv ({part}, epoch {int(row['epoch'])})"
+
+
+def cost_summary(history) -> dict:
+    """Training throughput and padding efficiency (median over the epochs after the first,
+    which compiles; the first when there is no other) and the XLA compilations (last row);
+    None for a column the history lacks."""
+    later = history.iloc[1:] if len(history) > 1 else history
+    out: dict = {}
+    for col in THROUGHPUT_COLUMNS:
+        values = later[col].to_numpy(np.float64) if col in later else np.array([])
+        values = values[np.isfinite(values)]
+        out[col] = float(np.median(values)) if values.size else None
+    values = history[COMPILATIONS_COLUMN].dropna() if COMPILATIONS_COLUMN in history else ()
+    out[COMPILATIONS_COLUMN] = int(values.iloc[-1]) if len(values) else None
+    return out
 
 
 def run_summary(run_dir: str | os.PathLike) -> dict:
@@ -88,24 +107,27 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
         raise DataError("not a run directory (no config.yaml)", path=cfg_path) from None
     except yaml.YAMLError as exc:
         raise DataError(f"not valid YAML ({' '.join(str(exc).split())})", path=cfg_path) from None
-    row: dict = {"experiment": run_dir.resolve().name, "model_type": kind}
-    row |= _model_settings(kind, dict(cfg.get("model") or {}))
-    training = dict(cfg.get("training") or {})
-    row |= {k: training.get(k) for k in TRAINING_KEYS}
     history = read_history(run_dir)
-    row["epochs"] = int(history["epoch"].iloc[-1])
-    row["training_time_s"] = float(history["wall_time_s"].iloc[-1]) if "wall_time_s" in history else None
-    row["n_params"] = parameter_count(run_dir)
     if (run_dir / METRICS_FILE).exists():
         doc = read_metrics(run_dir / METRICS_FILE)
         m = doc["metrics"]
-        metrics = {k: m[k] for k in SUMMARY_METRICS if k in m}
+        metrics = {k: m[k] for k in HEADLINE if k in m}
         ckpt = doc.get("checkpoint") or {}
         source = f"{METRICS_FILE} ({doc.get('subset')}, n={m.get('n_structures')}, epoch {ckpt.get('epoch')})"
     else:
         metrics, source = _history_metrics(history)
+    training = dict(cfg.get("training") or {})
+    weights = term_weights(training_with_defaults(training))
+    row: dict = {"experiment": run_dir.resolve().name}
+    row |= {field_name(k): v * field_unit(k)[0] for k, v in metrics.items() if trained(k, weights)}
     row["metrics_source"] = source
-    return row | metrics
+    row["epochs"] = int(history["epoch"].iloc[-1])
+    row["training_time_s"] = float(history["wall_time_s"].iloc[-1]) if "wall_time_s" in history else None
+    row["n_params"] = parameter_count(run_dir)
+    row |= cost_summary(history)
+    row["model_type"] = kind
+    row |= _model_settings(kind, dict(cfg.get("model") or {}))
+    return row | {k: training.get(k) for k in TRAINING_KEYS}
 
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike]):
@@ -115,9 +137,20 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike]):
     if not run_dirs:
         raise DataError("no run directories to compare")
     table = pd.DataFrame([run_summary(r) for r in run_dirs])
-    tail = [*TRAINING_KEYS, "epochs", "training_time_s", "n_params", "metrics_source", *SUMMARY_METRICS]
-    model_keys = [c for c in table.columns if c not in tail]  # experiment, model_type, model settings
-    return table[model_keys + [c for c in tail if c in table.columns]]
+    groups = column_groups(table.columns)
+    return table[["experiment"] + [c for _, cols in groups for c in cols]]
+
+
+def column_groups(columns) -> list[tuple[str, list[str]]]:
+    """The table's columns in groups, in order: ``errors`` (those any run has, with
+    ``metrics_source``), ``cost``, ``model`` (``model_type`` and the model settings),
+    ``training``."""
+    columns = list(columns)
+    fixed = {"experiment", "metrics_source", "model_type", *ERROR_COLUMNS, *COST_COLUMNS, *TRAINING_KEYS}
+    return [("errors", [c for c in ERROR_COLUMNS if c in columns] + ["metrics_source"]),
+            ("cost", [c for c in COST_COLUMNS if c in columns]),
+            ("model", ["model_type"] + [c for c in columns if c not in fixed]),
+            ("training", [c for c in TRAINING_KEYS if c in columns])]
 
 
 def write_table(table, path: str | os.PathLike) -> None:

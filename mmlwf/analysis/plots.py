@@ -18,7 +18,9 @@ import numpy as np
 
 from ..errors import DataError
 from ..fileio import atomic_write
-from ..units import ESP
+from ..units import DEBYE_PER_E_ANGSTROM, ESP
+from .energy_fit import relative_energies
+from .quantities import FIELD_UNITS, NAMES, run_training_config, term_weights
 
 #: the PNG files :func:`make_plots` writes for each model type
 PLOT_FILES: dict[str, tuple[str, ...]] = {
@@ -38,6 +40,9 @@ _KCAL = 1.0 / ESP["kcal/mol/e"]  # kcal/(mol·e) per V
 _UNIT_LABELS = {"eV": "eV", "eV_per_A": "eV/Å", "eA": "e·Å", "e": "e", "V": "V",
                 "kcal_per_mol_e": "kcal/(mol·e)"}
 _METRIC = re.compile(r"^(train|valid)_(?P<term>[a-z_]+?)_(?P<stat>mae|rmse)_(?P<unit>.+)$")
+#: a term whose MAE stays below this (in its history unit) in every epoch is at float32
+#: rounding: enforced by the model (the total charge), not learnt, so it gets no curve
+ROUNDING_LEVEL = 1e-5
 
 
 def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 4.2)):
@@ -71,10 +76,38 @@ def history_terms(columns) -> dict[str, dict]:
     return ({"loss": {"unit": "", "columns": loss}} if loss else {}) | terms
 
 
-def plot_learning_curves(history, path: Path) -> Path:
-    """One panel per trained term (and the loss): train and validation MAE (solid) and RMSE
-    (dashed) against the epoch, log y."""
-    terms = history_terms(list(history.columns))
+def curve_terms(history, weights: Mapping[str, float] | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+    """``(terms to plot, {term: why it is not plotted})``: the loss and the terms the run
+    trained (``weights``: loss weight per term; None: every term), without those whose
+    error stays at float32 rounding level (:data:`ROUNDING_LEVEL`), such as a total charge
+    the model enforces."""
+    shown, left = {}, {}
+    for term, spec in history_terms(list(history.columns)).items():
+        if term != "loss" and weights is not None and weights.get(term, 0.0) <= 0:
+            left[term] = "not trained (loss weight 0)"
+            continue
+        maes = [history[c].to_numpy(np.float64) for (_, stat), c in spec["columns"].items() if stat == "mae"]
+        values = np.concatenate(maes) if maes else np.array([])
+        values = values[np.isfinite(values)]
+        if term != "loss" and values.size and values.max() < ROUNDING_LEVEL:
+            unit = _UNIT_LABELS.get(spec["unit"], spec["unit"])
+            left[term] = f"enforced by the model (error < {ROUNDING_LEVEL:g} {unit}, float32 rounding)"
+            continue
+        shown[term] = spec
+    return shown, left
+
+
+def plot_learning_curves(history, path: Path, weights: Mapping[str, float] | None = None,
+                         ema: bool = False) -> Path:
+    """:func:`learning_curves_figure` as a PNG."""
+    return _save(learning_curves_figure(history, weights, ema), path)
+
+
+def learning_curves_figure(history, weights: Mapping[str, float] | None = None, ema: bool = False):
+    """One panel per trained term (and the loss): training and validation MAE (solid) and
+    RMSE (dashed) against the epoch, log y; a note names the terms left out and says what
+    the training and validation curves measure (``ema``: validation on the EMA weights)."""
+    terms, left = curve_terms(history, weights)
     if not terms or "epoch" not in history:
         raise DataError("no epoch or metric columns to plot", field="history.csv")
     ncols = min(len(terms), 3)
@@ -82,32 +115,72 @@ def plot_learning_curves(history, path: Path) -> Path:
     fig, axes = _figure(ncols, nrows, (4.6, 3.6))
     colours = {"train": "tab:blue", "valid": "tab:orange"}
     styles = {"mae": "-", "loss": "-", "rmse": "--"}
+    parts = {"train": "training", "valid": "validation"}
     epoch = history["epoch"].to_numpy()
     for ax, (term, spec) in zip(axes, terms.items()):
+        scale, unit, _ = FIELD_UNITS.get(spec["unit"], (1.0, "", ""))  # history units -> field units
         for (part, stat), col in sorted(spec["columns"].items()):
-            y = history[col].to_numpy(np.float64)
+            y = history[col].to_numpy(np.float64) * scale
             ok = np.isfinite(y) & (y > 0)
             if ok.any():
-                label = f"{part} {stat.upper() if stat != 'loss' else 'loss'}"
+                label = f"{parts[part]} {stat.upper() if stat != 'loss' else 'loss'}"
                 ax.plot(epoch[ok], y[ok], styles[stat], color=colours[part], marker="." if ok.sum() < 30 else None,
                         label=label)
         ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
         ax.set_xlabel("epoch")
-        unit = _UNIT_LABELS.get(spec["unit"], spec["unit"])
-        ax.set_ylabel(f"{term} ({unit})" if unit else "loss (weighted sum of MSEs)")
-        ax.set_title(term.replace("_", " "))
+        ax.xaxis.set_major_locator(_integer_locator())
+        name = NAMES.get(term, term.replace("_", " "))
+        ax.set_ylabel(f"{name} error ({unit})" if unit else "loss (weighted sum of MSEs)")
+        ax.set_title(name)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
     for ax in axes[len(terms):]:
         ax.set_visible(False)
+    lines = ["training: mean over each epoch's batches, with the model parameters changing during the epoch;",
+             "validation: the " + ("moving average (EMA) of the parameters" if ema else "parameters")
+             + " at the end of the epoch"]
+    lines += [f"not plotted: {NAMES.get(t, t)}, {why}" for t, why in left.items()]
+    fig.supxlabel("\n".join(lines), fontsize="small", color="0.25")
     fig.suptitle("Learning curves")
-    return _save(fig, path)
+    return fig
+
+
+def _plain_log_axis(axis) -> None:
+    """Plain decimal tick labels (``0.2``, ``90``) on a log axis instead of ``2×10⁻¹``."""
+    from matplotlib.ticker import LogFormatter
+
+    class Plain(LogFormatter):  # LogFormatter's choice of labelled ticks, written as %g
+        def __call__(self, x, pos=None):
+            return f"{x:.6g}" if super().__call__(x, pos) else ""
+
+    axis.set_major_formatter(Plain(labelOnlyBase=False, minor_thresholds=(2, 0.6)))
+    axis.set_minor_formatter(Plain(labelOnlyBase=False, minor_thresholds=(2, 0.6)))
+
+
+def _integer_locator():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 
 # ----------------------------------------------------------------------------- parity and errors
 
 
-def _parity(ax, ref: np.ndarray, pred: np.ndarray, quantity: str, unit: str) -> None:
+def _plain_axes(ax) -> None:
+    """Tick labels as plain numbers: no offset (``-4.209e3``) and no scientific multiplier."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        fmt = ScalarFormatter(useOffset=False)
+        fmt.set_scientific(False)
+        axis.set_major_formatter(fmt)
+
+
+def _parity(ax, ref: np.ndarray, pred: np.ndarray, quantity: str, unit: str, err_unit: str | None = None,
+            err_scale: float = 1.0) -> None:
+    """Parity of ``pred`` against ``ref`` with y = x; MAE and RMSE in the corner, in
+    ``err_unit`` (``err_scale`` from ``unit``; default the axes' unit)."""
     ref, pred = np.ravel(ref), np.ravel(pred)
     lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
     pad = 0.03 * (hi - lo or 1.0)
@@ -121,8 +194,10 @@ def _parity(ax, ref: np.ndarray, pred: np.ndarray, quantity: str, unit: str) -> 
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
-    d = pred - ref
-    ax.text(0.04, 0.96, f"MAE {np.mean(np.abs(d)):.4g} {unit}\nRMSE {np.sqrt(np.mean(d * d)):.4g} {unit}\n"
+    _plain_axes(ax)
+    d = (pred - ref) * err_scale
+    eu = err_unit or unit
+    ax.text(0.04, 0.96, f"MAE {np.mean(np.abs(d)):.4g} {eu}\nRMSE {np.sqrt(np.mean(d * d)):.4g} {eu}\n"
             f"n = {ref.size}", transform=ax.transAxes, va="top", fontsize="small",
             bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
     ax.set_xlabel(f"reference {quantity} ({unit})")
@@ -130,15 +205,23 @@ def _parity(ax, ref: np.ndarray, pred: np.ndarray, quantity: str, unit: str) -> 
 
 
 def plot_parity_energy(pred: Mapping, path: Path) -> Path:
+    """:func:`energy_parity_figure` as a PNG."""
+    return _save(energy_parity_figure(pred), path)
+
+
+def energy_parity_figure(pred: Mapping):
+    """Energies relative to fitted element energies (:func:`relative_energies`), predicted
+    against reference, with the errors in meV."""
     fig, (ax,) = _figure()
-    _parity(ax, pred["E_ref"], pred["E_pred"], "energy", "eV")
-    ax.set_title(f"Energy parity ({len(pred['E_ref'])} structures)")
-    return _save(fig, path)
+    ref, new, _ = relative_energies(pred)
+    _parity(ax, ref, new, "energy − fitted element energies", "eV", "meV", 1e3)
+    ax.set_title(f"Energy parity ({len(ref)} structures)")
+    return fig
 
 
 def plot_parity_forces(pred: Mapping, path: Path) -> Path:
     fig, (ax,) = _figure()
-    _parity(ax, pred["F_ref"], pred["F_pred"], "force component", "eV/Å")
+    _parity(ax, pred["F_ref"], pred["F_pred"], "force component", "eV/Å", "meV/Å", 1e3)
     ax.set_title(f"Force parity (x, y, z of {len(pred['F_ref'])} atoms)")
     return _save(fig, path)
 
@@ -149,24 +232,30 @@ def _histogram(ax, values: np.ndarray, xlabel: str, title: str) -> None:
     ax.axvline(0.0, color="0.3", lw=0.8, ls="--")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
+    ax.yaxis.set_major_locator(_integer_locator())
     ax.set_title(title)
 
 
 def plot_error_histogram(pred: Mapping, path: Path) -> Path:
+    """:func:`error_histogram_figure` as a PNG."""
+    return _save(error_histogram_figure(pred), path)
+
+
+def error_histogram_figure(pred: Mapping):
     """Energy error per structure (meV), force component errors (meV/Å), and the dipole
-    error's length (e·Å) when the model predicts dipoles and the data has them."""
-    panels = [((np.asarray(pred["E_pred"]) - pred["E_ref"]) * 1e3, "energy error, predicted - reference (meV)",
+    error's length (D) when the model predicts dipoles and the data has them."""
+    panels = [((np.asarray(pred["E_pred"]) - pred["E_ref"]) * 1e3, "energy error, predicted − reference (meV)",
                "Energy error per structure")]
     panels.append(((np.asarray(pred["F_pred"]) - pred["F_ref"]) * 1e3,
-                   "force component error, predicted - reference (meV/Å)", "Force component errors"))
+                   "force component error, predicted − reference (meV/Å)", "Force component errors"))
     if "D_pred" in pred and "D_ref" in pred:
-        panels.append((np.linalg.norm(np.asarray(pred["D_pred"]) - pred["D_ref"], axis=1),
-                       "dipole error |D_pred - D_ref| (e·Å)", "Dipole error per structure"))
+        panels.append((np.linalg.norm(np.asarray(pred["D_pred"]) - pred["D_ref"], axis=1) * DEBYE_PER_E_ANGSTROM,
+                       "length of the dipole error vector (D)", "Dipole error per structure"))
     fig, axes = _figure(len(panels), 1, (4.6, 3.8))
     for ax, (values, xlabel, title) in zip(axes, panels):
         _histogram(ax, values, xlabel, title)
     fig.suptitle("Error distributions")
-    return _save(fig, path)
+    return fig
 
 
 def plot_force_errors_by_element(per_element: Mapping[str, Mapping], path: Path) -> Path:
@@ -207,14 +296,20 @@ def _molecule(pred: Mapping, j: int) -> dict:
             "dV": (np.asarray(pred["esp_pred"][g0:g1]) - pred["esp_ref"][g0:g1]) * _KCAL}
 
 
-def _draw_nuclei(ax, xy: np.ndarray, Z: np.ndarray) -> None:
+def _draw_nuclei(ax, xy: np.ndarray, Z: np.ndarray, beside: bool = False) -> None:
+    """Nuclei as circles in their element colours with the element symbol on them (``beside``:
+    next to them, where other markers would hide it)."""
     from ase.data import chemical_symbols
     from ase.data.colors import jmol_colors
 
     ax.scatter(xy[:, 0], xy[:, 1], s=200, c=[jmol_colors[z] for z in Z], edgecolors="k", linewidths=0.8,
                alpha=0.8, zorder=2)
     for (x, y), z in zip(xy, Z):
-        ax.annotate(chemical_symbols[int(z)], (x, y), ha="center", va="center", fontsize=8, zorder=3)
+        if beside:
+            ax.annotate(chemical_symbols[int(z)], (x, y), xytext=(-9, 7), textcoords="offset points", ha="right",
+                        va="bottom", fontsize=9, fontweight="bold", zorder=5)
+        else:
+            ax.annotate(chemical_symbols[int(z)], (x, y), ha="center", va="center", fontsize=8, zorder=3)
 
 
 def nearest_atom_distances(pred: Mapping) -> np.ndarray:
@@ -279,7 +374,7 @@ def plot_charge_positions(pred: Mapping, path: Path) -> Path:
         for a in range(len(nuc)):
             for k in range(pos.shape[1]):
                 ax.plot([nuc[a, i], pos[a, k, i]], [nuc[a, j], pos[a, k, j]], color="0.5", lw=0.7, zorder=1)
-        _draw_nuclei(ax, nuc[:, [i, j]], mol["Z"])
+        _draw_nuclei(ax, nuc[:, [i, j]], mol["Z"], beside=True)
         sc = ax.scatter(pos[..., i].ravel(), pos[..., j].ravel(), c=q.ravel(), cmap="RdBu_r", vmin=-lim, vmax=lim,
                         s=45, marker="D", edgecolors="k", linewidths=0.5, zorder=4)
         ax.set_xlim(-half, half)
@@ -330,8 +425,10 @@ def make_plots(run_dir: str | os.PathLike, out_dir: str | os.PathLike, pred: Map
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     history = read_history(run_dir)
+    training = run_training_config(run_dir)
     makers = {
-        "learning_curves.png": lambda p: plot_learning_curves(history, p),
+        "learning_curves.png": lambda p: plot_learning_curves(history, p, term_weights(training),
+                                                              float(training.get("ema_decay") or 0) > 0),
         "parity_energy.png": lambda p: plot_parity_energy(pred, p),
         "parity_forces.png": lambda p: plot_parity_forces(pred, p),
         "error_histogram.png": lambda p: plot_error_histogram(pred, p),

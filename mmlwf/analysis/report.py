@@ -2,8 +2,10 @@
 
 One file, no external references: the CSS is inline and every figure is a base64 PNG data
 URI, so the page can be mailed, archived or opened offline. Content: the comparison table
-(:mod:`.compare`), and per run its metrics (overall and per element), training summary,
-figures with captions (:mod:`.captions`) and configuration. Figures come from the run's
+(:mod:`.compare`: headline errors in field units with the best run per row marked, then the
+cost and the hyperparameters), and per run its metrics (overall and per element, in field
+units: :mod:`.quantities`), training summary, figures with captions (:mod:`.captions`) and
+configuration. Figures come from the run's
 ``plots/`` folder; a run without them gets them made into a temporary folder.
 """
 
@@ -18,25 +20,31 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ase.units import Debye
-
 from .. import __version__
 from ..fileio import atomic_write
+from ..units import DEBYE_PER_E_ANGSTROM
 from .captions import caption
-from .compare import compare_runs
+from .compare import ERROR_COLUMNS, column_groups, compare_runs
 from .evaluate import METRICS_FILE, PLOTS_DIR, model_type, read_metrics, run_predictions
 from .plots import PLOT_FILES, make_plots
+from .quantities import field_unit, in_field_units, parse, run_training_config, term_weights, trained
 
-#: metric name suffix -> (unit shown, factor and unit of a second, field-customary column)
-_UNITS = {
-    "_eV": ("eV", 1e3, "meV"),
-    "_eV_per_A": ("eV/Å", 1e3, "meV/Å"),
-    "_eA": ("e·Å", 1.0 / Debye, "D"),  # ase.units.Debye: 1 D in e·Å
-    "_e": ("e", None, None),
-    "_V": ("V", None, None),
-    "_kcal_per_mol_e": ("kcal/(mol·e)", None, None),
+#: shown for a value a run does not have
+ABSENT = "—"
+#: cost columns of the comparison: (label, factor applied for display)
+COST_LABELS = {
+    "epochs": ("epochs", 1), "training_time_s": ("training time (s)", 1), "n_params": ("parameters", 1),
+    "train_structures_per_s": ("training throughput (structures/s)", 1),
+    "train_atoms_per_s": ("training throughput (atoms/s)", 1),
+    "padding_efficiency": ("batch padding efficiency (% real atoms)", 100),
+    "xla_compilations": ("XLA compilations", 1),
 }
-_STATS = {"mae": "MAE", "rmse": "RMSE", "max_abs_error": "max |error|"}
+_GROUP_TITLES = {
+    "errors": "Errors (lower is better; the best run of each row in bold)",
+    "cost": "Cost (throughput: median over the epochs after the first)",
+    "model": "Model (model.*)",
+    "training": "Training (training.*)",
+}
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2rem auto;max-width:1200px;
@@ -48,15 +56,19 @@ th{background:#eef0f6}td:first-child,th:first-child{text-align:left}
 .wide{overflow-x:auto}figure{display:inline-block;vertical-align:top;margin:.6rem;max-width:100%}
 figure img{max-width:100%;border:1px solid #dde}figcaption{font-size:.85rem;color:#444}
 pre{background:#f6f7fa;padding:.8rem;overflow-x:auto;font-size:.82rem}.note{color:#665;font-style:italic}
-nav a{margin-right:1rem}
+nav a{margin-right:1rem}tr.group th{text-align:left;background:#dde2ee}td.best{background:#e2f2e2}
 """
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
+    if _missing(value):
+        return ABSENT
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
     return str(value)
 
 
@@ -66,29 +78,67 @@ def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
-def _split_unit(name: str) -> tuple[str, str, float | None, str | None]:
-    """``("energy MAE", "eV", 1e3, "meV")`` from ``"energy_mae_eV"``."""
-    for suffix in sorted(_UNITS, key=len, reverse=True):
-        if name.endswith(suffix):
-            unit, factor, alt = _UNITS[suffix]
-            base = name[: -len(suffix)]
-            for stat, shown in _STATS.items():
-                if base.endswith("_" + stat):
-                    base = f"{base[: -len(stat) - 1]} {shown}"
-            return base.replace("_", " "), unit, factor, alt
-    return name.replace("_", " "), "", None, None
+def _label(name: str) -> str:
+    """Readable name with the unit of a metric (field units), e.g. ``"energy MAE (meV)"``."""
+    if parse(name) is None:
+        return name.replace("_", " ")
+    text, _, unit = in_field_units(name, None)
+    return f"{text} ({unit})"
 
 
-def metrics_rows(metrics: Mapping) -> list[tuple]:
-    """Rows ``(quantity, value, unit, value in a customary unit, that unit)`` of a metrics dict."""
+def metrics_rows(metrics: Mapping, weights: Mapping[str, float] | None = None) -> list[tuple]:
+    """Rows ``(quantity, value in the field unit, unit)`` of a metrics dict; with the run's
+    loss ``weights``, quantities of terms it did not train are marked so (ESP in V, shown in
+    kcal/(mol·e) already, is left out)."""
     rows = []
     for name, value in metrics.items():
         if name.startswith("n_"):
-            rows.append((name[2:].replace("_", " "), value, "", None, ""))
+            rows.append((name[2:].replace("_", " "), value, ""))
             continue
-        label, unit, factor, alt = _split_unit(name)
-        rows.append((label, value, unit, None if factor is None else value * factor, alt or ""))
+        p = parse(name)
+        if p is None:
+            rows.append((name.replace("_", " "), value, ""))
+            continue
+        if p["unit"] == "V":
+            continue
+        text, shown, unit = in_field_units(name, value)
+        if weights is not None and not trained(name, weights):
+            text += " (not trained: loss weight 0)"
+        rows.append((text, shown, unit))
     return rows
+
+
+def comparison_html(table) -> str:
+    """The comparison table: one column per run, rows in groups (:func:`.compare.column_groups`),
+    errors first with the lowest value of each row marked ``class="best"`` (bold)."""
+    runs = table["experiment"].tolist()
+    head = "<th></th>" + "".join(f"<th>{html.escape(str(r))}</th>" for r in runs)
+    body = []
+    for group, cols in column_groups(table.columns):
+        if not cols:
+            continue
+        body.append(f'<tr class="group"><th colspan="{len(runs) + 1}">{html.escape(_GROUP_TITLES[group])}</th></tr>')
+        for col in cols:
+            values = table[col].tolist()
+            if col in ERROR_COLUMNS:
+                name = _label(ERROR_COLUMNS[col])
+                name = name[:1].upper() + name[1:]
+            elif col in COST_LABELS:
+                name, scale = COST_LABELS[col]
+                values = [v if _missing(v) or scale == 1 else v * scale for v in values]
+            else:
+                name = "errors from" if col == "metrics_source" else col
+            numbers = [float(v) for v in values if not _missing(v) and isinstance(v, (int, float))]
+            best = min(numbers) if col in ERROR_COLUMNS and len(numbers) > 1 else None
+            cells = []
+            for v in values:
+                if best is not None and not _missing(v) and float(v) == best:
+                    cells.append(f'<td class="best"><b>{html.escape(_fmt(v))}</b></td>')
+                else:
+                    cells.append(f"<td>{html.escape(_fmt(v))}</td>")
+            body.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
+    return (f'<div class="wide"><table class="comparison"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
 def _figure_html(path: Path) -> str:
@@ -113,9 +163,12 @@ def _run_section(run_dir: Path, summary: Mapping, tmp: Path) -> str:
     name = summary["experiment"]
     kind = model_type(run_dir)
     parts = [f'<section id="run-{html.escape(name)}"><h2>{html.escape(name)} ({html.escape(kind)})</h2>']
-    train_rows = [("epochs", summary.get("epochs")), ("training time (s)", summary.get("training_time_s")),
-                  ("parameters", summary.get("n_params"))]
-    parts.append("<h3>Training</h3>" + _table(["", "value"], train_rows))
+    train_rows = []
+    for col, (name, scale) in COST_LABELS.items():
+        value = summary.get(col)
+        train_rows.append((name, value if _missing(value) or scale == 1 else value * scale))
+    parts.append("<h3>Training cost</h3>" + _table(["", "value"], train_rows))
+    weights = term_weights(run_training_config(run_dir))
     if (run_dir / METRICS_FILE).exists():
         doc = read_metrics(run_dir / METRICS_FILE)
         ckpt = doc.get("checkpoint") or {}
@@ -123,13 +176,16 @@ def _run_section(run_dir: Path, summary: Mapping, tmp: Path) -> str:
                      f"<p>Dataset {html.escape(str(doc.get('dataset')))}, checkpoint "
                      f"{html.escape(str(ckpt.get('which')))} (epoch {html.escape(str(ckpt.get('epoch')))}"
                      f"{', EMA weights' if ckpt.get('ema') else ''}).</p>")
-        parts.append(_table(["quantity", "value", "unit", "value", "unit"], metrics_rows(doc["metrics"])))
+        parts.append(_table(["quantity", "value", "unit"], metrics_rows(doc["metrics"], weights)))
         per_el = doc.get("per_element") or {}
         if per_el:
             cols = [k for k in next(iter(per_el.values())) if k != "Z"]
-            header = ["element"] + [" ".join(_split_unit(c)[:2]) if c != "n_atoms" else "atoms" for c in cols]
-            parts.append("<h3>Errors per element</h3>"
-                         + _table(header, [[el] + [row.get(c) for c in cols] for el, row in per_el.items()]))
+            header = ["element"] + [("atoms" if c == "n_atoms" else _label(c) if not parse(c) or trained(c, weights)
+                                      else f"{_label(c)}, not trained") for c in cols]
+            scale = [field_unit(c)[0] if parse(c) else 1 for c in cols]
+            rows = [[el] + [None if _missing(row.get(c)) else row[c] * f for c, f in zip(cols, scale)]
+                    for el, row in per_el.items()]
+            parts.append("<h3>Errors per element</h3>" + _table(header, rows))
     else:
         parts.append(f'<p class="note">No {METRICS_FILE} (run mmlwf evaluate); metrics from '
                      f"{html.escape(str(summary.get('metrics_source')))} are in the comparison table.</p>")
@@ -151,12 +207,13 @@ def build_report(run_dirs: Sequence[str | os.PathLike], title: str = "mmlwf repo
     nav = " ".join(f'<a href="#run-{html.escape(s["experiment"])}">{html.escape(s["experiment"])}</a>'
                    for s in summaries)
     intro = (f"{len(runs)} run(s); generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by mmlwf {__version__}. "
-             "Units: energy eV, force eV/Å, dipole e·Å, charge e, potential V; the metrics tables add meV, "
-             "meV/Å and Debye.")
-    comparison = [[col, *table[col].tolist()] for col in table.columns if col != "experiment"]
+             "Errors in the units of the field: energy meV (and meV/atom), forces meV/Å (per Cartesian "
+             f"component), dipole D (per component; 1 e·Å = {DEBYE_PER_E_ANGSTROM:.4f} D), charges e, "
+             f"ESP kcal/(mol·e). {ABSENT}: not available (not trained, not in the data, or not recorded "
+             "by the mmlwf version that trained the run).")
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>", f"<nav>{nav}</nav>",
             "<h2>Comparison</h2>", "<p>One column per run (also: <code>mmlwf compare</code>).</p>",
-            _table(["", *table["experiment"].tolist()], comparison)]
+            comparison_html(table)]
     with tempfile.TemporaryDirectory(prefix="mmlwf-report-") as tmp:
         for run, summary in zip(runs, summaries):
             body.append(_run_section(run, summary, Path(tmp)))
