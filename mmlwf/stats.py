@@ -10,6 +10,7 @@ Computed from the training split only, streaming over the data in chunks.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ase.data import chemical_symbols
 
 from . import __version__
 from .batching import derive_budgets, molecule_sizes
+from .errors import ConfigError, DataError
 from .fileio import atomic_write
 from .packed import PackedDataset
 from .split import load_split
@@ -59,6 +61,10 @@ def compute_stats(
     chunk: int = 1 << 16,
 ) -> dict:
     """Statistics of the training subset of ``dataset`` (see module docstring); JSON-ready."""
+    if not (isinstance(cutoff, (int, float)) and math.isfinite(cutoff) and cutoff > 0):
+        raise ConfigError(f"cutoff must be a positive number of Å, got {cutoff}")
+    if n_shapes < 1:
+        raise ConfigError(f"n_shapes must be >= 1, got {n_shapes}")
     ds = PackedDataset(dataset)
     train = load_split(split, len(ds)).train
     elements = np.asarray(sorted({int(z) for z in ds.elements}), np.int64)
@@ -145,5 +151,14 @@ def write_stats(stats: dict, out: str | os.PathLike) -> Path:
 
 
 def load_stats(path: str | os.PathLike) -> dict:
-    with open(path) as fh:
-        return json.load(fh)
+    """A ``stats.json`` written by :func:`write_stats` (DataError when it is not one)."""
+    try:
+        with open(path) as fh:
+            stats = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"not a stats file: not valid JSON ({getattr(exc, 'msg', exc)})", path=path)
+    except IsADirectoryError:
+        raise DataError("a directory, not a stats file", path=path)
+    if not isinstance(stats, dict):
+        raise DataError(f"not a stats file: expected a JSON object, got {type(stats).__name__}", path=path)
+    return stats

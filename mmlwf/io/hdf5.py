@@ -7,6 +7,7 @@
 
 Units default to eV and Å; a ``units`` (or ``unit``) attribute on the energy or
 coordinate dataset overrides the default; ``--energy-unit``/``--length-unit`` override both.
+Every dataset read must store the data its shape declares (:mod:`.hdf5_bounds`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from ..structure import Structure, StructureBlock
 from ..units import SourceUnits
 from . import DEFAULT_UNITS, Source
+from .hdf5_bounds import check_stored
 from .keys import resolve
 from .padded import PaddedArrays, slice_length
 
@@ -37,10 +39,14 @@ class Hdf5Source(Source):
             self._h5 = h5py.File(self.path, "r")
         except OSError as exc:
             raise self.fail(f"not a readable HDF5 file ({exc})")
+        self.file_size = self.path.stat().st_size
         root_datasets = [k for k, v in self._h5.items() if isinstance(v, h5py.Dataset)]
         self.flat = resolve(root_datasets, "R", self.keys) is not None and resolve(root_datasets, "Z", self.keys) is not None
         if self.flat:
             self._padded = PaddedArrays(self, self._h5, self.keys, chunk=self.chunk)
+            for name in self._padded.key.values():
+                if name is not None:
+                    check_stored(self._h5[name], self, self.file_size, name)
             self._groups = []
         else:
             self._groups = self._find_groups()
@@ -123,7 +129,7 @@ class Hdf5Source(Source):
             yield from self._padded
             return
         for grp, a, b, start in self._group_slices():
-            yield from grp.structures(*grp.read(a, b), start)
+            yield from grp.structures(*self._read(grp, a, b, start), start)
 
     def blocks(self) -> Iterator[StructureBlock]:
         """The structures as :class:`StructureBlock` s: ``chunk`` conformations of one group
@@ -133,7 +139,13 @@ class Hdf5Source(Source):
             yield from self._padded.blocks()
             return
         for grp, a, b, start in self._group_slices():
-            yield grp.block(*grp.read(a, b), start)
+            yield grp.block(*self._read(grp, a, b, start), start)
+
+    def _read(self, grp: "_Group", a: int, b: int, start: int):
+        try:
+            return grp.read(a, b)
+        except OSError as exc:  # a chunk that cannot be read (corrupt, truncated file)
+            raise self.fail(f"cannot read conformations {a}..{b - 1} of group '{grp.name}' ({exc})", index=start)
 
     def _open_group(self, gname: str, start: int) -> "_Group":
         """A group's datasets after the group-wide checks (shapes, energies present)."""
@@ -143,12 +155,16 @@ class Hdf5Source(Source):
         where = f"group '{gname}'"
         if ekey is None:
             raise self.fail(f"missing energies in {where} (use --key E=NAME)", field="E", index=start)
+        check_stored(g[zkey], self, self.file_size, f"{gname}/{zkey}", start)
         Z = _atomic_numbers(g[zkey][()], self, f"{gname}/{zkey}", start)
         R = g[rkey]
         n_conf = R.shape[0]
         if R.shape[1:] != (Z.shape[0], 3):
             raise self.fail(f"shape {R.shape} does not match {Z.shape[0]} atoms", field=f"{gname}/{rkey}", index=start)
         opt = {c: self._group_key(g, c, names) for c in ("F", "D", "Qtot", "q")}
+        if opt["D"] is not None and tuple(g[opt["D"]].shape) in ((n_conf,), (n_conf, 1)):
+            self.dipole_magnitude(f"{gname}/{opt['D']}", g[opt["D"]].shape)
+            opt["D"] = None
         datasets = {ekey: g[ekey], **{k: g[k] for k in opt.values() if k is not None}}
         expected = {
             ekey: [(n_conf,), (n_conf, 1)],
@@ -164,14 +180,16 @@ class Hdf5Source(Source):
                     field=f"{gname}/{name}",
                     index=start,
                 )
-        return _Group(Z, R, datasets[ekey], {c: (datasets[k] if k else None) for c, k in opt.items()}, n_conf)
+        for name, ds in ((rkey, R), *datasets.items()):
+            check_stored(ds, self, self.file_size, f"{gname}/{name}", start)
+        return _Group(gname, Z, R, datasets[ekey], {c: (datasets[k] if k else None) for c, k in opt.items()}, n_conf)
 
 
 class _Group:
     """One ANI-style group: shared atomic numbers and its open datasets, read in slices."""
 
-    def __init__(self, Z, R, E, opt, n_conf: int) -> None:
-        self.Z, self.R, self.E, self.opt, self.n_conf = Z, R, E, opt, n_conf
+    def __init__(self, name: str, Z, R, E, opt, n_conf: int) -> None:
+        self.name, self.Z, self.R, self.E, self.opt, self.n_conf = name, Z, R, E, opt, n_conf
 
     def read(self, a: int, b: int):
         Rs = self.R[a:b]
