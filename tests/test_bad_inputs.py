@@ -338,6 +338,11 @@ def test_npz_dipole_magnitude_skipped_and_key_none_drops_a_field(tmp_path, capsy
     code, err = _main(capsys, "convert", src, "--key", "F=none", "--key", "D=none", "-o", tmp_path / "out2")
     assert code == 0 and err.strip() == "" and not caplog.records, err
     assert "F" not in _fields(tmp_path / "out2") and "D" not in _fields(tmp_path / "out2")
+    # the workflow config's form, keys: {D: none}
+    from mmlwf.convert import convert
+
+    convert([src], tmp_path / "out3", keys={"D": "none"})
+    assert "D" not in _fields(tmp_path / "out3") and not caplog.records
 
 
 def test_required_fields_cannot_be_dropped(tmp_path, capsys):
