@@ -123,6 +123,28 @@ def test_old_pickle_trajectory_is_refused_unread(tmp_path, capsys, name):
     assert not marker.exists()
 
 
+def test_trajectory_header_declaring_absurd_sizes(tmp_path, capsys):
+    import struct
+
+    import ase.io
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for k in range(3):
+        atoms = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74 + 0.01 * k]])
+        atoms.calc = SinglePointCalculator(atoms, energy=-1.0 - k)
+        frames.append(atoms)
+    src = tmp_path / "damaged.traj"
+    ase.io.write(src, frames)
+    data = bytearray(src.read_bytes())
+    data[32:40] = struct.pack("<q", 2**40)  # ULM header: the number of items
+    src.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    code, err = _main(capsys, "convert", src, "-o", out)
+    _assert_refused(code, err, out, str(src), "declares more data than memory holds")
+
+
 # --- HDF5 -------------------------------------------------------------------------------------
 
 def _h5_atoms(path):
@@ -208,6 +230,24 @@ def test_hdf5_compressed_beyond_any_filter(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bounds, "MAX_EXPANSION", 1e-3)
     code, err = _main(capsys, "convert", src, "-o", tmp_path / "out2")
     _assert_refused(code, err, tmp_path / "out2", str(src), "field 'h2o/coordinates'", "even compressed")
+
+
+def test_hdf5_damaged_metadata_and_objects_that_are_not_datasets(tmp_path, capsys):
+    src = tmp_path / "meta.h5"
+    _ani(src)
+    with h5py.File(src, "r") as f:
+        addr = h5py.h5o.get_info(f["h2o/coordinates"].id).addr
+    data = bytearray(src.read_bytes())
+    data[addr:addr + 16] = b"\xff" * 16  # the object header of h2o/coordinates
+    src.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    code, err = _main(capsys, "convert", src, "-o", out)
+    _assert_refused(code, err, out, str(src), "corrupt HDF5 file")
+
+    src = tmp_path / "group.h5"
+    _ani(src, forces=lambda g, name: g.create_group(name))
+    code, err = _main(capsys, "convert", src, "-o", out)
+    _assert_refused(code, err, out, str(src), "field 'h2o/forces'", "a Group, not a dataset")
 
 
 def test_hdf5_corrupt_chunk(tmp_path, capsys):

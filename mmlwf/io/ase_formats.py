@@ -120,7 +120,7 @@ class AseSource(Source):
                 yield structure_from_atoms(atoms, i, self.keys, source=self)
         except DataError:
             raise
-        except (ValueError, KeyError, IndexError, StopIteration, UnicodeDecodeError, AttributeError) as exc:
+        except (ValueError, KeyError, IndexError, TypeError, StopIteration, UnicodeDecodeError, AttributeError) as exc:
             if isinstance(exc, StopIteration):
                 return
             raise self.fail(f"ase.io could not read it ({type(exc).__name__}: {exc})")
@@ -128,6 +128,9 @@ class AseSource(Source):
             raise self.fail(f"unknown file type ({exc}); pass --format")
         except OSError as exc:  # ase's format errors (XYZError, InvalidULMFileError ...) are OSErrors
             raise self.fail(f"ase.io could not read it ({type(exc).__name__}: {exc})")
+        except MemoryError:
+            raise self.fail("ase.io could not read it: it declares more data than memory holds (a damaged "
+                            "header?)") from None
 
 
 class AseDbSource(Source):

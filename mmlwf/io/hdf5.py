@@ -12,6 +12,7 @@ Every dataset read must store the data its shape declares (:mod:`.hdf5_bounds`).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
@@ -40,10 +41,27 @@ class Hdf5Source(Source):
         except OSError as exc:
             raise self.fail(f"not a readable HDF5 file ({exc})")
         self.file_size = self.path.stat().st_size
-        root_datasets = [k for k, v in self._h5.items() if isinstance(v, h5py.Dataset)]
+        with self._metadata_errors():
+            self._layout()
+
+    @contextmanager
+    def _metadata_errors(self, index: int | None = None):
+        """h5py's errors on a damaged file's metadata (object headers, B-trees, heaps) as the
+        source's one-line error."""
+        try:
+            yield
+        except (OSError, RuntimeError, KeyError) as exc:
+            detail = exc.args[0] if exc.args else type(exc).__name__
+            raise self.fail(f"corrupt HDF5 file ({detail})", index=index) from None
+
+    def _layout(self) -> None:
+        """Flat arrays at the root, or the ANI-style groups."""
+        import h5py
+
+        root_datasets = {k: v for k, v in self._h5.items() if isinstance(v, h5py.Dataset)}
         self.flat = resolve(root_datasets, "R", self.keys) is not None and resolve(root_datasets, "Z", self.keys) is not None
         if self.flat:
-            self._padded = PaddedArrays(self, self._h5, self.keys, chunk=self.chunk)
+            self._padded = PaddedArrays(self, root_datasets, self.keys, chunk=self.chunk)
             for name in self._padded.key.values():
                 if name is not None:
                     check_stored(self._h5[name], self, self.file_size, name)
@@ -95,6 +113,10 @@ class Hdf5Source(Source):
 
     @property
     def units(self) -> SourceUnits:
+        with self._metadata_errors():
+            return self._units()
+
+    def _units(self) -> SourceUnits:
         units = DEFAULT_UNITS["hdf5"]
         if self.flat:
             e_ds = self._h5[self._padded.key["E"]]
@@ -118,7 +140,8 @@ class Hdf5Source(Source):
         """``(group, a, b, index of conformation a)`` for every slice of every group."""
         index = 0
         for gname in self._groups:
-            grp = self._open_group(gname, index)
+            with self._metadata_errors(index):
+                grp = self._open_group(gname, index)
             step = slice_length(self.chunk, grp.Z.shape[0])
             for a in range(0, grp.n_conf, step):
                 yield grp, a, min(a + step, grp.n_conf), index + a
@@ -149,19 +172,24 @@ class Hdf5Source(Source):
 
     def _open_group(self, gname: str, start: int) -> "_Group":
         """A group's datasets after the group-wide checks (shapes, energies present)."""
+        import h5py
+
         g = self._h5[gname]
         names = list(g.keys())
         zkey, rkey, ekey = (self._group_key(g, c, names) for c in ("Z", "R", "E"))
         where = f"group '{gname}'"
         if ekey is None:
             raise self.fail(f"missing energies in {where} (use --key E=NAME)", field="E", index=start)
+        opt = {c: self._group_key(g, c, names) for c in ("F", "D", "Qtot", "q")}
+        for name in (zkey, rkey, ekey, *opt.values()):
+            if name is not None and not isinstance(g[name], h5py.Dataset):
+                raise self.fail(f"a {type(g[name]).__name__}, not a dataset", field=f"{gname}/{name}", index=start)
         check_stored(g[zkey], self, self.file_size, f"{gname}/{zkey}", start)
         Z = _atomic_numbers(g[zkey][()], self, f"{gname}/{zkey}", start)
         R = g[rkey]
         n_conf = R.shape[0]
         if R.shape[1:] != (Z.shape[0], 3):
             raise self.fail(f"shape {R.shape} does not match {Z.shape[0]} atoms", field=f"{gname}/{rkey}", index=start)
-        opt = {c: self._group_key(g, c, names) for c in ("F", "D", "Qtot", "q")}
         if opt["D"] is not None and tuple(g[opt["D"]].shape) in ((n_conf,), (n_conf, 1)):
             self.dipole_magnitude(f"{gname}/{opt['D']}", g[opt["D"]].shape)
             opt["D"] = None
