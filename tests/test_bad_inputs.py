@@ -279,16 +279,46 @@ def packed(tmp_path_factory):
 @pytest.mark.parametrize("value", ["20.5", '"twenty"', "null", "[20]", "20.0", "-1", "true"])
 def test_manifest_count_not_an_integer(tmp_path, capsys, packed, value):
     ds, _ = packed
-    bad = tmp_path / "ds"
-    bad.mkdir()
-    for f in ds.iterdir():
-        (bad / f.name).write_bytes(f.read_bytes())
+    bad = _copy(ds, tmp_path / "ds")
     manifest = json.loads((bad / "manifest.json").read_text())
     manifest["n_molecules"] = json.loads(value)
     (bad / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "split.npz"
     code, err = _main(capsys, "split", bad, "-o", out)
     _assert_refused(code, err, out, str(bad / "manifest.json"), "field 'n_molecules'", "is not a count")
+
+
+def _copy(ds, to):
+    to.mkdir()
+    for f in ds.iterdir():
+        (to / f.name).write_bytes(f.read_bytes())
+    return to
+
+
+def test_manifest_element_list_lacking_an_element(tmp_path, capsys, packed):
+    ds, split = packed
+    bad = _copy(ds, tmp_path / "ds")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["elements"] = [8]
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "stats.json"
+    code, err = _main(capsys, "stats", bad, "--split", split, "-o", out)
+    _assert_refused(code, err, out, str(bad / "manifest.json"), "field 'elements'", "atoms of Z = 1")
+
+
+@pytest.mark.parametrize("change, expected", [
+    (dict(train=np.array([0.5, 1.5])), ["field 'train'", "expected a 1-d array of integer indices, got float64"]),
+    (dict(n_molecules=np.array([20, 20])), ["unreadable split file"]),
+])
+def test_split_file_that_is_not_a_split(tmp_path, capsys, packed, change, expected):
+    ds, split = packed
+    with np.load(split) as z:
+        arrays = {**dict(z), **change}
+    bad = tmp_path / "split.npz"
+    np.savez(bad, **arrays)
+    out = tmp_path / "stats.json"
+    code, err = _main(capsys, "stats", ds, "--split", bad, "-o", out)
+    _assert_refused(code, err, out, str(bad), *expected)
 
 
 @pytest.mark.parametrize("text, expected", [
