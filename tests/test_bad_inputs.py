@@ -192,6 +192,33 @@ def test_hdf5_declaring_more_than_it_stores(tmp_path, case):
     _assert_refused(code, err, out, str(src), *expected)
 
 
+@pytest.mark.parametrize("dcmnet", [False, True])
+def test_npz_member_declaring_more_than_it_holds(tmp_path, capsys, dcmnet):
+    import io
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    def member(shape, dtype, data):
+        buf = io.BytesIO()
+        npy.write_array_header_1_0(buf, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape})
+        buf.write(data)
+        return buf.getvalue()
+
+    src = tmp_path / "big.npz"
+    with zipfile.ZipFile(src, "w") as z:
+        z.writestr("R.npy", member((10**9, 3, 3), "f8", bytes(72)))
+        z.writestr("Z.npy", member((10**9, 3), "i8", bytes(24)))
+        z.writestr("E.npy", member((10**9,), "f8", bytes(8)))
+        if dcmnet:
+            z.writestr("esp.npy", member((10**9, 10), "f8", bytes(80)))
+            z.writestr("vdw_surface.npy", member((10**9, 10, 3), "f8", bytes(240)))
+    out = tmp_path / "out"
+    code, err = _cli("convert", src, "-o", out, memory=3 << 30, file_size=64 << 20)
+    _assert_refused(code, err, out, str(src), "field 'R'", "declares shape (1000000000, 3, 3) (72000000000 bytes) "
+                    "but the archive holds 72 bytes for it")
+
+
 def _ani(path, **datasets):
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as f:
@@ -221,7 +248,7 @@ def test_hdf5_partly_written_and_unwritten_datasets(tmp_path, capsys):
 
 
 def test_hdf5_compressed_beyond_any_filter(tmp_path, capsys, monkeypatch):
-    import mmlwf.io.hdf5_bounds as bounds
+    import mmlwf.io.bounds as bounds
 
     src = tmp_path / "ok.h5"
     _ani(src)

@@ -7,7 +7,7 @@
 
 Units default to eV and Å; a ``units`` (or ``unit``) attribute on the energy or
 coordinate dataset overrides the default; ``--energy-unit``/``--length-unit`` override both.
-Every dataset read must store the data its shape declares (:mod:`.hdf5_bounds`).
+Every dataset read must store the data its shape declares (:mod:`.bounds`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from ..structure import Structure, StructureBlock
 from ..units import SourceUnits
 from . import DEFAULT_UNITS, Source
-from .hdf5_bounds import check_stored
+from .bounds import check_stored
 from .keys import resolve
 from .padded import PaddedArrays, slice_length
 

@@ -14,9 +14,11 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from ..errors import DataError
 from ..structure import Structure, StructureBlock
 from ..units import SourceUnits
 from . import DEFAULT_UNITS, Source
+from .bounds import check_npz_member
 from .keys import DROP, resolve
 
 #: most padded atom rows (frames x width) read in one slice: bounds the memory of a slice
@@ -205,7 +207,11 @@ class NpzSource(Source):
     def _member(self, name: str) -> np.ndarray:
         if name not in self._cache:
             try:
+                if self._npz.zip is not None:
+                    check_npz_member(self._npz.zip, name, self)
                 self._cache[name] = self._npz[name]
+            except DataError:
+                raise
             except ValueError as exc:  # object arrays need pickle: refused
                 raise self.fail(f"cannot read without unpickling ({exc})", field=name)
             except Exception as exc:
