@@ -70,6 +70,8 @@ XYZ_CASES = {
                                 ["structure 0", "line 1: expected the atom count", "'two'"]),
     "negative count": ("-2\n" + FRAME.format(e=-1) + "H 0 0 0\n", ["negative atom count -2"]),
     "frames after a blank line": (_frame(2) + "\n" + _frame(2), ["line 6: more data after a blank line"]),
+    "text where a number belongs": (_frame(2) + _frame(2).replace("energy=-1.0", "energy=-1.0B5"),
+                                    ["field 'E'", "structure 1", "not numbers"]),
 }
 
 

@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..errors import DataError
 from ..structure import Structure, StructureBlock
 from ..units import SourceUnits
 from . import DEFAULT_UNITS, Source
@@ -50,8 +51,10 @@ class Hdf5Source(Source):
         source's one-line error."""
         try:
             yield
-        except (OSError, RuntimeError, KeyError) as exc:
-            detail = exc.args[0] if exc.args else type(exc).__name__
+        except DataError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, UnicodeError) as exc:
+            detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise self.fail(f"corrupt HDF5 file ({detail})", index=index) from None
 
     def _layout(self) -> None:
