@@ -94,6 +94,20 @@ def test_absurd_count_line_is_refused_at_once(tmp_path):
                     "more than the remaining 8 bytes")
 
 
+def test_absurd_count_line_in_other_structure_inputs(tmp_path):
+    """The md starting structure and an esp-grid geometry go through the same check."""
+    src = tmp_path / "absurd.xyz"
+    src.write_text("999999999999\nenergy=-1.0\nH 0 0 0\n")
+    out = tmp_path / "md"
+    code, err = _cli("md", tmp_path / "no-run", "--structure", src, "--steps", "1", "-o", out, timeout=60)
+    _assert_refused(code, err, out, str(src), "declares 999999999999 atoms")
+    grid = tmp_path / "grid.txt"
+    grid.write_text("0 0 0 0.1\n1 0 0 0.2\n")
+    out = tmp_path / "esp"
+    code, err = _cli("convert", grid, "--geometry", src, "-o", out, timeout=60)
+    _assert_refused(code, err, out, str(src), "field 'R'", "declares 999999999999 atoms")
+
+
 @pytest.mark.parametrize("fmt", ["extxyz", "xyz"])
 def test_directory_given_as_extxyz(tmp_path, capsys, fmt):
     (tmp_path / "frames").mkdir()

@@ -11,7 +11,8 @@ Before ASE parses an (ext)xyz file, :func:`~.xyz_scan.check_xyz_layout` checks i
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -81,6 +82,31 @@ def structure_from_atoms(atoms, index: int, keys: Mapping[str, str], extra: Mapp
     )
 
 
+def check_before_ase(path: Path, ase_format: str | None, fail: Callable[..., DataError]) -> None:
+    """What ASE would read badly, refused before it reads: a directory given as (ext)xyz, an
+    old pickle-based trajectory (never unpickled), (ext)xyz count lines that the file does not
+    hold (:func:`~.xyz_scan.check_xyz_layout`). ``fail(message, index=...)`` builds the error."""
+    import ase.io.formats
+
+    if path.is_dir():
+        if ase_format in _XYZ_FORMATS:
+            raise fail(f"a directory, not an {ase_format} file")
+        return
+    with open(path, "rb") as fh:
+        if fh.read(len(_PICKLE_TRAJECTORY)) == _PICKLE_TRAJECTORY:
+            raise fail("an old pickle-based ASE trajectory, refused: reading it would unpickle it, which can run "
+                       "code from the file; if you trust the file, convert it with an ASE that still reads it "
+                       "(python -m ase.io.trajectory FILE)")
+    guessed = ase_format
+    if guessed is None:
+        try:
+            guessed = ase.io.formats.filetype(str(path))
+        except ase.io.formats.UnknownFileTypeError:
+            return  # ASE reports it when it reads
+    if guessed in _XYZ_FORMATS:
+        check_xyz_layout(path, fail)
+
+
 class AseSource(Source):
     """Any file :mod:`ase.io` reads (extxyz, xyz, traj, Gaussian/ORCA/VASP outputs ...), lazily."""
 
@@ -89,27 +115,7 @@ class AseSource(Source):
     def __init__(self, path, keys=None, ase_format: str | None = None):
         super().__init__(path, keys)
         self.ase_format = ase_format
-        if self.path.is_dir():
-            if ase_format in _XYZ_FORMATS:
-                raise self.fail(f"a directory, not an {ase_format} file")
-            return
-        with open(self.path, "rb") as fh:
-            if fh.read(len(_PICKLE_TRAJECTORY)) == _PICKLE_TRAJECTORY:
-                raise self.fail("an old pickle-based ASE trajectory, refused: reading it would unpickle it, which "
-                                "can run code from the file; if you trust the file, convert it with an ASE "
-                                "that still reads it (python -m ase.io.trajectory FILE)")
-        if self._guessed_format() in _XYZ_FORMATS:
-            check_xyz_layout(self.path, self.fail)
-
-    def _guessed_format(self) -> str | None:
-        import ase.io.formats
-
-        if self.ase_format is not None:
-            return self.ase_format
-        try:
-            return ase.io.formats.filetype(str(self.path))
-        except ase.io.formats.UnknownFileTypeError:
-            return None  # reported by __iter__
+        check_before_ase(self.path, ase_format, self.fail)
 
     def __iter__(self) -> Iterator[Structure]:
         import ase.io
