@@ -26,17 +26,11 @@ def check_stored(ds, source: "Source", file_size: int, field: str, index: int | 
     contiguous dataset with fewer stored bytes than its shape needs, a chunked one with
     chunks never written, or any dataset larger than ``MAX_EXPANSION`` times the file.
     Datasets stored in other files (virtual, external) are not checked."""
-    import h5py
-
     nominal = int(ds.size) * ds.dtype.itemsize
-    if nominal == 0:
+    if nominal == 0 or ds.is_virtual or ds.external:
         return
     shape = tuple(int(n) for n in ds.shape)
-    dcpl = ds.id.get_create_plist()
-    layout = dcpl.get_layout()
-    if layout == h5py.h5d.VIRTUAL or dcpl.get_external_count():
-        return
-    if layout == h5py.h5d.CHUNKED:
+    if ds.chunks is not None:
         needed = math.prod(-(-n // c) for n, c in zip(shape, ds.chunks))
         stored = ds.id.get_num_chunks()
         if stored < needed:

@@ -184,19 +184,22 @@ class Hdf5Source(Source):
         if ekey is None:
             raise self.fail(f"missing energies in {where} (use --key E=NAME)", field="E", index=start)
         opt = {c: self._group_key(g, c, names) for c in ("F", "D", "Qtot", "q")}
+        objs = {}  # each object opened once: opening costs more than reading a small group
         for name in (zkey, rkey, ekey, *opt.values()):
-            if name is not None and not isinstance(g[name], h5py.Dataset):
-                raise self.fail(f"a {type(g[name]).__name__}, not a dataset", field=f"{gname}/{name}", index=start)
-        check_stored(g[zkey], self, self.file_size, f"{gname}/{zkey}", start)
-        Z = _atomic_numbers(g[zkey][()], self, f"{gname}/{zkey}", start)
-        R = g[rkey]
+            if name is not None and name not in objs:
+                objs[name] = g[name]
+                if not isinstance(objs[name], h5py.Dataset):
+                    raise self.fail(f"a {type(objs[name]).__name__}, not a dataset", field=f"{gname}/{name}", index=start)
+        check_stored(objs[zkey], self, self.file_size, f"{gname}/{zkey}", start)
+        Z = _atomic_numbers(objs[zkey][()], self, f"{gname}/{zkey}", start)
+        R = objs[rkey]
         n_conf = R.shape[0]
         if R.shape[1:] != (Z.shape[0], 3):
             raise self.fail(f"shape {R.shape} does not match {Z.shape[0]} atoms", field=f"{gname}/{rkey}", index=start)
-        if opt["D"] is not None and tuple(g[opt["D"]].shape) in ((n_conf,), (n_conf, 1)):
-            self.dipole_magnitude(f"{gname}/{opt['D']}", g[opt["D"]].shape)
+        if opt["D"] is not None and tuple(objs[opt["D"]].shape) in ((n_conf,), (n_conf, 1)):
+            self.dipole_magnitude(f"{gname}/{opt['D']}", objs[opt["D"]].shape)
             opt["D"] = None
-        datasets = {ekey: g[ekey], **{k: g[k] for k in opt.values() if k is not None}}
+        datasets = {ekey: objs[ekey], **{k: objs[k] for k in opt.values() if k is not None}}
         expected = {
             ekey: [(n_conf,), (n_conf, 1)],
             opt["F"]: [(n_conf, Z.shape[0], 3)],
