@@ -21,7 +21,7 @@ from . import __version__
 from .batching import derive_budgets, molecule_sizes
 from .errors import ConfigError, DataError
 from .fileio import atomic_write
-from .packed import PackedDataset
+from .packed import MANIFEST, PackedDataset
 from .split import load_split
 
 
@@ -47,7 +47,7 @@ def _element_lookup(ds: PackedDataset, elements: np.ndarray):
         if np.any(cols < 0):
             z = int(Z[np.flatnonzero(cols < 0)[0]])
             raise DataError(f"atoms of Z = {z}, which the dataset's element list {elements.tolist()} lacks",
-                            path=ds.path / "manifest.json", field="elements")
+                            path=ds.path / MANIFEST, field="elements")
         return cols
 
     return lookup

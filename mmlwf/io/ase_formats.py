@@ -27,7 +27,7 @@ _RESULTS = {"E": ("energy", "free_energy"), "F": ("forces",), "D": ("dipole",), 
 _PER_ATOM = ("F", "q")
 #: ASE formats whose count lines are checked before parsing
 _XYZ_FORMATS = ("extxyz", "xyz")
-#: the first bytes of ASE's old pickle-based trajectories (before ASE 3.10)
+#: the first bytes of ASE's old pickle-based trajectories (ASE reads them only through pickle)
 _PICKLE_TRAJECTORY = b"PickleTrajectory"
 
 
@@ -94,9 +94,9 @@ def check_before_ase(path: Path, ase_format: str | None, fail: Callable[..., Dat
         return
     with open(path, "rb") as fh:
         if fh.read(len(_PICKLE_TRAJECTORY)) == _PICKLE_TRAJECTORY:
-            raise fail("an old pickle-based ASE trajectory, refused: reading it would unpickle it, which can run "
-                       "code from the file; if you trust the file, convert it with an ASE that still reads it "
-                       "(python -m ase.io.trajectory FILE)")
+            raise fail("an old pickle-based ASE trajectory, refused: reading it means unpickling it, which can run "
+                       "code from the file; if you trust the file, convert it to the current format with "
+                       "'python -m ase.io.trajectory FILE' (which unpickles it)")
     guessed = ase_format
     if guessed is None:
         try:
