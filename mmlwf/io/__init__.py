@@ -52,6 +52,8 @@ class Source:
     format: str = ""
     #: False for ESP-only formats: their structures may lack an energy (E is then not stored)
     requires_energy: bool = True
+    #: whether the dipole-magnitude warning was given (once per source)
+    _warned_magnitude: bool = False
 
     def __init__(self, path: str | os.PathLike, keys: Mapping[str, str] | None = None) -> None:
         self.path = Path(path)
@@ -89,7 +91,7 @@ class Source:
         if "D" in self.keys:
             raise self.fail(f"'{name}' holds one number per structure (shape {tuple(shape)}), a dipole magnitude, "
                             "not a dipole vector", field="D")
-        if not getattr(self, "_warned_magnitude", False):
+        if not self._warned_magnitude:
             self._warned_magnitude = True
             log.warning("%s: field 'D': '%s' holds a dipole magnitude, not a vector: not stored "
                         "(--key D=none silences this)", self.path, name)
