@@ -129,7 +129,7 @@ def format_info(info: dict) -> str:
         rows = []
         for src in sources:
             if isinstance(src, dict):
-                sha = src.get("sha256") or ""
+                sha = str(src.get("sha256") or "")
                 rows.append([
                     str(src.get("name") or src.get("path") or "?"),
                     str(src.get("format") or "-"),

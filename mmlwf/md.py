@@ -85,9 +85,12 @@ def read_structure(path: str | os.PathLike, index: int = 0):
     """Frame ``index`` of any file ``ase.io`` reads, as ``ase.Atoms`` (its own calculator dropped)."""
     import ase.io
 
+    from .io.ase_formats import check_before_ase
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such structure file")
+    check_before_ase(path, None, lambda message, **where: DataError(message, path=path, **where))
     try:
         atoms = ase.io.read(path, index=index)
     except IndexError:

@@ -465,6 +465,8 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
             manifest = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})", path=mpath)
+    except OSError as exc:  # a directory, unreadable ...
+        raise DataError(f"cannot be read ({exc.strerror or exc})", path=mpath)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("fields"), dict):
         raise DataError("not a manifest (expected an object with 'fields')", path=mpath)
     if manifest.get("format") != FORMAT_NAME:
@@ -479,6 +481,16 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
             path=mpath,
             field="format_version",
         )
+    for key in ("n_molecules", "n_atoms", "n_grid_points"):
+        count = manifest.get(key, 0)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise DataError(f"{count!r} is not a count (a non-negative integer)", path=mpath, field=key)
+    elements = manifest.get("elements", [])
+    if not isinstance(elements, list) or not all(isinstance(z, int) and 1 <= z <= 118 for z in elements):
+        raise DataError(f"expected a list of atomic numbers, got {elements!r}"[:200], path=mpath, field="elements")
+    for name, entry in manifest["fields"].items():
+        if not isinstance(entry, dict):
+            raise DataError(f"expected an object describing the field, got {entry!r}", path=mpath, field=f"fields.{name}")
     return manifest
 
 

@@ -152,13 +152,17 @@ def load_split(path: str | os.PathLike, n_molecules: int | None = None) -> Split
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            parts = {s: np.asarray(z[s], dtype=np.int64) for s in SUBSETS}
+            raw = {s: z[s] for s in SUBSETS}
             meta = (int(z["n_molecules"]), int(z["seed"]), str(z["group_by"]))
             digest = str(z["dataset_digest"]) if "dataset_digest" in z.files else None
     except KeyError as exc:
         raise DataError(f"not a split file (missing {exc})", path=path)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, TypeError, OSError, EOFError) as exc:
         raise DataError(f"unreadable split file ({exc})", path=path)
+    for s, idx in raw.items():
+        if idx.dtype.kind not in "iu" or idx.ndim != 1:
+            raise DataError(f"expected a 1-d array of integer indices, got {idx.dtype} {idx.shape}", path=path, field=s)
+    parts = {s: idx.astype(np.int64) for s, idx in raw.items()}
     split = Split(**parts, n_molecules=meta[0], seed=meta[1], group_by=meta[2], dataset_digest=digest)
     if n_molecules is not None and split.n_molecules != int(n_molecules):
         raise DataError(

@@ -10,6 +10,7 @@ Computed from the training split only, streaming over the data in chunks.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -18,22 +19,39 @@ from ase.data import chemical_symbols
 
 from . import __version__
 from .batching import derive_budgets, molecule_sizes
+from .errors import ConfigError, DataError
 from .fileio import atomic_write
 from .integrity import check_made_from, dataset_digest
-from .packed import PackedDataset
+from .packed import MANIFEST, PackedDataset
 from .split import load_split
 
 
 def element_counts(ds: PackedDataset, indices: np.ndarray, elements: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     """``(len(indices), len(elements))`` atoms of each element per molecule."""
-    lookup = np.full(119, -1, np.int64)
-    lookup[elements] = np.arange(elements.size)
+    lookup = _element_lookup(ds, elements)
     counts = np.zeros((indices.shape[0], elements.size), np.float64)
     for s in range(0, indices.shape[0], chunk):
         g = ds.gather(indices[s : s + chunk], fields=("Z",))
         mol = np.repeat(np.arange(g["n_atoms"].shape[0]), g["n_atoms"])
-        np.add.at(counts[s : s + chunk], (mol, lookup[g["Z"]]), 1.0)
+        np.add.at(counts[s : s + chunk], (mol, lookup(g["Z"])), 1.0)
     return counts
+
+
+def _element_lookup(ds: PackedDataset, elements: np.ndarray):
+    """Atomic numbers -> column in ``elements``; DataError for an element the dataset's
+    element list (its manifest's) lacks."""
+    table = np.full(119, -1, np.int64)
+    table[elements] = np.arange(elements.size)
+
+    def lookup(Z: np.ndarray) -> np.ndarray:
+        cols = table[Z]
+        if np.any(cols < 0):
+            z = int(Z[np.flatnonzero(cols < 0)[0]])
+            raise DataError(f"atoms of Z = {z}, which the dataset's element list {elements.tolist()} lacks",
+                            path=ds.path / MANIFEST, field="elements")
+        return cols
+
+    return lookup
 
 
 def fit_element_energies(counts: np.ndarray, energies: np.ndarray, ridge: float = 1e-8) -> np.ndarray:
@@ -60,6 +78,10 @@ def compute_stats(
     chunk: int = 1 << 16,
 ) -> dict:
     """Statistics of the training subset of ``dataset`` (see module docstring); JSON-ready."""
+    if not (isinstance(cutoff, (int, float)) and math.isfinite(cutoff) and cutoff > 0):
+        raise ConfigError(f"cutoff must be a positive number of Å, got {cutoff}")
+    if n_shapes < 1:
+        raise ConfigError(f"n_shapes must be >= 1, got {n_shapes}")
     ds = PackedDataset(dataset)
     digest = dataset_digest(dataset)
     made = load_split(split, len(ds))
@@ -105,15 +127,15 @@ def compute_stats(
         sq, n = 0.0, 0
         per_el_sq = np.zeros(elements.size)
         per_el_n = np.zeros(elements.size)
-        lookup = np.full(119, -1, np.int64)
-        lookup[elements] = np.arange(elements.size)
+        lookup = _element_lookup(ds, elements)
         for s in range(0, train.shape[0], chunk):
             g = ds.gather(train[s : s + chunk], fields=("Z", "F"))
             F2 = np.square(g["F"].astype(np.float64)).sum(axis=1)
             sq += F2.sum()
             n += F2.shape[0]
-            np.add.at(per_el_sq, lookup[g["Z"]], F2)
-            np.add.at(per_el_n, lookup[g["Z"]], 1)
+            cols = lookup(g["Z"])
+            np.add.at(per_el_sq, cols, F2)
+            np.add.at(per_el_n, cols, 1)
         out["force_rms"] = float(np.sqrt(sq / (3 * n)))  # per Cartesian component
         out["force_rms_by_element"] = {
             chemical_symbols[z]: float(np.sqrt(q / (3 * c))) for z, q, c in zip(elements, per_el_sq, per_el_n) if c
@@ -150,5 +172,14 @@ def write_stats(stats: dict, out: str | os.PathLike) -> Path:
 
 
 def load_stats(path: str | os.PathLike) -> dict:
-    with open(path) as fh:
-        return json.load(fh)
+    """A ``stats.json`` written by :func:`write_stats` (DataError when it is not one)."""
+    try:
+        with open(path) as fh:
+            stats = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"not a stats file: not valid JSON ({getattr(exc, 'msg', exc)})", path=path)
+    except IsADirectoryError:
+        raise DataError("a directory, not a stats file", path=path)
+    if not isinstance(stats, dict):
+        raise DataError(f"not a stats file: expected a JSON object, got {type(stats).__name__}", path=path)
+    return stats

@@ -49,6 +49,9 @@ class Structure:
         def fail(fieldname: str, msg: str) -> DataError:
             return DataError(msg, path=path, field=fieldname, index=i)
 
+        def floats(fieldname: str, value) -> np.ndarray:
+            return _floats(value, fieldname, fail)
+
         Z = np.asarray(self.Z)
         if Z.ndim != 1 or Z.shape[0] == 0:
             raise fail("Z", f"expected a non-empty 1-d array of atomic numbers, got shape {Z.shape}")
@@ -66,7 +69,7 @@ class Structure:
         self.F = _per_atom(self.F, n, (3,), "F", fail)
         self.q = _per_atom(self.q, n, (), "q", fail)
         if self.D is not None:
-            D = np.asarray(self.D, dtype=np.float64).reshape(-1)
+            D = floats("D", self.D).reshape(-1)
             if D.shape != (3,):
                 raise fail("D", f"dipole must have 3 components, got shape {np.shape(self.D)}")
             if not np.all(np.isfinite(D)):
@@ -76,22 +79,22 @@ class Structure:
             if require_energy:
                 raise fail("E", "missing energy")
         else:
-            E = np.asarray(self.E, dtype=np.float64)
+            E = floats("E", self.E)
             if E.size != 1:
                 raise fail("E", f"expected one energy per structure, got shape {E.shape}")
             E = float(E.reshape(()))
             if not np.isfinite(E):
                 raise fail("E", "energy is NaN or Inf")
             self.E = E
-        Q = np.asarray(self.Qtot, dtype=np.float64)
+        Q = floats("Qtot", self.Qtot)
         if Q.size != 1 or not np.isfinite(Q).all():
             raise fail("Qtot", f"total charge must be one finite number, got {self.Qtot!r}")
         self.Qtot = float(Q.reshape(()))
         if (self.grid is None) != (self.esp is None):
             raise fail("esp", "grid points and ESP values must come together")
         if self.grid is not None:
-            grid = np.asarray(self.grid, dtype=np.float64)
-            esp = np.asarray(self.esp, dtype=np.float64).reshape(-1)
+            grid = floats("grid", self.grid)
+            esp = floats("esp", self.esp).reshape(-1)
             if grid.ndim != 2 or grid.shape[1] != 3 or grid.shape[0] != esp.shape[0]:
                 raise fail("grid", f"grid {grid.shape} and esp {esp.shape} do not match")
             if not (np.all(np.isfinite(grid)) and np.all(np.isfinite(esp))):
@@ -117,12 +120,20 @@ class Structure:
         )
 
 
+def _floats(value, name, fail) -> np.ndarray:
+    """``value`` as float64, or the error naming the field (text where numbers belong)."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise fail(name, f"not numbers ({exc})") from None
+
+
 def _per_atom(value, n, trailing, name, fail, required=False):
     if value is None:
         if required:
             raise fail(name, "missing")
         return None
-    arr = np.asarray(value, dtype=np.float64)
+    arr = _floats(value, name, fail)
     if arr.shape != (n, *trailing):
         raise fail(name, f"expected shape {(n, *trailing)} for {n} atoms, got {arr.shape}")
     if not np.all(np.isfinite(arr)):

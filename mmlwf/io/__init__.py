@@ -12,6 +12,7 @@ values in the units of the source; each reader reports the units it assumes
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -21,6 +22,7 @@ from ..structure import Structure, StructureBlock
 from ..units import SourceUnits
 from .keys import CANONICAL_KEYS, parse_key_map
 
+log = logging.getLogger(__name__)
 FORMATS = ("npz", "ase", "db", "hdf5", "cube", "esp-grid", "dcmnet-npz", "packed")
 #: formats of ESP data (structures with grid + esp, possibly without energy)
 ESP_FORMATS = ("cube", "esp-grid", "dcmnet-npz")
@@ -50,6 +52,8 @@ class Source:
     format: str = ""
     #: False for ESP-only formats: their structures may lack an energy (E is then not stored)
     requires_energy: bool = True
+    #: whether the dipole-magnitude warning was given (once per source)
+    _warned_magnitude: bool = False
 
     def __init__(self, path: str | os.PathLike, keys: Mapping[str, str] | None = None) -> None:
         self.path = Path(path)
@@ -79,6 +83,18 @@ class Source:
 
     def fail(self, message: str, field: str | None = None, index: int | None = None) -> DataError:
         return DataError(message, path=self.path, field=field, index=index)
+
+    def dipole_magnitude(self, name: str, shape) -> None:
+        """A dipole found under ``name`` by its alias that holds one number per structure
+        (QM9's ``dipole_moment``): a magnitude, not a vector, so D is not stored. Raises when
+        the user mapped ``D`` to it; else warns once per source."""
+        if "D" in self.keys:
+            raise self.fail(f"'{name}' holds one number per structure (shape {tuple(shape)}), a dipole magnitude, "
+                            "not a dipole vector", field="D")
+        if not self._warned_magnitude:
+            self._warned_magnitude = True
+            log.warning("%s: field 'D': '%s' holds a dipole magnitude, not a vector: not stored "
+                        "(--key D=none silences this)", self.path, name)
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -112,8 +128,8 @@ def open_source(
 
     detected = fmt is None
     fmt = (fmt or detect_format(path)).lower()
-    if fmt in ("extxyz", "xyz"):
-        fmt = "ase"
+    if fmt in ("extxyz", "xyz"):  # ASE's extxyz reader, which reads plain xyz too
+        return AseSource(path, keys, ase_format="extxyz")
     if detected and fmt == "npz" and _npz_is_dcmnet(path):
         fmt = "dcmnet-npz"
     readers = {"npz": NpzSource, "ase": AseSource, "db": AseDbSource, "hdf5": Hdf5Source,

@@ -19,9 +19,11 @@ from typing import Iterator
 
 import numpy as np
 
+from ..errors import DataError
 from ..structure import Structure
 from ..units import SourceUnits
 from . import Source
+from .bounds import check_npz_member
 from .keys import resolve
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,11 @@ class DcmnetNpzSource(Source):
         if name is None:
             return None
         try:
+            if self._npz.zip is not None:
+                check_npz_member(self._npz.zip, name, self)
             arr = self._npz[name]
+        except DataError:
+            raise
         except ValueError as exc:
             raise self.fail(f"cannot read without unpickling ({exc})", field=name)
         except Exception as exc:

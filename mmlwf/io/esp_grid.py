@@ -74,6 +74,8 @@ class EspGridSource(Source):
     def __iter__(self) -> Iterator[Structure]:
         import ase.io
 
+        from .ase_formats import check_before_ase
+
         table = _load_table(self.path, "grid")
         if table.ndim != 2 or table.shape[1] not in (3, 4) or table.shape[0] == 0:
             raise DataError(f"expected rows of 'x y z esp' or 'x y z', got shape {table.shape}",
@@ -90,6 +92,8 @@ class EspGridSource(Source):
             if esp.shape[0] != grid.shape[0]:
                 raise DataError(f"{esp.shape[0]} ESP values for {grid.shape[0]} grid points",
                                 path=self.esp_values, field="esp", index=0)
+        check_before_ase(Path(self.geometry), None,
+                         lambda message, **where: DataError(message, path=self.geometry, field="R", **where))
         try:
             frames = ase.io.read(self.geometry, index=":")
         except Exception as exc:  # ase raises many kinds on unreadable input

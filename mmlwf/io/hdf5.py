@@ -7,17 +7,21 @@
 
 Units default to eV and Å; a ``units`` (or ``unit``) attribute on the energy or
 coordinate dataset overrides the default; ``--energy-unit``/``--length-unit`` override both.
+Every dataset read must store the data its shape declares (:mod:`.bounds`).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
 
+from ..errors import DataError
 from ..structure import Structure, StructureBlock
 from ..units import SourceUnits
 from . import DEFAULT_UNITS, Source
+from .bounds import check_stored
 from .keys import resolve
 from .padded import PaddedArrays, slice_length
 
@@ -37,10 +41,33 @@ class Hdf5Source(Source):
             self._h5 = h5py.File(self.path, "r")
         except OSError as exc:
             raise self.fail(f"not a readable HDF5 file ({exc})")
-        root_datasets = [k for k, v in self._h5.items() if isinstance(v, h5py.Dataset)]
+        self.file_size = self.path.stat().st_size
+        with self._metadata_errors():
+            self._layout()
+
+    @contextmanager
+    def _metadata_errors(self, index: int | None = None):
+        """h5py's errors on a damaged file's metadata (object headers, B-trees, heaps) as the
+        source's one-line error."""
+        try:
+            yield
+        except DataError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, UnicodeError) as exc:
+            detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise self.fail(f"corrupt HDF5 file ({detail})", index=index) from None
+
+    def _layout(self) -> None:
+        """Flat arrays at the root, or the ANI-style groups."""
+        import h5py
+
+        root_datasets = {k: v for k, v in self._h5.items() if isinstance(v, h5py.Dataset)}
         self.flat = resolve(root_datasets, "R", self.keys) is not None and resolve(root_datasets, "Z", self.keys) is not None
         if self.flat:
-            self._padded = PaddedArrays(self, self._h5, self.keys, chunk=self.chunk)
+            self._padded = PaddedArrays(self, root_datasets, self.keys, chunk=self.chunk)
+            for name in self._padded.key.values():
+                if name is not None:
+                    check_stored(self._h5[name], self, self.file_size, name)
             self._groups = []
         else:
             self._groups = self._find_groups()
@@ -89,6 +116,10 @@ class Hdf5Source(Source):
 
     @property
     def units(self) -> SourceUnits:
+        with self._metadata_errors():
+            return self._units()
+
+    def _units(self) -> SourceUnits:
         units = DEFAULT_UNITS["hdf5"]
         if self.flat:
             e_ds = self._h5[self._padded.key["E"]]
@@ -112,7 +143,8 @@ class Hdf5Source(Source):
         """``(group, a, b, index of conformation a)`` for every slice of every group."""
         index = 0
         for gname in self._groups:
-            grp = self._open_group(gname, index)
+            with self._metadata_errors(index):
+                grp = self._open_group(gname, index)
             step = slice_length(self.chunk, grp.Z.shape[0])
             for a in range(0, grp.n_conf, step):
                 yield grp, a, min(a + step, grp.n_conf), index + a
@@ -123,7 +155,7 @@ class Hdf5Source(Source):
             yield from self._padded
             return
         for grp, a, b, start in self._group_slices():
-            yield from grp.structures(*grp.read(a, b), start)
+            yield from grp.structures(*self._read(grp, a, b, start), start)
 
     def blocks(self) -> Iterator[StructureBlock]:
         """The structures as :class:`StructureBlock` s: ``chunk`` conformations of one group
@@ -133,23 +165,41 @@ class Hdf5Source(Source):
             yield from self._padded.blocks()
             return
         for grp, a, b, start in self._group_slices():
-            yield grp.block(*grp.read(a, b), start)
+            yield grp.block(*self._read(grp, a, b, start), start)
+
+    def _read(self, grp: "_Group", a: int, b: int, start: int):
+        try:
+            return grp.read(a, b)
+        except OSError as exc:  # a chunk that cannot be read (corrupt, truncated file)
+            raise self.fail(f"cannot read conformations {a}..{b - 1} of group '{grp.name}' ({exc})", index=start)
 
     def _open_group(self, gname: str, start: int) -> "_Group":
         """A group's datasets after the group-wide checks (shapes, energies present)."""
+        import h5py
+
         g = self._h5[gname]
         names = list(g.keys())
         zkey, rkey, ekey = (self._group_key(g, c, names) for c in ("Z", "R", "E"))
         where = f"group '{gname}'"
         if ekey is None:
             raise self.fail(f"missing energies in {where} (use --key E=NAME)", field="E", index=start)
-        Z = _atomic_numbers(g[zkey][()], self, f"{gname}/{zkey}", start)
-        R = g[rkey]
+        opt = {c: self._group_key(g, c, names) for c in ("F", "D", "Qtot", "q")}
+        objs = {}  # each object opened once: opening costs more than reading a small group
+        for name in (zkey, rkey, ekey, *opt.values()):
+            if name is not None and name not in objs:
+                objs[name] = g[name]
+                if not isinstance(objs[name], h5py.Dataset):
+                    raise self.fail(f"a {type(objs[name]).__name__}, not a dataset", field=f"{gname}/{name}", index=start)
+        check_stored(objs[zkey], self, self.file_size, f"{gname}/{zkey}", start)
+        Z = _atomic_numbers(objs[zkey][()], self, f"{gname}/{zkey}", start)
+        R = objs[rkey]
         n_conf = R.shape[0]
         if R.shape[1:] != (Z.shape[0], 3):
             raise self.fail(f"shape {R.shape} does not match {Z.shape[0]} atoms", field=f"{gname}/{rkey}", index=start)
-        opt = {c: self._group_key(g, c, names) for c in ("F", "D", "Qtot", "q")}
-        datasets = {ekey: g[ekey], **{k: g[k] for k in opt.values() if k is not None}}
+        if opt["D"] is not None and tuple(objs[opt["D"]].shape) in ((n_conf,), (n_conf, 1)):
+            self.dipole_magnitude(f"{gname}/{opt['D']}", objs[opt["D"]].shape)
+            opt["D"] = None
+        datasets = {ekey: objs[ekey], **{k: objs[k] for k in opt.values() if k is not None}}
         expected = {
             ekey: [(n_conf,), (n_conf, 1)],
             opt["F"]: [(n_conf, Z.shape[0], 3)],
@@ -164,14 +214,16 @@ class Hdf5Source(Source):
                     field=f"{gname}/{name}",
                     index=start,
                 )
-        return _Group(Z, R, datasets[ekey], {c: (datasets[k] if k else None) for c, k in opt.items()}, n_conf)
+        for name, ds in ((rkey, R), *datasets.items()):
+            check_stored(ds, self, self.file_size, f"{gname}/{name}", start)
+        return _Group(gname, Z, R, datasets[ekey], {c: (datasets[k] if k else None) for c, k in opt.items()}, n_conf)
 
 
 class _Group:
     """One ANI-style group: shared atomic numbers and its open datasets, read in slices."""
 
-    def __init__(self, Z, R, E, opt, n_conf: int) -> None:
-        self.Z, self.R, self.E, self.opt, self.n_conf = Z, R, E, opt, n_conf
+    def __init__(self, name: str, Z, R, E, opt, n_conf: int) -> None:
+        self.name, self.Z, self.R, self.E, self.opt, self.n_conf = name, Z, R, E, opt, n_conf
 
     def read(self, a: int, b: int):
         Rs = self.R[a:b]

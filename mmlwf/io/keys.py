@@ -18,10 +18,15 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "q": ("mono", "q", "atomic_charges", "charges", "partial_charges"),
 }
 CANONICAL_KEYS = tuple(ALIASES)
+#: the source name that drops an optional field (``--key D=none``, ``keys: {D: none}``)
+DROP = "none"
+#: fields every structure needs: they cannot be dropped
+_REQUIRED = ("R", "Z")
 
 
 def parse_key_map(items: Iterable[str] | Mapping[str, str] | None) -> dict[str, str]:
-    """Parse ``canonical=source`` strings (``--key E=energy_wb97x``) into a dict."""
+    """Parse ``canonical=source`` strings (``--key E=energy_wb97x``) into a dict; the source
+    name ``none`` drops an optional field (``--key D=none``)."""
     if items is None:
         return {}
     if isinstance(items, Mapping):
@@ -39,13 +44,18 @@ def parse_key_map(items: Iterable[str] | Mapping[str, str] | None) -> dict[str, 
             raise ConfigError(f"--key '{k}={v}': unknown canonical name '{k}' (known: {', '.join(ALIASES)})")
         if not v:
             raise ConfigError(f"--key '{k}=': empty source name")
+        if v == DROP and k in _REQUIRED:
+            raise ConfigError(f"--key '{k}={v}': {k} is required and cannot be dropped")
         out[k] = v
     return out
 
 
 def resolve(available: Iterable[str], canonical: str, keys: Mapping[str, str]) -> str | None:
-    """The source name holding ``canonical``: the user's key map first, then the aliases."""
+    """The source name holding ``canonical``: the user's key map first, then the aliases
+    (None when absent or dropped with ``none``)."""
     names = list(available)
+    if keys.get(canonical) == DROP:
+        return None
     if canonical in keys:
         return keys[canonical] if keys[canonical] in names else None
     for alias in ALIASES[canonical]:

@@ -14,10 +14,12 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from ..errors import DataError
 from ..structure import Structure, StructureBlock
 from ..units import SourceUnits
 from . import DEFAULT_UNITS, Source
-from .keys import resolve
+from .bounds import check_npz_member
+from .keys import DROP, resolve
 
 #: most padded atom rows (frames x width) read in one slice: bounds the memory of a slice
 #: (and of a block) whatever the frame width
@@ -37,7 +39,7 @@ class PaddedArrays:
         names = list(arrays.keys())
         self.key = {c: resolve(names, c, keys) for c in ("R", "Z", "N", "E", *_OPTIONAL)}
         for canonical in keys:
-            if canonical in self.key and self.key[canonical] is None:
+            if canonical in self.key and self.key[canonical] is None and keys[canonical] != DROP:
                 raise source.fail(f"key '{keys[canonical]}' given for {canonical} is not in the file", field=canonical)
         if self.key["R"] is None:
             raise source.fail(f"no positions (looked for R, positions, coordinates; found {names})", field="R")
@@ -58,6 +60,9 @@ class PaddedArrays:
         self._check_shape("E", [(self.n,), (self.n, 1)])
         self._check_shape("N", [(self.n,), (self.n, 1)])
         self._check_shape("F", [(self.n, self.width, 3)])
+        if self.key["D"] is not None and tuple(arrays[self.key["D"]].shape) in ((self.n,), (self.n, 1)):
+            source.dipole_magnitude(self.key["D"], arrays[self.key["D"]].shape)
+            self.key["D"] = None
         self._check_shape("D", [(self.n, 3)])
         self._check_shape("Qtot", [(self.n,), (self.n, 1)])
         self._check_shape("q", [(self.n, self.width)])
@@ -75,7 +80,10 @@ class PaddedArrays:
         name = self.key[canonical]
         if name is None:
             return None
-        arr = np.asarray(self.arrays[name][a:b])
+        try:
+            arr = np.asarray(self.arrays[name][a:b])
+        except OSError as exc:  # an HDF5 chunk that cannot be read (corrupt, truncated)
+            raise self.source.fail(f"cannot read frames {a}..{b - 1} ({exc})", field=name, index=a)
         if arr.dtype.kind not in "biuf":
             raise self.source.fail(f"expected numbers, got dtype {arr.dtype}", field=name)
         return arr
@@ -199,7 +207,11 @@ class NpzSource(Source):
     def _member(self, name: str) -> np.ndarray:
         if name not in self._cache:
             try:
+                if self._npz.zip is not None:
+                    check_npz_member(self._npz.zip, name, self)
                 self._cache[name] = self._npz[name]
+            except DataError:
+                raise
             except ValueError as exc:  # object arrays need pickle: refused
                 raise self.fail(f"cannot read without unpickling ({exc})", field=name)
             except Exception as exc:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 
 from ..batching import BatchLoader
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..packed import PackedDataset
 from ..split import load_split
 from ..stats import load_stats
@@ -81,4 +81,9 @@ def joint_element_energies(
 
 def element_energies_from_stats(stats: str | os.PathLike) -> dict[str, float]:
     """``{"Z": eV}`` from a ``stats.json`` written by ``mmlwf stats``."""
-    return dict(load_stats(stats)["element_energies_by_Z"])
+    energies = load_stats(stats).get("element_energies_by_Z")
+    if not isinstance(energies, dict) or not all(
+        str(z).isdigit() and isinstance(e, (int, float)) for z, e in energies.items()
+    ):
+        raise DataError("missing or not a mapping of atomic number to energy", path=stats, field="element_energies_by_Z")
+    return dict(energies)
