@@ -60,10 +60,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         raise
 
 
-def make_temp_dir(prefix: str, parent: str | os.PathLike) -> Path:
+def make_temp_dir(prefix: str, parent: str | os.PathLike, suffix: str = "") -> Path:
     """A new temporary directory in ``parent`` with the permissions the umask gives any new
     directory (:func:`tempfile.mkdtemp` makes it 0700, which would stay with the output)."""
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
 

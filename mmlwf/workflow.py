@@ -200,10 +200,10 @@ def evaluate_step(run_dir, packed, split, metrics, predictions, atoms, plots, *,
     interrupted job leaves no partial set behind.
     """
     import shutil
-    import tempfile
 
     from .analysis.evaluate import evaluate_run, write_atom_predictions, write_metrics, write_predictions
     from .analysis.plots import make_plots
+    from .fileio import make_temp_dir
 
     packed, split = list(_listed(packed)), list(_listed(split))
     doc, pred = evaluate_run(run_dir, packed[0], split[0], subset=subset, which=checkpoint)
@@ -211,7 +211,7 @@ def evaluate_step(run_dir, packed, split, metrics, predictions, atoms, plots, *,
         doc["per_dataset"] = {str(p): evaluate_run(run_dir, p, s, subset=subset, which=checkpoint)[0]["metrics"]
                               for p, s in zip(packed, split)}
     plots = Path(plots)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{plots.name}.", dir=plots.parent))
+    tmp = make_temp_dir(f".{plots.name}.", plots.parent)
     try:
         make_plots(run_dir, tmp, pred, doc["model_type"])
         write_predictions(pred, predictions)

@@ -108,7 +108,8 @@ def _one_line_failure(directory: Path) -> Iterator[None]:
     except Exception as exc:
         code = _os_errno(exc)
         for thread in set(threading.enumerate()) - before:
-            thread.join(timeout=30)
+            with contextlib.suppress(Exception):  # orbax's threads re-raise their error on join
+                threading.Thread.join(thread, timeout=30)
         _close_abandoned_coroutines()
         gc.collect()
         for tmp in Path(directory).glob("*.orbax-checkpoint-tmp*"):
