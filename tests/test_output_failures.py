@@ -14,7 +14,6 @@ from __future__ import annotations
 import builtins
 import errno
 import io
-import json
 import os
 import subprocess
 import sys

@@ -142,8 +142,11 @@ class CheckpointStore:
             self.best = _manager(self.directory / BEST, max_to_keep=None)
 
     def empty(self) -> bool:
-        """No checkpoint at all (nothing a re-run could resume or use)."""
-        return self.latest.latest_step() is None and not self.best.all_steps()
+        """No checkpoint at all (nothing a re-run could resume or use); False when unsure."""
+        try:
+            return self.latest.latest_step() is None and not self.best.all_steps()
+        except Exception:
+            return False
 
     # -- latest
     def latest_step(self) -> int | None:

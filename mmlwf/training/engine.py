@@ -18,7 +18,9 @@ of this invocation ("time_limit"), SIGTERM or SIGINT ("interrupted": the current
 finished and a ``latest`` checkpoint written; a second SIGINT aborts at once). A non-finite
 loss or gradient raises :class:`TrainingDiverged` naming the epoch, step and structures of
 the batch; the state of the bad step is not kept and no checkpoint is written, so the
-last good one stays. Exit codes for a CLI: :data:`EXIT_CODES`.
+last good one stays. Exit codes for a CLI: :data:`EXIT_CODES`. A run that fails before its
+first checkpoint removes what it created (:mod:`.rundir`): nothing to resume, nothing to
+mistake for a result.
 
 Devices: with one device a step is one batch. With ``training.data_parallel: auto`` and
 ``n > 1`` local devices a step takes up to ``n`` consecutive batches of one shape, one per
