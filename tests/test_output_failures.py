@@ -302,6 +302,31 @@ def test_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_last_check
     assert "error: OutputError" in (run / "train.log").read_text()
 
 
+def _private_tmpfs_possible() -> bool:
+    try:
+        return subprocess.run(["unshare", "--mount", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                              capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def test_a_really_full_disk_during_the_first_checkpoint_save_is_one_line(data, tmp_path):
+    """The real thing where it can be made: a 64 kB tmpfs in a private mount namespace (gone
+    with the process) fills up during the first checkpoint save (ENOSPC from tensorstore)."""
+    if not _private_tmpfs_possible():
+        pytest.skip("no private tmpfs mount here (needs unshare and CAP_SYS_ADMIN)")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    argv = " ".join(f"'{a}'" for a in _train_argv(data, mnt / "run", "--set", "training.max_epochs=2"))
+    script = f"mount -t tmpfs -o size=64k tmpfs '{mnt}' && exec '{sys.executable}' -m mmlwf.cli {argv}"
+    proc = subprocess.run(["unshare", "--mount", "sh", "-c", script], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO)), timeout=600)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err[-3000:]
+    assert len(err.splitlines()) == 1, f"{len(err.splitlines())} lines:\n{err[:3000]}"
+    assert f"{mnt}/run/checkpoints/" in err and "No space left on device (ENOSPC) while saving a checkpoint" in err
+
+
 # ----------------------------------------------------------------------------- NaN
 
 

@@ -74,17 +74,35 @@ def _ignore(*args) -> None:
     pass
 
 
-def _close_abandoned_coroutines() -> None:
-    """Close the coroutines a failed orbax save left suspended: finalized at interpreter
-    exit instead, each would print a traceback."""
+class _OrbaxLeftovers(logging.Filter):
+    """Drops asyncio's reports on the tasks of a failed orbax save (their error was raised
+    as one OutputError), should one be collected after :func:`_settle_abandoned_work`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "orbax" not in f"{record.msg} {record.args} {record.exc_info}"
+
+
+_ORBAX_LEFTOVERS = _OrbaxLeftovers()
+
+
+def _settle_abandoned_work() -> None:
+    """Close the coroutines a failed orbax save left suspended and mark the errors of the
+    tasks of its closed event loops as seen: collected later (at interpreter exit at the
+    latest), each would print a traceback."""
+    import asyncio
+
     for obj in gc.get_objects():
         if inspect.iscoroutine(obj) and obj.cr_frame is not None and "orbax" in obj.cr_code.co_filename:
             with contextlib.suppress(BaseException):
                 obj.close()
+        elif isinstance(obj, asyncio.Future):
+            with contextlib.suppress(BaseException):
+                if obj.get_loop().is_closed() and obj.done() and not obj.cancelled():
+                    obj.exception()  # retrieved: no "Task exception was never retrieved"
 
 
 @contextlib.contextmanager
-def _one_line_failure(directory: Path) -> Iterator[None]:
+def _one_line_failure(directory: Path, kept: bool = False) -> Iterator[None]:
     """Run an orbax save (or manager set-up) whose operating-system failure is one
     :class:`OutputError` naming ``directory``.
 
@@ -94,7 +112,8 @@ def _one_line_failure(directory: Path) -> Iterator[None]:
     disk. The exception raised to the caller says it all, so during the save those loggers
     and the hooks for exceptions in threads and finalizers are quiet; after a failure the
     save's threads are waited for, its garbage collected and its temporary directories
-    removed (space back, nothing half-written) while they still are.
+    removed (space back, nothing half-written) while they still are. ``kept``: an earlier
+    checkpoint stays usable (said in the message).
     """
     loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
     levels = [lg.level for lg in loggers]
@@ -110,14 +129,15 @@ def _one_line_failure(directory: Path) -> Iterator[None]:
         for thread in set(threading.enumerate()) - before:
             with contextlib.suppress(Exception):  # orbax's threads re-raise their error on join
                 threading.Thread.join(thread, timeout=30)
-        _close_abandoned_coroutines()
+        _settle_abandoned_work()
         gc.collect()
+        logging.getLogger("asyncio").addFilter(_ORBAX_LEFTOVERS)  # once: filters are a set
         for tmp in Path(directory).glob("*.orbax-checkpoint-tmp*"):
             shutil.rmtree(tmp, ignore_errors=True)
         if code is None:
             raise
         reason = f"{os.strerror(code)} ({errno.errorcode.get(code, code)}) while saving a checkpoint"
-        raise OutputError(directory, f"{reason}; the previous checkpoint is kept") from None
+        raise OutputError(directory, reason + ("; the previous checkpoint is kept" if kept else "")) from None
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
@@ -159,7 +179,7 @@ class CheckpointStore:
         step = (self.latest_step() or 0) + 1
         items = {k: ocp.args.StandardSave(v) for k, v in state.items() if v is not None}
         items["meta"] = ocp.args.JsonSave(meta)
-        with _one_line_failure(self.directory / LATEST):
+        with _one_line_failure(self.directory / LATEST, kept=step > 1):
             self.latest.save(step, args=ocp.args.Composite(**items))
             self.latest.wait_until_finished()
         return step
@@ -189,7 +209,7 @@ class CheckpointStore:
         items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
         if ema_params is not None:
             items["ema_params"] = ocp.args.StandardSave(ema_params)
-        with _one_line_failure(self.directory / BEST):
+        with _one_line_failure(self.directory / BEST, kept=bool(self.best.all_steps())):
             self.best.save(epoch, args=ocp.args.Composite(**items))
             self.best.wait_until_finished()
 
