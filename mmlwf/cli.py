@@ -1,6 +1,10 @@
 """``mmlwf <command>``: the command line the workflow rules and users share.
 
-Every command exits 0 on success and non-zero with a one-line reason on bad input.
+Every command exits 0 on success. Exit codes otherwise: 2 for anything the user can cause
+and fix (bad input data or settings, an output that cannot be written, a training whose loss
+became NaN or infinite), with one line naming the file (and field and structure where there
+is one) and no traceback; 1 for ``validate`` findings; 3 for an aborted ``md``; 75 for an
+interrupted training (checkpoint written: run again to resume); 130 for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .errors import ConfigError, DataError
+from .errors import EXPECTED_ERRORS, ConfigError
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -467,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
-    except (DataError, ConfigError, FileExistsError, FileNotFoundError) as exc:
+    except EXPECTED_ERRORS as exc:
         print(f"mmlwf {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -47,6 +48,29 @@ class DataError(ValueError):
 class ConfigError(ValueError):
     """A bad setting (unknown unit, format, key ...): one line naming the setting."""
 
+
+class OutputError(Exception):
+    """An output that cannot be written (read-only location, disk full ...): one line naming
+    the output the user asked for, not the temporary file the writer was filling."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"{self.path}: cannot write: {self.reason}")
+
+    @classmethod
+    def from_os(cls, path: str | os.PathLike, exc: OSError) -> "OutputError":
+        reason = exc.strerror or str(exc)
+        name = errno.errorcode.get(exc.errno or 0)
+        return cls(path, f"{reason} ({name})" if name else reason)
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient (one-line message with epoch, step and structures)."""
+
+
+#: the errors a user causes and fixes: reported as one line, without a traceback
+EXPECTED_ERRORS = (DataError, ConfigError, OutputError, TrainingDiverged, FileExistsError, FileNotFoundError)
 
 
 def closest(word: object, known) -> str | None:

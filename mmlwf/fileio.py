@@ -1,12 +1,20 @@
-"""Atomic file writes: a temporary file in the target's folder, renamed into place when complete."""
+"""Atomic file writes: a temporary file in the target's folder, renamed into place when complete.
+
+An operating-system error while writing (read-only location, disk full, quota) becomes one
+:class:`~mmlwf.errors.OutputError` naming the output (:func:`writing`); the temporary file
+is removed and an earlier version of the output stays as it was.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+from .errors import OutputError
 
 
 def _umask() -> int:
@@ -16,24 +24,58 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Report an operating-system error of the enclosed writes as :class:`OutputError`
+    naming ``path``. Errors raised deliberately with a message of their own (no errno, such
+    as "output exists") pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OutputError.from_os(path, exc) from None
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file for writing; on success it replaces ``path``, on error it vanishes.
 
     Readers never see a half-written file, and an interrupted writer leaves ``path`` as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
+        with writing(path):
+            with os.fdopen(fd, mode) as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+            os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_temp_dir(prefix: str, parent: str | os.PathLike, suffix: str = "") -> Path:
+    """A new temporary directory in ``parent`` with the permissions the umask gives any new
+    directory (:func:`tempfile.mkdtemp` makes it 0700, which would stay with the output)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file or a directory tree, as far as possible (errors ignored)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 def save_npz_deterministic(path: str | os.PathLike, arrays: dict) -> None:

@@ -22,7 +22,6 @@ import csv
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .fileio import make_temp_dir
 
 ENSEMBLES = ("nve", "nvt")
 
@@ -157,7 +157,7 @@ def run_md(calc, atoms, settings: MDSettings, outdir: str | os.PathLike, *, over
     if outdir.exists() and not overwrite:
         raise FileExistsError(f"{outdir} exists (use --overwrite to replace it)")
     outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".tmp", dir=outdir.parent))
+    tmp = make_temp_dir(f".{outdir.name}.", outdir.parent, suffix=".tmp")
     atoms = atoms.copy()
     atoms.calc = calc
     n = len(atoms)

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import array
 import contextlib
-import glob
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +27,9 @@ import numpy as np
 
 from . import __version__
 from .errors import DataError
+from .fileio import remove_path, writing
 from .structure import Structure, StructureBlock
+from .tempdirs import create_writer_dir, release_writer_dir, remove_stale_temporaries
 from .units import CANONICAL
 
 FORMAT_NAME = "mmlwf-packed"
@@ -139,11 +138,10 @@ class PackedWriter:
         self.out = Path(out)
         if self.out.exists() and not overwrite:
             raise FileExistsError(f"{self.out}: output exists (use --overwrite to replace it)")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.out)
-        self.tmp = Path(
-            tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-{os.getpid()}-", dir=self.out.parent)
-        )
+        with writing(self.out):
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.out)
+            self.tmp, self._lock = create_writer_dir(self.out)
         self.overwrite = overwrite
         self.chunk_atoms = int(chunk_atoms)
         self.fields: tuple[str, ...] | None = None
@@ -157,7 +155,13 @@ class PackedWriter:
         self._elements = np.zeros(_MAX_Z + 1, dtype=bool)
         self._other_elements: set[int] = set()
         # counts of the flushed structures, in temporary files (8 bytes per structure on disk)
-        self._counts = {"atoms": open(self.tmp / _COUNTS_FILES["atoms"], "wb", buffering=1 << 20)}
+        try:
+            with writing(self.out):
+                self._counts = {"atoms": open(self.tmp / _COUNTS_FILES["atoms"], "wb", buffering=1 << 20)}
+        except BaseException:
+            self._counts = {}
+            self.abort()
+            raise
         self._n_molecules = 0
         self._n_atoms_total = 0
         self._closed = False
@@ -176,12 +180,13 @@ class PackedWriter:
     def _set_fields(self, fields: tuple[str, ...], where, index) -> None:
         if self.fields is None:
             self.fields = fields
-            for name in fields:
-                self._files[name] = open(self.tmp / FIELDS[name].file, "wb", buffering=1 << 20)
-                self._hash[name] = hashlib.sha256()
-                self._rows[name] = []
-            if "grid" in fields:
-                self._counts["grid"] = open(self.tmp / _COUNTS_FILES["grid"], "wb", buffering=1 << 20)
+            with writing(self.out):
+                for name in fields:
+                    self._files[name] = open(self.tmp / FIELDS[name].file, "wb", buffering=1 << 20)
+                    self._hash[name] = hashlib.sha256()
+                    self._rows[name] = []
+                if "grid" in fields:
+                    self._counts["grid"] = open(self.tmp / _COUNTS_FILES["grid"], "wb", buffering=1 << 20)
         elif fields != self.fields:
             extra = sorted(set(fields) - set(self.fields))
             missing = sorted(set(self.fields) - set(fields))
@@ -277,11 +282,13 @@ class PackedWriter:
         if name == "Z":
             self._note_elements(data)
         raw = data.reshape(-1).view(np.uint8)
-        self._files[name].write(raw)
+        with writing(self.out):
+            self._files[name].write(raw)
         self._hash[name].update(raw)
 
     def _write_counts(self, kind: str, counts: np.ndarray) -> None:
-        self._counts[kind].write(np.ascontiguousarray(counts, dtype=np.int64).view(np.uint8))
+        with writing(self.out):
+            self._counts[kind].write(np.ascontiguousarray(counts, dtype=np.int64).view(np.uint8))
 
     def _note_elements(self, Z: np.ndarray) -> None:
         if Z.size == 0:
@@ -310,20 +317,21 @@ class PackedWriter:
             if self.n_molecules == 0:
                 raise DataError("no structures to write", path=str(self.out))
             self.flush()
-            for fh in self._files.values():
-                fh.flush()
-                os.fsync(fh.fileno())
-                fh.close()
-            for fh in self._counts.values():
-                fh.close()
-            manifest = self._manifest(manifest_extra)
-            with open(self.tmp / MANIFEST, "w") as fh:
-                json.dump(manifest, fh, indent=2)
-                fh.write("\n")
-            from .integrity import write_marker
+            with writing(self.out):
+                for fh in self._files.values():
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    fh.close()
+                for fh in self._counts.values():
+                    fh.close()
+                manifest = self._manifest(manifest_extra)
+                with open(self.tmp / MANIFEST, "w") as fh:
+                    json.dump(manifest, fh, indent=2)
+                    fh.write("\n")
+                from .integrity import write_marker
 
-            write_marker(self.tmp, manifest)
-            self._move_into_place()
+                write_marker(self.tmp, manifest)
+                self._move_into_place()
         except BaseException:
             self.abort()
             raise
@@ -332,12 +340,12 @@ class PackedWriter:
 
     def abort(self) -> None:
         """Remove the temporary directory; ``out`` is left as it was."""
-        for fh in (*self._files.values(), *self._counts.values()):
+        for fh in (*self._files.values(), *self._counts.values(), self._lock):
             try:
                 fh.close()
-            except Exception:
+            except Exception:  # a full disk fails the flush of what was buffered: it goes anyway
                 pass
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        remove_path(self.tmp)
         self._closed = True
 
     def _counts_to_npy(self, kind: str, counts_name: str | None, offsets_name: str) -> tuple[dict, int]:
@@ -418,38 +426,16 @@ class PackedWriter:
         return manifest
 
     def _move_into_place(self) -> None:
-        if self.out.exists():
+        release_writer_dir(self.tmp, self._lock)
+        if self.out.exists() or self.out.is_symlink():
             if not self.overwrite:
                 raise FileExistsError(f"{self.out}: output appeared while writing")
             old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
             os.rename(self.out, old)
             os.rename(self.tmp, self.out)
-            shutil.rmtree(old, ignore_errors=True)
+            remove_path(old)  # a directory, or a regular file --overwrite replaces
         else:
             os.rename(self.tmp, self.out)
-
-
-def remove_stale_temporaries(out: Path) -> None:
-    """Remove temporary directories of ``out`` left by writers that were killed."""
-    for cand in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
-        try:
-            pid = int(cand.name[len(out.name) + 6 :].split("-")[0])
-        except ValueError:
-            continue
-        if not _pid_alive(pid):
-            shutil.rmtree(cand, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ----------------------------------------------------------------------------- reading

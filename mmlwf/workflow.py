@@ -1,9 +1,11 @@
 """What the Snakemake ``script:`` wrappers in ``scripts/`` share: logging and the data steps.
 
 Each wrapper is ``with log_to(snakemake.log[0]): <one call>``. Inside, stdout, stderr and
-Python logging go to the terminal and to the rule's log file. Bad input (``DataError``,
-``ConfigError``, a missing or existing file) ends the job with exit status 1 and the one-line
-reason in both places; any other exception keeps its traceback, which also goes to the log.
+Python logging go to the terminal and to the rule's log file. Bad input and the like
+(:data:`~mmlwf.errors.EXPECTED_ERRORS`: ``DataError``, ``ConfigError``, an output that cannot
+be written, a diverged training, a missing or existing file) ends the job with exit status 1
+and the one-line reason in both places; any other exception keeps its traceback, which also
+goes to the log.
 """
 
 from __future__ import annotations
@@ -17,12 +19,9 @@ import traceback
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from .errors import ConfigError, DataError
+from .errors import EXPECTED_ERRORS, DataError
 
 log = logging.getLogger("mmlwf")
-
-#: errors that are the input's fault: reported as one line, without a traceback
-EXPECTED_ERRORS = (DataError, ConfigError, FileExistsError, FileNotFoundError)
 
 
 class _Tee:
@@ -201,10 +200,10 @@ def evaluate_step(run_dir, packed, split, metrics, predictions, atoms, plots, *,
     interrupted job leaves no partial set behind.
     """
     import shutil
-    import tempfile
 
     from .analysis.evaluate import evaluate_run, write_atom_predictions, write_metrics, write_predictions
     from .analysis.plots import make_plots
+    from .fileio import make_temp_dir
 
     packed, split = list(_listed(packed)), list(_listed(split))
     doc, pred = evaluate_run(run_dir, packed[0], split[0], subset=subset, which=checkpoint)
@@ -212,7 +211,7 @@ def evaluate_step(run_dir, packed, split, metrics, predictions, atoms, plots, *,
         doc["per_dataset"] = {str(p): evaluate_run(run_dir, p, s, subset=subset, which=checkpoint)[0]["metrics"]
                               for p, s in zip(packed, split)}
     plots = Path(plots)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{plots.name}.", dir=plots.parent))
+    tmp = make_temp_dir(f".{plots.name}.", plots.parent)
     try:
         make_plots(run_dir, tmp, pred, doc["model_type"])
         write_predictions(pred, predictions)

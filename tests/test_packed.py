@@ -133,7 +133,9 @@ def test_field_set_must_not_change_between_structures(tmp_path, water_structures
 
 
 def test_stale_temporary_of_a_dead_writer_is_removed(tmp_path, water_structures):
-    stale = tmp_path / ".ds.tmp-999999999-abc"
+    from mmlwf.tempdirs import host_id
+
+    stale = tmp_path / f".ds.tmp-{host_id()}-999999999-abc"  # this host, a PID that is not alive
     stale.mkdir()
     with PackedWriter(tmp_path / "ds") as w:
         w.add(water_structures[0].checked("mem"))

@@ -6,18 +6,33 @@ RNG, plateau state, the history so far, the resolved config). Orbax writes a ste
 temporary directory and renames it when complete, so a kill at any moment leaves the
 previous checkpoint readable. ``latest`` keeps one step (numbered by save count);
 ``best`` steps are numbered by epoch and pruned by :meth:`CheckpointStore.prune_best`.
+A save that cannot be written (disk full, read-only) raises one
+:class:`~mmlwf.errors.OutputError` (:func:`_one_line_failure`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
+import inspect
 import json
 import logging
 import os
+import re
+import shutil
+import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from ..errors import OutputError
 
 LATEST, BEST = "latest", "best"
 _ITEMS = ("params", "opt_state", "ema_params", "meta")
+#: loggers a failing orbax save floods (one error with traceback per array and thread)
+_NOISY_LOGGERS = ("absl", "orbax", "asyncio", "concurrent.futures")
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 
 
 def _quiet_orbax() -> None:
@@ -40,6 +55,95 @@ def _manager(directory: Path, max_to_keep: int | None, read_only: bool = False):
                                  options=options, item_names=_ITEMS)
 
 
+def _os_errno(exc: BaseException) -> int | None:
+    """The errno behind an orbax/tensorstore failure (an OSError, or tensorstore's
+    ``[os_error_code='28']`` in a ValueError), following the exception chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc.errno
+        found = _OS_ERROR_CODE.search(str(exc))
+        if found:
+            return int(found.group(1))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _ignore(*args) -> None:
+    pass
+
+
+class _OrbaxLeftovers(logging.Filter):
+    """Drops asyncio's reports on the tasks of a failed orbax save (their error was raised
+    as one OutputError), should one be collected after :func:`_settle_abandoned_work`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "orbax" not in f"{record.msg} {record.args} {record.exc_info}"
+
+
+_ORBAX_LEFTOVERS = _OrbaxLeftovers()
+
+
+def _settle_abandoned_work() -> None:
+    """Close the coroutines a failed orbax save left suspended and mark the errors of the
+    tasks of its closed event loops as seen: collected later (at interpreter exit at the
+    latest), each would print a traceback."""
+    import asyncio
+
+    for obj in gc.get_objects():
+        if inspect.iscoroutine(obj) and obj.cr_frame is not None and "orbax" in obj.cr_code.co_filename:
+            with contextlib.suppress(BaseException):
+                obj.close()
+        elif isinstance(obj, asyncio.Future):
+            with contextlib.suppress(BaseException):
+                if obj.get_loop().is_closed() and obj.done() and not obj.cancelled():
+                    obj.exception()  # retrieved: no "Task exception was never retrieved"
+
+
+@contextlib.contextmanager
+def _one_line_failure(directory: Path, kept: bool = False) -> Iterator[None]:
+    """Run an orbax save (or manager set-up) whose operating-system failure is one
+    :class:`OutputError` naming ``directory``.
+
+    A failing save is loud: each orbax worker thread logs its exception with a traceback,
+    tensorstore prints the tracebacks of callbacks into a closed event loop, and abandoned
+    asyncio tasks print theirs when collected: hundreds to thousands of lines for one full
+    disk. The exception raised to the caller says it all, so during the save those loggers
+    and the hooks for exceptions in threads and finalizers are quiet; after a failure the
+    save's threads are waited for, its garbage collected and its temporary directories
+    removed (space back, nothing half-written) while they still are. ``kept``: an earlier
+    checkpoint stays usable (said in the message).
+    """
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    hooks = sys.excepthook, sys.unraisablehook, threading.excepthook
+    before = set(threading.enumerate())
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    sys.excepthook = sys.unraisablehook = threading.excepthook = _ignore
+    try:
+        yield
+    except Exception as exc:
+        code = _os_errno(exc)
+        for thread in set(threading.enumerate()) - before:
+            with contextlib.suppress(Exception):  # orbax's threads re-raise their error on join
+                threading.Thread.join(thread, timeout=30)
+        _settle_abandoned_work()
+        gc.collect()
+        logging.getLogger("asyncio").addFilter(_ORBAX_LEFTOVERS)  # once: filters are a set
+        for tmp in Path(directory).glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if code is None:
+            raise
+        reason = f"{os.strerror(code)} ({errno.errorcode.get(code, code)}) while saving a checkpoint"
+        raise OutputError(directory, reason + ("; the previous checkpoint is kept" if kept else "")) from None
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        sys.excepthook, sys.unraisablehook, threading.excepthook = hooks
+
+
 def _abstract(tree):
     import jax
     import orbax.checkpoint as ocp
@@ -52,8 +156,17 @@ class CheckpointStore:
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
-        self.latest = _manager(self.directory / LATEST, max_to_keep=1)
-        self.best = _manager(self.directory / BEST, max_to_keep=None)
+        with _one_line_failure(self.directory / LATEST):
+            self.latest = _manager(self.directory / LATEST, max_to_keep=1)
+        with _one_line_failure(self.directory / BEST):
+            self.best = _manager(self.directory / BEST, max_to_keep=None)
+
+    def empty(self) -> bool:
+        """No checkpoint at all (nothing a re-run could resume or use); False when unsure."""
+        try:
+            return self.latest.latest_step() is None and not self.best.all_steps()
+        except Exception:
+            return False
 
     # -- latest
     def latest_step(self) -> int | None:
@@ -66,8 +179,9 @@ class CheckpointStore:
         step = (self.latest_step() or 0) + 1
         items = {k: ocp.args.StandardSave(v) for k, v in state.items() if v is not None}
         items["meta"] = ocp.args.JsonSave(meta)
-        self.latest.save(step, args=ocp.args.Composite(**items))
-        self.latest.wait_until_finished()
+        with _one_line_failure(self.directory / LATEST, kept=step > 1):
+            self.latest.save(step, args=ocp.args.Composite(**items))
+            self.latest.wait_until_finished()
         return step
 
     def restore_latest(self, like: dict) -> tuple[dict, dict] | None:
@@ -95,8 +209,9 @@ class CheckpointStore:
         items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
         if ema_params is not None:
             items["ema_params"] = ocp.args.StandardSave(ema_params)
-        self.best.save(epoch, args=ocp.args.Composite(**items))
-        self.best.wait_until_finished()
+        with _one_line_failure(self.directory / BEST, kept=bool(self.best.all_steps())):
+            self.best.save(epoch, args=ocp.args.Composite(**items))
+            self.best.wait_until_finished()
 
     def prune_best(self, keep: int | None) -> None:
         """Delete every best checkpoint except epoch ``keep`` (None: delete all)."""

@@ -18,7 +18,9 @@ of this invocation ("time_limit"), SIGTERM or SIGINT ("interrupted": the current
 finished and a ``latest`` checkpoint written; a second SIGINT aborts at once). A non-finite
 loss or gradient raises :class:`TrainingDiverged` naming the epoch, step and structures of
 the batch; the state of the bad step is not kept and no checkpoint is written, so the
-last good one stays. Exit codes for a CLI: :data:`EXIT_CODES`.
+last good one stays. Exit codes for a CLI: :data:`EXIT_CODES`. A run that fails before its
+first checkpoint removes what it created (:mod:`.rundir`): nothing to resume, nothing to
+mistake for a result.
 
 Devices: with one device a step is one batch. With ``training.data_parallel: auto`` and
 ``n > 1`` local devices a step takes up to ``n`` consecutive batches of one shape, one per
@@ -41,8 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError
-from ..fileio import atomic_write
+from ..errors import ConfigError, TrainingDiverged
+from ..fileio import atomic_write, writing
 from ..units import CANONICAL
 from .checkpoint import CheckpointStore
 from .config import Config, config_changes
@@ -61,6 +63,7 @@ from .losses import (
 from .monitor import CompileCounter, cache_size
 from .optim import Plateau, make_optimizer, schedule_fn
 from .parallel import DataParallel
+from .rundir import entries_before, remove_fresh_run
 from .state import init_state, make_eval_step, make_forward, make_train_step
 
 #: process exit codes for the statuses :func:`train` returns; "interrupted" (SIGTERM/SIGINT,
@@ -69,10 +72,6 @@ from .state import init_state, make_eval_step, make_forward, make_train_step
 EXIT_INTERRUPTED = 75
 EXIT_CODES = {"completed": 0, "early_stopped": 0, "time_limit": 0, "interrupted": EXIT_INTERRUPTED}
 META_VERSION = 1
-
-
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient (one-line message with epoch, step and structures)."""
 
 
 # ----------------------------------------------------------------------------- signals
@@ -234,25 +233,36 @@ def train(
     devices each step ran on).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runlog = RunLog(run_dir / "train.log", progress)
+    before = entries_before(run_dir)
+    with writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    runlog = None
     store = None
     stop = _StopFlag()
     try:
+        runlog = RunLog(run_dir / "train.log", progress)
         store = CheckpointStore(run_dir / "checkpoints")
         with _signal_handlers(stop):
             return _Run(run_dir, model, config, train_loader, valid_loader, element_energies,
                         forward, metadata, runlog, store, stop, on_step).run()
-    except TrainingDiverged as exc:
-        runlog.line(f"stopped: {exc}")
-        raise
-    except Exception as exc:
-        runlog.line(f"error: {type(exc).__name__}: {exc}")
+    except BaseException as exc:
+        if runlog is not None:
+            runlog.note(f"stopped: {exc}" if isinstance(exc, TrainingDiverged)
+                        else f"error: {type(exc).__name__}: {exc}")
+        if store is None or store.empty():  # failed before its first checkpoint: leave nothing
+            _close(runlog, store)
+            runlog = store = None
+            remove_fresh_run(run_dir, before)
         raise
     finally:
+        _close(runlog, store)
+
+
+def _close(runlog: RunLog | None, store: CheckpointStore | None) -> None:
+    if runlog is not None:
         runlog.close()
-        if store is not None:
-            store.close()
+    if store is not None:
+        store.close()
 
 
 class _Run:

@@ -16,7 +16,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..fileio import atomic_write
+from ..errors import OutputError
+from ..fileio import atomic_write, writing
 
 log = logging.getLogger("mmlwf.training")
 
@@ -64,19 +65,29 @@ class RunLog:
 
     def __init__(self, path: str | os.PathLike, progress: bool | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed by close())
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed by close())
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
         self.bar = None
 
     def line(self, message: str) -> None:
         text = " ".join(str(message).split())
-        self.fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+        with writing(self.path):
+            self.fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
         if self.bar is not None:
             self.bar.clear()
         log.info(text)
         if self.bar is not None:
             self.bar.refresh()
+
+    def note(self, message: str) -> None:
+        """:meth:`line` as far as the log can still be written (the note of a failure, which
+        may be a full disk: the failure itself is what the caller reports)."""
+        try:
+            self.line(message)
+        except (OSError, OutputError):
+            pass
 
     def start_bar(self, total: int, initial: int, desc: str) -> None:
         if not self.progress:
@@ -98,7 +109,10 @@ class RunLog:
 
     def close(self) -> None:
         self.close_bar()
-        self.fh.close()
+        try:
+            self.fh.close()
+        except OSError:  # a line that could not be written (disk full) was reported by line()
+            pass
 
 
 def format_metrics(row: dict, keys: Iterable[str]) -> str:
