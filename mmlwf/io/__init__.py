@@ -65,6 +65,11 @@ class Source:
             raise DataError("empty file", path=self.path)
 
     @property
+    def format_name(self) -> str:
+        """The format as a user names it (the manifest records it): :attr:`format` here."""
+        return self.format
+
+    @property
     def units(self) -> SourceUnits:
         """Units the source is stored in, as far as the format or file says."""
         return DEFAULT_UNITS[self.format]
@@ -112,6 +117,7 @@ def open_source(
 
     detected = fmt is None
     fmt = (fmt or detect_format(path)).lower()
+    named = None if detected else fmt
     if fmt in ("extxyz", "xyz"):
         fmt = "ase"
     if detected and fmt == "npz" and _npz_is_dcmnet(path):
@@ -123,6 +129,8 @@ def open_source(
         raise ConfigError(f"unknown format '{fmt}' (known: {', '.join(FORMATS)}, extxyz)")
     if fmt in _WITH_OPTIONS:
         return readers[fmt](path, keys, **options)
+    if fmt == "ase":
+        return AseSource(path, keys, named=named)
     return readers[fmt](path, keys)
 
 

@@ -3,22 +3,32 @@
 The history is kept in memory, saved inside every ``latest`` checkpoint, and ``history.csv``
 is rewritten from it atomically after each epoch. A resumed run starts from the history of
 the checkpoint it resumes, so every epoch appears exactly once whatever was interrupted.
+
+After ``wall_time_s`` (seconds since the run began, resumed runs included) each row gives
+the cost of its epoch (:data:`COST_COLUMNS`): ``train_structures_per_s`` and
+``train_atoms_per_s``, the real (unpadded) structures and atoms of the epoch's training
+batches per second of its training loop (the steps, the batch loading they wait for and, in
+the first epoch, the train step's XLA compilation; validation and checkpoints excluded);
+``padding_efficiency``, real atoms / padded atom
+slots of those batches (0..1); ``xla_compilations``, XLA compilations since this invocation
+of the training started (cumulative; a resumed run counts from its restart).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import logging
 import os
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..fileio import atomic_write
+from .progress import TrainingProgress
 
-log = logging.getLogger("mmlwf.training")
+#: the per-epoch cost columns of history.csv (see the module doc), after ``wall_time_s``
+COST_COLUMNS = ("train_structures_per_s", "train_atoms_per_s", "padding_efficiency", "xla_compilations")
+_INTEGER_COLUMNS = ("epoch", "step", "xla_compilations")
 
 
 def _cell(value) -> str:
@@ -41,7 +51,8 @@ def write_history(path: str | os.PathLike, rows: Sequence[dict], columns: Sequen
 
 
 def read_history(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``history.csv`` as dicts of floats (``epoch``/``step`` as int, empty as None)."""
+    """Rows of a ``history.csv`` as dicts of floats (``epoch``, ``step``, ``xla_compilations``
+    as int, empty as None)."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     out = []
@@ -50,7 +61,7 @@ def read_history(path: str | os.PathLike) -> list[dict]:
         for k, v in r.items():
             if v == "":
                 d[k] = None
-            elif k in ("epoch", "step"):
+            elif k in _INTEGER_COLUMNS:
                 d[k] = int(v)
             else:
                 d[k] = float(v)
@@ -59,45 +70,24 @@ def read_history(path: str | os.PathLike) -> list[dict]:
 
 
 class RunLog:
-    """Plain lines to ``train.log`` (appended, flushed per line) and the ``mmlwf.training``
-    logger; a tqdm bar over each epoch's batches only when stderr is a terminal."""
+    """Plain lines to ``train.log`` (appended, flushed per line); what reaches the terminal
+    is up to ``progress`` (:class:`~mmlwf.training.progress.TrainingProgress`)."""
 
-    def __init__(self, path: str | os.PathLike, progress: bool | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, progress: TrainingProgress | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fh = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed by close())
-        self.progress = sys.stderr.isatty() if progress is None else bool(progress)
-        self.bar = None
+        self.progress = progress or TrainingProgress(False)
 
-    def line(self, message: str) -> None:
+    def line(self, message: str, terminal: bool = True) -> None:
+        """``message`` to ``train.log`` and, when ``terminal``, to the terminal."""
         text = " ".join(str(message).split())
         self.fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-        if self.bar is not None:
-            self.bar.clear()
-        log.info(text)
-        if self.bar is not None:
-            self.bar.refresh()
-
-    def start_bar(self, total: int, initial: int, desc: str) -> None:
-        if not self.progress:
-            return
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
-
-    def advance(self, n: int = 1, loss: float | None = None) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-            if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-
-    def close_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        if terminal:
+            self.progress.say(text)
 
     def close(self) -> None:
-        self.close_bar()
+        self.progress.close()
         self.fh.close()
 
 
