@@ -129,8 +129,8 @@ def open_source(
         raise ConfigError(f"unknown format '{fmt}' (known: {', '.join(FORMATS)}, extxyz)")
     if fmt in _WITH_OPTIONS:
         return readers[fmt](path, keys, **options)
-    if fmt == "ase":
-        return AseSource(path, keys, named=named)
+    if fmt == "ase":  # --format extxyz/xyz: read as extxyz (which reads plain xyz too), whatever the suffix
+        return AseSource(path, keys, ase_format="extxyz" if named in ("extxyz", "xyz") else None, named=named)
     return readers[fmt](path, keys)
 
 
