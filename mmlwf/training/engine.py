@@ -46,7 +46,7 @@ from ..fileio import atomic_write
 from ..units import CANONICAL
 from .checkpoint import CheckpointStore
 from .config import Config, config_changes
-from .history import COST_COLUMNS, RunLog, format_metrics, write_history
+from .history import COST_COLUMNS, RunLog, count_batch, epoch_cost, format_metrics, write_history
 from .losses import (
     TERMS,
     available_terms,
@@ -364,8 +364,7 @@ class _Run:
 
     @staticmethod
     def empty_acc() -> dict:
-        # structures, atoms, atom slots of the epoch's training batches, seconds of its loop
-        return {"loss_sum": 0.0, "n": 0, "sums": {}, "structures": 0, "atoms": 0, "slots": 0, "train_s": 0.0}
+        return {"loss_sum": 0.0, "n": 0, "sums": {}}  # + the cost sums of history.count_batch
 
     def resume(self) -> None:
         import jax
@@ -522,18 +521,15 @@ class _Run:
         factor = np.float32(m["plateau"]["factor"])
         bar = self.log.progress
         bar.start_epoch(epoch, cfg.max_epochs, n, m["batch"])
-        hist = m["history"]
-        last_valid = next((r["valid_loss"] for r in reversed(hist) if r.get("valid_loss") is not None), None)
+        last_valid = next((r["valid_loss"] for r in reversed(m["history"]) if r.get("valid_loss") is not None), None)
         acc = m["acc"]
         pending = None
         interrupted = None
         t_loop = time.perf_counter()
         try:
             for group, dev in self.steps(batches):
-                for b in group:  # the cost columns: real structures and atoms, atom slots
-                    acc["structures"] = acc.get("structures", 0) + int(np.count_nonzero(b["graph_mask"]))
-                    acc["atoms"] = acc.get("atoms", 0) + int(np.count_nonzero(b["atom_mask"]))
-                    acc["slots"] = acc.get("slots", 0) + int(b["atom_mask"].shape[0])
+                for b in group:
+                    count_batch(acc, b)
                 self.state, metrics = self.train_step(self.state, dev, factor)
                 if pending is not None:
                     self.check(pending)  # the previous step, while this one runs
@@ -598,7 +594,7 @@ class _Run:
             m["plateau"] = plateau.to_dict()
         m["epoch"], m["batch"], m["acc"] = epoch_no, 0, self.empty_acc()
         row["wall_time_s"] = self.wall()
-        row.update(self.cost(acc))
+        row.update(epoch_cost(acc, self.compiles.count))
         m["history"].append(_json_ready(row))
         write_history(self.run_dir / "history.csv", m["history"], self.columns)
         status = self.done_reason()
@@ -619,11 +615,3 @@ class _Run:
         if epoch_no == 1:
             self.log.line(self.compile_note(), terminal=verbose)
         return status
-
-    def cost(self, acc: Mapping) -> dict:
-        """The :data:`~mmlwf.training.history.COST_COLUMNS` of the epoch summed in ``acc``."""
-        seconds, slots = acc.get("train_s", 0.0), acc.get("slots", 0)
-        return {"train_structures_per_s": acc.get("structures", 0) / seconds if seconds > 0 else None,
-                "train_atoms_per_s": acc.get("atoms", 0) / seconds if seconds > 0 else None,
-                "padding_efficiency": acc.get("atoms", 0) / slots if slots else None,
-                "xla_compilations": self.compiles.count}

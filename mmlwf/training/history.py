@@ -20,8 +20,10 @@ import csv
 import io
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from ..fileio import atomic_write
 from .progress import TrainingProgress
@@ -48,6 +50,24 @@ def write_history(path: str | os.PathLike, rows: Sequence[dict], columns: Sequen
         writer.writerow([_cell(row.get(c)) for c in columns])
     with atomic_write(path) as fh:
         fh.write(buf.getvalue())
+
+
+def count_batch(acc: dict, batch: Mapping) -> None:
+    """Add a training batch's real structures, real atoms and atom slots to the epoch sums
+    ``acc`` (kept in the checkpoints: an epoch resumed midway counts all its batches)."""
+    acc["structures"] = acc.get("structures", 0) + int(np.count_nonzero(batch["graph_mask"]))
+    acc["atoms"] = acc.get("atoms", 0) + int(np.count_nonzero(batch["atom_mask"]))
+    acc["slots"] = acc.get("slots", 0) + int(np.shape(batch["atom_mask"])[0])
+
+
+def epoch_cost(acc: Mapping, compilations: int) -> dict:
+    """The :data:`COST_COLUMNS` of an epoch from its sums ``acc`` (``train_s``: seconds of its
+    training loop) and the XLA compilations so far."""
+    seconds, slots = acc.get("train_s", 0.0), acc.get("slots", 0)
+    return {"train_structures_per_s": acc.get("structures", 0) / seconds if seconds > 0 else None,
+            "train_atoms_per_s": acc.get("atoms", 0) / seconds if seconds > 0 else None,
+            "padding_efficiency": acc.get("atoms", 0) / slots if slots else None,
+            "xla_compilations": int(compilations)}
 
 
 def read_history(path: str | os.PathLike) -> list[dict]:
