@@ -164,10 +164,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training import exit_code
+    from .training.progress import terminal_lines
     from .training.runner import run_training
 
-    summary = run_training(args.config, args.data, args.split, args.stats, args.output, overrides=args.set,
-                           progress=args.progress or None)
+    with terminal_lines():
+        summary = run_training(args.config, args.data, args.split, args.stats, args.output, overrides=args.set,
+                               progress=args.progress or None, verbose=args.verbose,
+                               summary_every=args.summary_every)
     last = summary.get("last") or {}
     shown = ", ".join(f"{k} {v:.5g}" for k, v in last.items() if k.startswith("valid_") and isinstance(v, float))
     print(f"{summary['status']}: {summary['epochs']} epochs, best epoch {summary['best_epoch']}; {shown}")
@@ -363,7 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="RUN", help="run directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. training.max_epochs=5; repeatable")
-    p.add_argument("--progress", action="store_true", help="progress bar even when not on a terminal")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bar even when not on a terminal (redrawn once per --summary-every there)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="a line per epoch in the terminal (train.log and history.csv always have them)")
+    p.add_argument("--summary-every", type=float, metavar="SECONDS",
+                   help="at most one summary line per SECONDS, besides the first and last epoch's "
+                   "(default: one a minute)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("bench", help="measure a part of the pipeline (loader)")

@@ -90,7 +90,7 @@ def convert(
                         "path": where,
                         "name": src.path.name,
                         "sha256": hasher.result(k),
-                        "format": src.format,
+                        "format": src.format_name,
                         "units": units.as_dict(),
                         "n_molecules": count,
                         "first_index": before,

@@ -127,12 +127,14 @@ def format_info(info: dict) -> str:
         lines.append("")
         lines.append("sources")
         rows = []
+        asked = (info.get("converter") or {}).get("format")  # --format, of datasets that recorded "ase"
         for src in sources:
             if isinstance(src, dict):
                 sha = str(src.get("sha256") or "")
+                fmt = src.get("format")
                 rows.append([
                     str(src.get("name") or src.get("path") or "?"),
-                    str(src.get("format") or "-"),
+                    str((asked if fmt == "ase" and asked else fmt) or "-"),
                     f"{src['n_molecules']:,}" if isinstance(src.get("n_molecules"), int) else "-",
                     sha[:12] or "-",
                 ])

@@ -52,7 +52,10 @@ def _terminate(signum, frame):  # SIGTERM (snakemake cancel, cluster pre-emption
 
 @contextlib.contextmanager
 def log_to(path: str | os.PathLike, level: int = logging.INFO) -> Iterator[None]:
-    """Tee stdout, stderr and logging to ``path``; expected errors exit 1 with one line."""
+    """Tee stdout, stderr and logging to ``path``; expected errors exit 1 with one line.
+
+    mmlwf's messages from ``level`` up are shown, other libraries' (JAX, orbax) from WARNING
+    up only: their INFO lines (e.g. JAX probing for a TPU) are noise in a rule's log."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
@@ -61,9 +64,9 @@ def log_to(path: str | os.PathLike, level: int = logging.INFO) -> Iterator[None]
         sys.stdout, sys.stderr = _Tee(old_out, fh), _Tee(old_err, fh)
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        old_level = root.level
+        old_level = log.level
         root.addHandler(handler)
-        root.setLevel(level)
+        log.setLevel(level)
         old_term = signal.signal(signal.SIGTERM, _terminate)
         try:
             yield
@@ -76,7 +79,7 @@ def log_to(path: str | os.PathLike, level: int = logging.INFO) -> Iterator[None]
         finally:
             signal.signal(signal.SIGTERM, old_term)
             root.removeHandler(handler)
-            root.setLevel(old_level)
+            log.setLevel(old_level)
             sys.stdout, sys.stderr = old_out, old_err
 
 

@@ -69,6 +69,11 @@ class Source:
             raise DataError("empty file", path=self.path)
 
     @property
+    def format_name(self) -> str:
+        """The format as a user names it (the manifest records it): :attr:`format` here."""
+        return self.format
+
+    @property
     def units(self) -> SourceUnits:
         """Units the source is stored in, as far as the format or file says."""
         return DEFAULT_UNITS[self.format]
@@ -128,8 +133,9 @@ def open_source(
 
     detected = fmt is None
     fmt = (fmt or detect_format(path)).lower()
-    if fmt in ("extxyz", "xyz"):  # ASE's extxyz reader, which reads plain xyz too
-        return AseSource(path, keys, ase_format="extxyz")
+    named = None if detected else fmt
+    if fmt in ("extxyz", "xyz"):
+        fmt = "ase"
     if detected and fmt == "npz" and _npz_is_dcmnet(path):
         fmt = "dcmnet-npz"
     readers = {"npz": NpzSource, "ase": AseSource, "db": AseDbSource, "hdf5": Hdf5Source,
@@ -139,6 +145,8 @@ def open_source(
         raise ConfigError(f"unknown format '{fmt}' (known: {', '.join(FORMATS)}, extxyz)")
     if fmt in _WITH_OPTIONS:
         return readers[fmt](path, keys, **options)
+    if fmt == "ase":  # --format extxyz/xyz: read as extxyz (which reads plain xyz too), whatever the suffix
+        return AseSource(path, keys, ase_format="extxyz" if named in ("extxyz", "xyz") else None, named=named)
     return readers[fmt](path, keys)
 
 

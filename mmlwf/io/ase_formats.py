@@ -112,10 +112,26 @@ class AseSource(Source):
 
     format = "ase"
 
-    def __init__(self, path, keys=None, ase_format: str | None = None):
+    def __init__(self, path, keys=None, ase_format: str | None = None, named: str | None = None):
         super().__init__(path, keys)
         self.ase_format = ase_format
         check_before_ase(self.path, ase_format, self.fail)
+        self.named = named
+
+    @property
+    def format_name(self) -> str:
+        """The format the user named (``--format extxyz``), else the one :mod:`ase.io`
+        detects (``extxyz``, ``traj``, ``gaussian-out`` ...), else ``ase``."""
+        if self.named not in (None, "ase"):
+            return self.named
+        if self.ase_format:
+            return self.ase_format
+        from ase.io.formats import UnknownFileTypeError, filetype
+
+        try:
+            return filetype(str(self.path))
+        except (UnknownFileTypeError, OSError, ValueError):
+            return self.format
 
     def __iter__(self) -> Iterator[Structure]:
         import ase.io

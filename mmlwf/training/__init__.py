@@ -5,7 +5,8 @@ Entry point: :func:`train`. Modules: :mod:`.config` (YAML config and overrides),
 :mod:`.losses` (targets, forces, masked losses and metrics), :mod:`.optim` (optimisers,
 schedules, plateau), :mod:`.state` (jitted train/eval steps), :mod:`.checkpoint` (orbax
 latest/best, :func:`load_params`), :mod:`.history` (history.csv, train.log),
-:mod:`.monitor` (XLA compilation count), :mod:`.data` (loaders from the workflow's files),
+:mod:`.monitor` (XLA compilation count), :mod:`.progress` (what the terminal shows: a bar,
+summary lines), :mod:`.data` (loaders from the workflow's files),
 :mod:`.parallel` (data parallelism over the local devices), :mod:`.engine` (the loop).
 """
 

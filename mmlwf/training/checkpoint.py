@@ -40,16 +40,15 @@ def _quiet_orbax() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _manager(directory: Path, max_to_keep: int | None, read_only: bool = False):
+def _manager(directory: Path, max_to_keep: int | None):
     import orbax.checkpoint as ocp
 
     _quiet_orbax()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         enable_async_checkpointing=False,  # a save has returned = it is on disk
-        cleanup_tmp_directories=not read_only,  # left over by a killed save
-        create=not read_only,
-        read_only=read_only,
+        cleanup_tmp_directories=True,  # left over by a killed save
+        create=True,
     )
     return ocp.CheckpointManager(Path(directory).absolute(),  # orbax needs absolute paths
                                  options=options, item_names=_ITEMS)
@@ -144,6 +143,32 @@ def _one_line_failure(directory: Path, kept: bool = False) -> Iterator[None]:
         sys.excepthook, sys.unraisablehook, threading.excepthook = hooks
 
 
+class _Reader:
+    """Reads the finished steps of a checkpoint directory and writes nothing (for evaluation,
+    export, MD: the run may be read-only). Not a read-only ``CheckpointManager``, which logs
+    absl warnings on every open."""
+
+    def __init__(self, directory: Path) -> None:
+        import orbax.checkpoint as ocp
+
+        _quiet_orbax()
+        self.directory = Path(directory).absolute()
+        self.checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+    def latest_step(self) -> int | None:
+        import orbax.checkpoint as ocp
+
+        if not self.directory.is_dir():
+            return None
+        return max(ocp.path.step.checkpoint_steps(self.directory), default=None)  # finished steps only
+
+    def restore(self, step: int, args):
+        return self.checkpointer.restore(self.directory / str(step), args=args)
+
+    def close(self) -> None:
+        self.checkpointer.close()
+
+
 def _abstract(tree):
     import jax
     import orbax.checkpoint as ocp
@@ -228,7 +253,7 @@ def checkpoint_meta(run_dir: str | os.PathLike, which: str = BEST) -> dict:
     """The JSON ``meta`` item of the ``best`` or ``latest`` checkpoint of a run."""
     import orbax.checkpoint as ocp
 
-    mngr = _manager(Path(run_dir) / "checkpoints" / which, None, read_only=True)
+    mngr = _Reader(Path(run_dir) / "checkpoints" / which)
     try:
         step = mngr.latest_step()
         if step is None:
@@ -251,7 +276,7 @@ def load_params(run_dir: str | os.PathLike, which: str = BEST, *, ema: bool | No
     run_dir = Path(run_dir)
     with open(run_dir / "model.json") as fh:
         info = json.load(fh)
-    mngr = _manager(run_dir / "checkpoints" / which, None, read_only=True)
+    mngr = _Reader(run_dir / "checkpoints" / which)
     try:
         step = mngr.latest_step()
         if step is None:

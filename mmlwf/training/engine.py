@@ -3,8 +3,8 @@
 Run directory::
 
     config.yaml      the resolved config            model.json   model config, units, element energies
-    checkpoints/     latest/ (resume), best/        history.csv  one row per epoch
-    train.log        plain lines (a tqdm bar on a terminal only)
+    checkpoints/     latest/ (resume), best/        history.csv  one row per epoch (metrics, cost)
+    train.log        a line per epoch and the run's notes (the terminal: :mod:`.progress`)
 
 Resume: calling :func:`train` again on the same directory continues from ``latest``:
 parameters, optimiser state (accumulated gradients included), EMA, counters, RNG key,
@@ -48,7 +48,7 @@ from ..fileio import atomic_write, writing
 from ..units import CANONICAL
 from .checkpoint import CheckpointStore
 from .config import Config, config_changes
-from .history import RunLog, format_metrics, write_history
+from .history import COST_COLUMNS, RunLog, count_batch, epoch_cost, format_metrics, write_history
 from .losses import (
     TERMS,
     available_terms,
@@ -63,6 +63,7 @@ from .losses import (
 from .monitor import CompileCounter, cache_size
 from .optim import Plateau, make_optimizer, schedule_fn
 from .parallel import DataParallel
+from .progress import TrainingProgress, summary_line
 from .rundir import entries_before, remove_fresh_run
 from .state import init_state, make_eval_step, make_forward, make_train_step
 
@@ -210,6 +211,8 @@ def train(
     metadata: Mapping | None = None,
     progress: bool | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    verbose: bool = False,
+    summary_every: float | None = None,
 ) -> dict:
     """Train ``model`` in ``run_dir`` (or resume the run there) and return a summary.
 
@@ -224,6 +227,8 @@ def train(
     model's outputs, energies and forces or an ``esp`` (default: autodiff forces of
     ``model.apply``; :func:`~mmlwf.models.dcmnet.forward` for DCMNet). ``metadata``: extra
     entries for ``model.json``. ``progress``: tqdm bar (default: when stderr is a terminal).
+    ``verbose``: every epoch's line in the terminal, not only a summary line every
+    ``summary_every`` seconds (None: the default of :mod:`.progress`).
     ``on_step(epoch, batches_done)``: called after each step (epoch counted from 0; loader
     batches done of the epoch: one more per step on one device, up to ``n`` with ``n``).
 
@@ -240,7 +245,7 @@ def train(
     store = None
     stop = _StopFlag()
     try:
-        runlog = RunLog(run_dir / "train.log", progress)
+        runlog = RunLog(run_dir / "train.log", TrainingProgress(progress, verbose=verbose, summary_every=summary_every))
         store = CheckpointStore(run_dir / "checkpoints")
         with _signal_handlers(stop):
             return _Run(run_dir, model, config, train_loader, valid_loader, element_energies,
@@ -346,7 +351,7 @@ class _Run:
         self.columns = (["epoch", "step", "train_loss"] + metric_columns(self.terms, "train")
                         + (["valid_loss"] + metric_columns(self.valid_terms, "valid")
                            if self.valid_loader is not None else [])
-                        + ["learning_rate", "wall_time_s"])
+                        + ["learning_rate", "wall_time_s", *COST_COLUMNS])
 
     def fresh_meta(self) -> dict:
         return {
@@ -369,7 +374,7 @@ class _Run:
 
     @staticmethod
     def empty_acc() -> dict:
-        return {"loss_sum": 0.0, "n": 0, "sums": {}}
+        return {"loss_sum": 0.0, "n": 0, "sums": {}}  # + the cost sums of history.count_batch
 
     def resume(self) -> None:
         import jax
@@ -503,7 +508,8 @@ class _Run:
             status = self.run_epoch(deadline)
             if status is not None:
                 break
-        self.log.line(f"{status} after epoch {self.meta['epoch']} (+{self.meta['batch']} batches), "
+        extra = f" (+{self.meta['batch']} batches)" if self.meta["batch"] else ""
+        self.log.line(f"{status} after epoch {self.meta['epoch']}{extra}, "
                       f"step {self.meta['step']}; best epoch {self.meta['best_epoch']}; {self.compile_note()}")
         return self.summary(status)
 
@@ -523,11 +529,17 @@ class _Run:
         epoch = m["epoch"]
         n, batches = _epoch_batches(self.train_loader, epoch, m["batch"])
         factor = np.float32(m["plateau"]["factor"])
-        self.log.start_bar(n, m["batch"], f"epoch {epoch + 1}/{cfg.max_epochs}")
+        bar = self.log.progress
+        bar.start_epoch(epoch, cfg.max_epochs, n, m["batch"])
+        last_valid = next((r["valid_loss"] for r in reversed(m["history"]) if r.get("valid_loss") is not None), None)
+        acc = m["acc"]
         pending = None
         interrupted = None
+        t_loop = time.perf_counter()
         try:
             for group, dev in self.steps(batches):
+                for b in group:
+                    count_batch(acc, b)
                 self.state, metrics = self.train_step(self.state, dev, factor)
                 if pending is not None:
                     self.check(pending)  # the previous step, while this one runs
@@ -535,7 +547,7 @@ class _Run:
                 m["step"] += 1
                 pending = (epoch, m["batch"], m["step"], [(b["index"], b.get("dataset", 0)) for b in group],
                            metrics)
-                self.log.advance(len(group))
+                bar.advance(len(group), acc["loss_sum"] / acc["n"] if acc["n"] else None, last_valid)
                 if self.on_step is not None:
                     self.on_step(epoch, m["batch"])
                 if self.stop.signum is not None:
@@ -547,7 +559,7 @@ class _Run:
             if pending is not None:
                 self.check(pending)
         finally:
-            self.log.close_bar()
+            acc["train_s"] = acc.get("train_s", 0.0) + (time.perf_counter() - t_loop)
         if interrupted:
             why = self.stop.name if interrupted == "interrupted" else f"max_time_min={cfg.max_time_min:g}"
             self.save_latest(interrupted)
@@ -592,6 +604,7 @@ class _Run:
             m["plateau"] = plateau.to_dict()
         m["epoch"], m["batch"], m["acc"] = epoch_no, 0, self.empty_acc()
         row["wall_time_s"] = self.wall()
+        row.update(epoch_cost(acc, self.compiles.count))
         m["history"].append(_json_ready(row))
         write_history(self.run_dir / "history.csv", m["history"], self.columns)
         status = self.done_reason()
@@ -603,9 +616,12 @@ class _Run:
             self.save_latest(status or "running")
         keys = ["train_loss", "valid_loss", "valid_energy_mae_eV", "valid_forces_mae_eV_per_A",
                 "valid_esp_rmse_kcal_per_mol_e", "learning_rate"]
+        verbose = self.log.progress.verbose
         self.log.line(f"epoch {epoch_no}/{cfg.max_epochs} {format_metrics(row, keys)} "
                       f"time={row['wall_time_s']:.1f}s compilations={self.compiles.count}"
-                      + (" *best" if improved else ""))
-        if epoch_no == 1 or status is not None:
-            self.log.line(self.compile_note())
+                      + (" *best" if improved else ""), terminal=verbose)
+        if not verbose and self.log.progress.summary_due(epoch_no, status is not None):
+            self.log.progress.say(summary_line(row, cfg.max_epochs, m["best_epoch"], m["best_loss"]))
+        if epoch_no == 1:
+            self.log.line(self.compile_note(), terminal=verbose)
         return status

@@ -3,23 +3,35 @@
 The history is kept in memory, saved inside every ``latest`` checkpoint, and ``history.csv``
 is rewritten from it atomically after each epoch. A resumed run starts from the history of
 the checkpoint it resumes, so every epoch appears exactly once whatever was interrupted.
+
+After ``wall_time_s`` (seconds since the run began, resumed runs included) each row gives
+the cost of its epoch (:data:`COST_COLUMNS`): ``train_structures_per_s`` and
+``train_atoms_per_s``, the real (unpadded) structures and atoms of the epoch's training
+batches per second of its training loop (the steps, the batch loading they wait for and, in
+the first epoch, the train step's XLA compilation; validation and checkpoints excluded);
+``padding_efficiency``, real atoms / padded atom
+slots of those batches (0..1); ``xla_compilations``, XLA compilations since this invocation
+of the training started (cumulative; a resumed run counts from its restart).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import logging
 import os
-import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import OutputError
 from ..fileio import atomic_write, writing
+from .progress import TrainingProgress
 
-log = logging.getLogger("mmlwf.training")
+#: the per-epoch cost columns of history.csv (see the module doc), after ``wall_time_s``
+COST_COLUMNS = ("train_structures_per_s", "train_atoms_per_s", "padding_efficiency", "xla_compilations")
+_INTEGER_COLUMNS = ("epoch", "step", "xla_compilations")
 
 
 def _cell(value) -> str:
@@ -41,8 +53,27 @@ def write_history(path: str | os.PathLike, rows: Sequence[dict], columns: Sequen
         fh.write(buf.getvalue())
 
 
+def count_batch(acc: dict, batch: Mapping) -> None:
+    """Add a training batch's real structures, real atoms and atom slots to the epoch sums
+    ``acc`` (kept in the checkpoints: an epoch resumed midway counts all its batches)."""
+    acc["structures"] = acc.get("structures", 0) + int(np.count_nonzero(batch["graph_mask"]))
+    acc["atoms"] = acc.get("atoms", 0) + int(np.count_nonzero(batch["atom_mask"]))
+    acc["slots"] = acc.get("slots", 0) + int(np.shape(batch["atom_mask"])[0])
+
+
+def epoch_cost(acc: Mapping, compilations: int) -> dict:
+    """The :data:`COST_COLUMNS` of an epoch from its sums ``acc`` (``train_s``: seconds of its
+    training loop) and the XLA compilations so far."""
+    seconds, slots = acc.get("train_s", 0.0), acc.get("slots", 0)
+    return {"train_structures_per_s": acc.get("structures", 0) / seconds if seconds > 0 else None,
+            "train_atoms_per_s": acc.get("atoms", 0) / seconds if seconds > 0 else None,
+            "padding_efficiency": acc.get("atoms", 0) / slots if slots else None,
+            "xla_compilations": int(compilations)}
+
+
 def read_history(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``history.csv`` as dicts of floats (``epoch``/``step`` as int, empty as None)."""
+    """Rows of a ``history.csv`` as dicts of floats (``epoch``, ``step``, ``xla_compilations``
+    as int, empty as None)."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     out = []
@@ -51,7 +82,7 @@ def read_history(path: str | os.PathLike) -> list[dict]:
         for k, v in r.items():
             if v == "":
                 d[k] = None
-            elif k in ("epoch", "step"):
+            elif k in _INTEGER_COLUMNS:
                 d[k] = int(v)
             else:
                 d[k] = float(v)
@@ -60,26 +91,23 @@ def read_history(path: str | os.PathLike) -> list[dict]:
 
 
 class RunLog:
-    """Plain lines to ``train.log`` (appended, flushed per line) and the ``mmlwf.training``
-    logger; a tqdm bar over each epoch's batches only when stderr is a terminal."""
+    """Plain lines to ``train.log`` (appended, flushed per line); what reaches the terminal
+    is up to ``progress`` (:class:`~mmlwf.training.progress.TrainingProgress`)."""
 
-    def __init__(self, path: str | os.PathLike, progress: bool | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, progress: TrainingProgress | None = None) -> None:
         self.path = Path(path)
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.fh = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed by close())
-        self.progress = sys.stderr.isatty() if progress is None else bool(progress)
-        self.bar = None
+        self.progress = progress or TrainingProgress(False)
 
-    def line(self, message: str) -> None:
+    def line(self, message: str, terminal: bool = True) -> None:
+        """``message`` to ``train.log`` and, when ``terminal``, to the terminal."""
         text = " ".join(str(message).split())
         with writing(self.path):
             self.fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-        if self.bar is not None:
-            self.bar.clear()
-        log.info(text)
-        if self.bar is not None:
-            self.bar.refresh()
+        if terminal:
+            self.progress.say(text)
 
     def note(self, message: str) -> None:
         """:meth:`line` as far as the log can still be written (the note of a failure, which
@@ -89,26 +117,8 @@ class RunLog:
         except (OSError, OutputError):
             pass
 
-    def start_bar(self, total: int, initial: int, desc: str) -> None:
-        if not self.progress:
-            return
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
-
-    def advance(self, n: int = 1, loss: float | None = None) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-            if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-
-    def close_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
     def close(self) -> None:
-        self.close_bar()
+        self.progress.close()
         try:
             self.fh.close()
         except OSError:  # a line that could not be written (disk full) was reported by line()

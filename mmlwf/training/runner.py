@@ -30,6 +30,8 @@ def run_training(
     prefetch: int = 4,
     workers: int = 2,
     progress: bool | None = None,
+    verbose: bool = False,
+    summary_every: float | None = None,
 ) -> dict:
     """Train (or resume) the model of ``config`` on the training split; return the summary.
 
@@ -37,6 +39,7 @@ def run_training(
     (ESP dataset; ``stats`` unused and may be None). A weighted mixture: lists of datasets,
     splits and stats with ``weights`` (each training split visited ``weight`` times per
     epoch); its element energies are fitted on the union of the training splits.
+    ``progress``, ``verbose``, ``summary_every``: what the terminal shows (:mod:`.progress`).
     """
     data, split = as_list(data), as_list(split)
     stats = None if stats is None else as_list(stats)
@@ -83,5 +86,7 @@ def run_training(
                                   for d, g, s, w in zip(data, digests, split, weights or [1.0] * len(data))]}
                      if mixture else {})},
         progress=progress,
+        verbose=verbose,
+        summary_every=summary_every,
     )
 
