@@ -337,7 +337,8 @@ class _Run:
         if loader_seed != cfg.seed:
             self.log.line(f"note: the training loader's seed ({loader_seed}) is not training.seed ({cfg.seed})")
         if skipped:
-            self.log.line(f"loss terms without data or model output, skipped: {', '.join(skipped)}")
+            self.log.line(f"loss terms without data or model output, skipped: {', '.join(skipped)}",
+                          terminal=False)  # every default run has some: train.log only
         self.valid_terms = self.terms
         if self.valid_loader is not None:
             vfirst = prepare_batch(_first_batch(self.valid_loader), self.table)

@@ -110,10 +110,10 @@ class RunLog:
             self.progress.say(text)
 
     def note(self, message: str) -> None:
-        """:meth:`line` as far as the log can still be written (the note of a failure, which
-        may be a full disk: the failure itself is what the caller reports)."""
+        """``message`` to ``train.log`` only, as far as it can still be written (the note of a
+        failure, which may be a full disk: the failure itself is what the caller reports, once)."""
         try:
-            self.line(message)
+            self.line(message, terminal=False)
         except (OSError, OutputError):
             pass
 
