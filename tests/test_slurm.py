@@ -174,8 +174,11 @@ def data_ready_copy(reference: Path, dest: Path) -> Path:
 
 
 def history_metrics(path: Path) -> pd.DataFrame:
-    """history.csv without its timing column (the only one that differs between equal runs)."""
-    return pd.read_csv(path).drop(columns=["wall_time_s"])
+    """history.csv without the columns that differ between equal runs (timings, compilations)."""
+    from mmlwf.training.history import RUN_DEPENDENT_COLUMNS
+
+    history = pd.read_csv(path)
+    return history.drop(columns=[c for c in RUN_DEPENDENT_COLUMNS if c in history])
 
 
 def assert_same_history(got: Path, expected: Path) -> None:

@@ -34,9 +34,9 @@ from mmlwf.training import (
     train,
 )
 
+from mmlwf.training.history import RUN_DEPENDENT_COLUMNS as RUN_DEPENDENT
+
 REPO = Path(__file__).resolve().parents[1]
-#: history.csv columns that depend on the machine and the process, not on the run's numbers
-RUN_DEPENDENT = ("wall_time_s", "train_structures_per_s", "train_atoms_per_s", "xla_compilations")
 CUTOFF = 3.0
 QREF = {1: 0.4, 6: -1.6, 8: -0.8}  # charges that make the reference dipoles
 BASE = {

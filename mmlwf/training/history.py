@@ -31,6 +31,9 @@ from .progress import TrainingProgress
 
 #: the per-epoch cost columns of history.csv (see the module doc), after ``wall_time_s``
 COST_COLUMNS = ("train_structures_per_s", "train_atoms_per_s", "padding_efficiency", "xla_compilations")
+#: the columns that differ between two runs of the same config and seed (time, and the
+#: compilations of the process: a resumed run compiles again); every other column is reproducible
+RUN_DEPENDENT_COLUMNS = ("wall_time_s", "train_structures_per_s", "train_atoms_per_s", "xla_compilations")
 _INTEGER_COLUMNS = ("epoch", "step", "xla_compilations")
 
 
