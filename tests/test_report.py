@@ -145,6 +145,16 @@ def _with_history_columns(run: Path, dest: Path, **columns) -> Path:
     return dest
 
 
+def _as_old_run(run: Path, dest: Path) -> Path:
+    """A copy of ``run`` as an mmlwf version before the cost columns wrote it (none in history.csv)."""
+    from mmlwf.training.history import COST_COLUMNS as HISTORY_COST_COLUMNS
+
+    shutil.copytree(run, dest)
+    h = pd.read_csv(dest / "history.csv")
+    h.drop(columns=[c for c in HISTORY_COST_COLUMNS if c in h]).to_csv(dest / "history.csv", index=False)
+    return dest
+
+
 def test_compare_table(runs, tmp_path):
     import jax
 
@@ -212,6 +222,7 @@ def test_report_comparison_leads_with_errors_in_field_units(runs, tmp_path):
     from mmlwf.analysis.report import ABSENT, write_report
 
     evaluated, bare = runs
+    evaluated = _as_old_run(evaluated, tmp_path / "old" / "evaluated")  # its cost: "—"
     fast = _with_history_columns(bare, tmp_path / "fast", train_structures_per_s=[40.0, 123.5],
                                  train_atoms_per_s=[160.0, 494.0], padding_efficiency=[0.5, 0.625],
                                  xla_compilations=[4, 5])
@@ -257,7 +268,8 @@ def test_compare_csv_carries_the_cost_columns(runs, tmp_path):
     fast = _with_history_columns(bare, tmp_path / "fast", train_structures_per_s=[40.0, 123.5],
                                  train_atoms_per_s=[160.0, 494.0], padding_efficiency=[0.5, 0.625],
                                  xla_compilations=[4, 5])
-    t = pd.read_csv(io.StringIO(_compare_csv(bare, fast, tmp_path)))
+    old = _as_old_run(bare, tmp_path / "old" / "bare")
+    t = pd.read_csv(io.StringIO(_compare_csv(old, fast, tmp_path)))
     assert t["train_structures_per_s"].isna().tolist() == [True, False]
     assert t["train_structures_per_s"].iloc[1] == 123.5 and t["xla_compilations"].iloc[1] == 5
     assert t["padding_efficiency"].iloc[1] == 0.625
