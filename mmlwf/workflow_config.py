@@ -43,6 +43,7 @@ from .settings import (
     EXPERIMENT_KEYS,
     MODELS,
     NAME_PATTERN,
+    DatasetSettings,
     SettingError,
     SplitSettings,
     TrainingSettings,
@@ -52,13 +53,13 @@ from .settings import (
     model_settings,
     parse,
 )
-from .settings.workflow import DEVICES
 from .settings.validate import check_config, load_schema
+from .settings.workflow import DEVICES, GRID_SECTIONS
 
 #: the model types an experiment may name (``model.type``)
 MODEL_TYPES = tuple(MODELS)
 #: the datasets' unit settings, by the quantity (:mod:`mmlwf.units`) they are a unit of
-UNIT_KEYS = {"energy_unit": "energy", "length_unit": "length", "dipole_unit": "dipole", "esp_unit": "esp"}
+UNIT_KEYS = {key: key.removesuffix("_unit") for key in DatasetSettings.model_fields if key.endswith("_unit")}
 
 
 def check_name(name: Any, where: str) -> str:
@@ -84,8 +85,9 @@ def _value_label(value: Any, where: str) -> str:
 
 def _set_dotted(exp: dict, key: str, value: Any, where: str) -> None:
     section, _, leaf = key.partition(".")
-    if section not in ("model", "training") or not re.fullmatch(r"[A-Za-z0-9_]+", leaf):
-        raise ConfigError(f"config '{where}': grid key '{key}' must be model.<key> or training.<key>")
+    if section not in GRID_SECTIONS or not re.fullmatch(r"[A-Za-z0-9_]+", leaf):
+        raise ConfigError(f"config '{where}': grid key '{key}' must be "
+                          f"{' or '.join(f'{s}.<key>' for s in GRID_SECTIONS)}")
     if not isinstance(exp.get(section) or {}, Mapping):
         return  # the schema names the section that is not a mapping
     exp[section] = {**(exp.get(section) or {}), leaf: copy.deepcopy(value)}
@@ -114,7 +116,7 @@ def expand_sweeps(sweeps: Mapping, experiments: Mapping) -> dict[str, dict]:
         else:
             base = {}
         for key, value in spec.items():
-            if key in ("model", "training") and isinstance(value, Mapping) and isinstance(base.get(key, {}), Mapping):
+            if key in GRID_SECTIONS and isinstance(value, Mapping) and isinstance(base.get(key, {}), Mapping):
                 base[key] = {**(base.get(key) or {}), **copy.deepcopy(dict(value))}
             else:
                 base[key] = copy.deepcopy(value)

@@ -59,6 +59,11 @@ def test_committed_schema_is_what_the_declarations_generate():
     assert gen.main(["--check", str(SCHEMA)]) == 0
 
 
+def test_the_schema_file_is_the_whole_generated_schema():
+    assert load_schema(SCHEMA) == gen.workflow_schema()
+    assert gen.new_file() == SCHEMA.read_text()
+
+
 def test_schema_check_fails_on_a_stale_schema(tmp_path, capsys):
     stale = tmp_path / "config.schema.yaml"
     stale.write_text(SCHEMA.read_text().replace("(default: 64)", "(default: 65)"))

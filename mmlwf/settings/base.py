@@ -171,7 +171,8 @@ def describe(cls: type[Settings], section: str) -> str:
     """A text table of the settings of ``cls``: name, default, meaning (with bounds)."""
     rows = []
     for name, f in cls.model_fields.items():
-        default = "null" if f.default is None else f.default
+        default = ("(required)" if f.is_required() else "(section)" if isinstance(f.default, Settings)
+                   else "null" if f.default is None else f.default)
         rows.append(f"  {name:<24} {default!s:<14} {help_text(f)}")
     return f"{section}:\n" + "\n".join(rows)
 

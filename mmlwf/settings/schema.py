@@ -15,7 +15,6 @@ rewrite every experiment's parameters.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 from types import NoneType, UnionType
@@ -30,8 +29,15 @@ from .models import DEFAULT_MODEL, MODELS
 from .training import TrainingSettings
 from .workflow import EvaluationSettings, ExperimentSettings, SweepSettings, WorkflowSettings
 
-#: the sections an experiment keeps as written, by their name in ``$defs`` (each model type, training)
-DECLARED: dict[str, type[Settings]] = {**MODELS, "training": TrainingSettings}
+
+def declared() -> dict[str, type[Settings]]:
+    """The sections an experiment keeps as written, by their name in ``$defs``: each model type
+    of :data:`mmlwf.settings.models.MODELS` (as registered now), and training."""
+    return {**MODELS, "training": TrainingSettings}
+
+
+#: :func:`declared` when this module was imported
+DECLARED: dict[str, type[Settings]] = declared()
 #: the workflow's sections by their name in ``$defs`` (their defaults are filled in)
 SECTIONS: dict[str, type[Settings]] = {
     "demo": DemoSettings, "label": LabelSettings, "dataset": DatasetSettings, "points": PointsSettings,
@@ -48,7 +54,7 @@ _LENGTHS = {"array": ("minItems", "maxItems"), "string": ("minLength", "maxLengt
 
 
 def _def_name(cls: type[Settings]) -> str:
-    for name, known in {**DECLARED, **SECTIONS}.items():
+    for name, known in {**declared(), **SECTIONS}.items():
         if known is cls:
             return name
     raise ValueError(f"{cls.__name__} is not a declared section (add it to mmlwf.settings.schema.SECTIONS)")
@@ -117,15 +123,15 @@ def _without_none(annotation: Any) -> Any:
 def section_schema(cls: type[Settings]) -> dict:
     """The JSON schema of one declared section: each field's description, type, bounds and (for
     the workflow's sections) default; the keys without a default are required."""
-    declared = cls in DECLARED.values()
+    kept = cls in declared().values()
     properties = {}
     for name, f in cls.model_fields.items():
         extra = f.json_schema_extra or {}
-        description = f"{f.description} (default: {_yaml_value(f.default)})" if declared else f.description
+        description = f"{f.description} (default: {_yaml_value(f.default)})" if kept else f.description
         schema = {"description": " ".join(description.split())}
         annotation = f.annotation if fills(f) or f.is_required() else _without_none(f.annotation)
         schema.update(extra.get("schema") or type_schema(annotation, f.metadata))
-        if not declared and fills(f):
+        if not kept and fills(f):
             schema["default"] = default_value(f)
         properties[name] = schema
     doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
@@ -152,7 +158,7 @@ def generated_defs() -> dict:
     name = {"description": "names are used in paths: letters, digits, '_', '.', '-', not starting with '.'",
             "type": "string", "pattern": f"^{NAME_PATTERN}$"}
     return {"name": name, **{n: section_schema(cls) for n, cls in SECTIONS.items()}, "model": model_schema(),
-            **{n: section_schema(cls) for n, cls in DECLARED.items()}}
+            **{n: section_schema(cls) for n, cls in declared().items()}}
 
 
 def generated() -> dict:
@@ -162,9 +168,9 @@ def generated() -> dict:
     return {**top, "$defs": generated_defs()}
 
 
-@functools.cache
 def workflow_schema() -> dict:
-    """The whole schema of the workflow config (what ``schemas/config.schema.yaml`` holds)."""
+    """The whole schema of the workflow config (what ``schemas/config.schema.yaml`` holds), from
+    the declarations as they are now (a model type registered since is in it)."""
     description = (f"{WorkflowSettings.__doc__.strip()} Validated when the workflow starts (Snakefile), which "
                    "also fills in the defaults given here.")
     return {**_HEAD, "description": description, **generated()}

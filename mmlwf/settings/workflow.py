@@ -40,13 +40,16 @@ class ExperimentSettings(Settings):
 
 #: the experiment keys a sweep may set besides ``base`` and ``grid``
 EXPERIMENT_KEYS = tuple(ExperimentSettings.model_fields)
+#: the sections whose keys a sweep's grid varies (``model.features``), kept as written
+GRID_SECTIONS = tuple(k for k, f in ExperimentSettings.model_fields.items() if "schema" in (f.json_schema_extra or {}))
 
 
 def _as_in_experiment(field: FieldInfo) -> tuple[str, dict]:
     """(description, schema) of an experiment key set by a sweep: a section (model, training) is
     checked together with the base's, as the experiments' section, so here only as a mapping."""
     if "schema" in (field.json_schema_extra or {}):
-        return f"{field.description}: keys checked, with the base's, as the experiments'", {"schema": {"type": "object"}}
+        text = f"{field.description}: keys checked, with the base's, as the experiments'"
+        return text, {"schema": {"type": "object"}}
     return f"{field.description} (as for an experiment)", {}
 
 SweepSettings = create_model(
@@ -57,7 +60,7 @@ SweepSettings = create_model(
     **{name: ((Annotated[f.annotation, *f.metadata] if f.metadata else f.annotation) | None,
               optional(*_as_in_experiment(f)))
        for name, f in ExperimentSettings.model_fields.items()},
-    grid=(dict[Annotated[str, Field(pattern=r"^(model|training)[.][A-Za-z0-9_]+$")],
+    grid=(dict[Annotated[str, Field(pattern=rf"^({'|'.join(GRID_SECTIONS)})[.][A-Za-z0-9_]+$")],
                Annotated[list[Any], Field(min_length=1)]],
           Field(description="model.<key> or training.<key> -> list of values", min_length=1)),
 )
