@@ -255,6 +255,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .settings import DEFAULT_CUTOFF, DEFAULT_SPLIT as split, GROUP_BY, StatsSettings
+
+    stats = StatsSettings()
     parser = _Parser(
         prog="mmlwf", description="Machine-learned force-field workflow: data, training, evaluation."
     )
@@ -340,10 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "byte-identical file.")
     p.add_argument("dataset", metavar="DIR")
     p.add_argument("-o", "--output", required=True, metavar="SPLIT.npz")
-    p.add_argument("--valid", type=float, default=0.1, metavar="F", help="default %(default)s")
-    p.add_argument("--test", type=float, default=0.1, metavar="F", help="default %(default)s")
-    p.add_argument("--seed", type=int, default=0, help="default %(default)s")
-    p.add_argument("--group-by", choices=["none", "formula"], default="none",
+    p.add_argument("--valid", type=float, default=split.valid, metavar="F", help="default %(default)s")
+    p.add_argument("--test", type=float, default=split.test, metavar="F", help="default %(default)s")
+    p.add_argument("--seed", type=int, default=split.seed, help="default %(default)s")
+    p.add_argument("--group-by", choices=GROUP_BY, default=split.group_by,
                    help="formula: every conformer of one composition on one side")
     p.set_defaults(func=_cmd_split)
 
@@ -351,9 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", metavar="DIR")
     p.add_argument("--split", required=True, metavar="SPLIT.npz")
     p.add_argument("-o", "--output", required=True, metavar="STATS.json")
-    p.add_argument("--cutoff", type=float, default=5.0, help="model cutoff in Å (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="molecules per batch on average (default %(default)s)")
-    p.add_argument("--n-shapes", type=int, default=4, help="fixed batch shapes (default %(default)s)")
+    p.add_argument("--cutoff", type=float, default=stats.cutoff, help="model cutoff in Å (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=stats.batch_size,
+                   help="molecules per batch on average (default %(default)s)")
+    p.add_argument("--n-shapes", type=int, default=stats.n_shapes, help="fixed batch shapes (default %(default)s)")
     p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser("train", help="train a model (or resume its run directory)",
@@ -379,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = p.add_subparsers(dest="target", required=True, metavar="TARGET", parser_class=_Parser)
     p = bench.add_parser("loader", help="batch loader throughput, padding efficiency, shapes, peak memory")
     p.add_argument("dataset", metavar="DIR")
-    p.add_argument("--cutoff", type=float, default=5.0, help="neighbour-list cutoff in Å; 0 for none (default %(default)s)")
+    p.add_argument("--cutoff", type=float, default=DEFAULT_CUTOFF,
+                   help="neighbour-list cutoff in Å; 0 for none (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=128, help="default %(default)s")
     p.add_argument("--epochs", type=int, default=2,
                    help="epochs; rates are from the epochs after the first (default %(default)s)")

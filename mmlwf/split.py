@@ -17,9 +17,9 @@ from .errors import ConfigError, DataError
 from .fileio import save_npz_deterministic
 from .integrity import dataset_digest
 from .packed import PackedDataset
+from .settings.data import DEFAULT_SPLIT, GROUP_BY
 
 SUBSETS = ("train", "valid", "test")
-GROUP_BY = ("none", "formula")
 
 
 @dataclass(frozen=True)
@@ -120,12 +120,13 @@ def split_dataset(
     dataset: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    valid: float = 0.1,
-    test: float = 0.1,
-    seed: int = 0,
-    group_by: str = "none",
+    valid: float = DEFAULT_SPLIT.valid,
+    test: float = DEFAULT_SPLIT.test,
+    seed: int = DEFAULT_SPLIT.seed,
+    group_by: str = DEFAULT_SPLIT.group_by,
 ) -> Split:
-    """Split a packed dataset and write ``out`` (``.npz``) atomically and deterministically."""
+    """Split a packed dataset and write ``out`` (``.npz``) atomically and deterministically
+    (the defaults: :data:`mmlwf.settings.DEFAULT_SPLIT`)."""
     if group_by not in GROUP_BY:
         raise ConfigError(f"--group-by '{group_by}': known are {', '.join(GROUP_BY)}")
     ds = PackedDataset(dataset)

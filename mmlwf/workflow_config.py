@@ -1,11 +1,13 @@
-"""The workflow's ``config.yaml`` after schema validation: sweeps expanded, names and settings checked.
+"""The workflow's ``config.yaml`` resolved: sweeps expanded, defaults filled in, names and settings checked.
 
 ``rules/common.smk`` calls :func:`resolve_workflow_config` once, before any job is planned, so
 that a wrong config stops the workflow with one line naming the key
-(``config 'experiments.x.training.learning_rate': must be > 0, got -0.1``): first against the
-JSON schema (:mod:`mmlwf.settings.validate`, which fills in its defaults), then the checks a
-schema cannot express (names, splits, units, the model and training declarations of
-:mod:`mmlwf.settings`, sweeps).
+(``config 'experiments.x.training.learning_rate': must be > 0, got -0.1``). The sweeps are
+expanded first, so that their experiments are checked, and get their defaults, like any other;
+then the config is checked against the JSON schema (:mod:`mmlwf.settings.validate`, which fills
+in its defaults), then the checks a schema cannot express (names, splits, units, the model and
+training declarations of :mod:`mmlwf.settings`). Every default comes from the declarations in
+:mod:`mmlwf.settings` (the schema is generated from them).
 
 Sweeps (``sweeps:``) expand a grid of settings into ordinary experiments::
 
@@ -37,17 +39,27 @@ from typing import Any
 
 from . import units
 from .errors import ConfigError
-from .settings import SettingError, TrainingSettings, model_settings, parse
+from .settings import (
+    EXPERIMENT_KEYS,
+    MODELS,
+    NAME_PATTERN,
+    DatasetSettings,
+    SettingError,
+    SplitSettings,
+    TrainingSettings,
+    WorkflowSettings,
+    defaults,
+    fill_defaults,
+    model_settings,
+    parse,
+)
 from .settings.validate import check_config, load_schema
+from .settings.workflow import DEVICES, GRID_SECTIONS
 
-#: names become path components: no separators, no leading dot
-NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+#: the model types an experiment may name (``model.type``)
+MODEL_TYPES = tuple(MODELS)
 #: the datasets' unit settings, by the quantity (:mod:`mmlwf.units`) they are a unit of
-UNIT_KEYS = {"energy_unit": "energy", "length_unit": "length", "dipole_unit": "dipole", "esp_unit": "esp"}
-SPLIT_DEFAULTS = {"valid": 0.1, "test": 0.1, "seed": 0, "group_by": "none"}
-EXPERIMENT_DEFAULTS = {"device": "cpu", "threads": 2, "model": {}, "training": {}}
-#: experiment keys a sweep may set besides ``base`` and ``grid``
-EXPERIMENT_KEYS = ("dataset", "device", "threads", "model", "training")
+UNIT_KEYS = {key: key.removesuffix("_unit") for key in DatasetSettings.model_fields if key.endswith("_unit")}
 
 
 def check_name(name: Any, where: str) -> str:
@@ -73,30 +85,39 @@ def _value_label(value: Any, where: str) -> str:
 
 def _set_dotted(exp: dict, key: str, value: Any, where: str) -> None:
     section, _, leaf = key.partition(".")
-    if section not in ("model", "training") or not re.fullmatch(r"[A-Za-z0-9_]+", leaf):
-        raise ConfigError(f"config '{where}': grid key '{key}' must be model.<key> or training.<key>")
-    exp.setdefault(section, {})[leaf] = copy.deepcopy(value)
+    if section not in GRID_SECTIONS or not re.fullmatch(r"[A-Za-z0-9_]+", leaf):
+        raise ConfigError(f"config '{where}': grid key '{key}' must be "
+                          f"{' or '.join(f'{s}.<key>' for s in GRID_SECTIONS)}")
+    if not isinstance(exp.get(section) or {}, Mapping):
+        return  # the schema names the section that is not a mapping
+    exp[section] = {**(exp.get(section) or {}), leaf: copy.deepcopy(value)}
 
 
 def expand_sweeps(sweeps: Mapping, experiments: Mapping) -> dict[str, dict]:
-    """The experiments that ``sweeps`` define, by name, in grid order."""
+    """The experiments that ``sweeps`` define, by name, in grid order (as written: the checks and
+    defaults come afterwards, as for the other experiments). A sweep or base experiment that is
+    not a mapping is skipped (the schema names it)."""
     out: dict[str, dict] = {}
     for sweep, spec in sweeps.items():
         where = f"sweeps.{sweep}"
         check_name(sweep, where)
+        if not isinstance(spec, Mapping):
+            continue
         spec = dict(spec)
         base_name = spec.pop("base", None)
         grid = spec.pop("grid", None)
         if base_name is not None:
-            if base_name not in experiments:
+            if not isinstance(base_name, str) or base_name not in experiments:
                 known = ", ".join(experiments) or "none"
                 raise ConfigError(f"config '{where}.base': {base_name!r} is not an experiment (known: {known})")
+            if not isinstance(experiments[base_name], Mapping):
+                continue
             base = copy.deepcopy(dict(experiments[base_name]))
         else:
             base = {}
         for key, value in spec.items():
-            if key in ("model", "training"):
-                base[key] = {**base.get(key, {}), **copy.deepcopy(dict(value))}
+            if key in GRID_SECTIONS and isinstance(value, Mapping) and isinstance(base.get(key, {}), Mapping):
+                base[key] = {**(base.get(key) or {}), **copy.deepcopy(dict(value))}
             else:
                 base[key] = copy.deepcopy(value)
         if not isinstance(grid, Mapping) or not grid:
@@ -124,14 +145,9 @@ def expand_sweeps(sweeps: Mapping, experiments: Mapping) -> dict[str, dict]:
 
 
 def _check_split(split: Mapping, where: str) -> dict:
-    split = {**SPLIT_DEFAULTS, **dict(split)}
-    fractions = [split[k] for k in ("valid", "test") if 0 < split[k] < 1]
-    if sum(fractions) >= 1:
-        raise ConfigError(f"config '{where}': valid + test fractions ({' + '.join(map(str, fractions))}) "
-                          "leave no training data; they must sum to less than 1")
-    for key in ("valid", "test"):
-        if split[key] >= 1 and split[key] != int(split[key]):
-            raise ConfigError(f"config '{where}.{key}': {split[key]} is neither a fraction (< 1) nor a count")
+    """The split settings with their defaults filled in, checked by :class:`SplitSettings`."""
+    split = {**defaults(SplitSettings), **dict(split)}
+    _declared(functools.partial(parse, SplitSettings), split, where)
     return split
 
 
@@ -154,7 +170,6 @@ def _declared(check, values: Any, where: str):
 
 def _check_experiment(name: str, exp: dict, datasets: Mapping) -> dict:
     where = f"experiments.{name}"
-    exp = {**copy.deepcopy(EXPERIMENT_DEFAULTS), **exp}
     dataset = exp.get("dataset")
     members = dict(dataset) if isinstance(dataset, Mapping) else {dataset: 1.0}
     if not members:
@@ -167,8 +182,8 @@ def _check_experiment(name: str, exp: dict, datasets: Mapping) -> dict:
         if not (isinstance(weight, (int, float)) and weight > 0):
             raise ConfigError(f"config '{where}.dataset.{member}': mixture weight {weight!r} must be > 0")
     exp["members"] = {str(k): float(v) for k, v in members.items()}
-    if exp["device"] not in ("cpu", "gpu"):
-        raise ConfigError(f"config '{where}.device': {exp['device']!r} is not cpu or gpu")
+    if exp["device"] not in DEVICES:
+        raise ConfigError(f"config '{where}.device': {exp['device']!r} is not {' or '.join(DEVICES)}")
     model = _declared(model_settings, exp["model"], f"{where}.model")
     _declared(functools.partial(parse, TrainingSettings), exp["training"], f"{where}.training")
     exp["model"] = {"type": model.type, **dict(exp["model"] or {})}
@@ -176,21 +191,52 @@ def _check_experiment(name: str, exp: dict, datasets: Mapping) -> dict:
     return exp
 
 
-def resolve_workflow_config(config: Mapping, schema: Mapping | str | Path | None = None) -> dict:
-    """A checked copy of the workflow config with sweeps expanded.
+def _swept(config: dict) -> dict[str, dict]:
+    """The experiments of the config's sweeps, added to its ``experiments`` (as written)."""
+    sweeps, experiments = config.get("sweeps"), config.get("experiments")
+    if not (isinstance(sweeps, Mapping) and sweeps and isinstance(experiments or {}, Mapping)):
+        return {}
+    swept = expand_sweeps(sweeps, experiments or {})
+    for name in swept:
+        if name in (experiments or {}):
+            raise ConfigError(f"config 'sweeps': the swept experiment '{name}' is also defined in 'experiments'")
+    config["experiments"] = {**(experiments or {}), **swept}
+    return swept
 
-    With ``schema`` (the schema or its file), the config is first checked against it and its
-    defaults are filled in. Datasets get their split settings filled in (``split`` as a
-    mapping); experiments gain the sweeps' experiments and their defaults. Raises
-    :class:`ConfigError` naming the key.
+
+def resolve_workflow_config(config: Mapping, schema: Mapping | str | Path | None = None) -> dict:
+    """A checked copy of the workflow config with sweeps expanded and defaults filled in.
+
+    With ``schema`` (the schema or its file, ``schemas/config.schema.yaml``), the config is
+    checked against it, which fills in the defaults; without, the defaults come straight from
+    the declarations (:class:`~mmlwf.settings.WorkflowSettings`). Datasets get their split
+    settings filled in (``split`` as a mapping); experiments gain the sweeps' experiments.
+    Raises :class:`ConfigError` naming the key.
     """
     cfg = copy.deepcopy(dict(config))
+    swept = _swept(cfg)
+    try:
+        return _resolved(cfg, schema)
+    except ConfigError as exc:
+        name, where = getattr(exc, "experiment", None), getattr(exc, "where", ())
+        if name is None and len(where) > 1 and where[0] == "experiments":
+            name = where[1]  # found by the schema
+        if name not in swept:
+            raise
+        sweep = max((s for s in cfg["sweeps"] if name.startswith(f"{s}-")), key=len)
+        raise ConfigError(f"{exc} (an experiment of sweep '{sweep}')") from None
+
+
+def _resolved(cfg: dict, schema: Mapping | str | Path | None) -> dict:
+    """The checks of :func:`resolve_workflow_config` on ``cfg`` (changed in place)."""
     if schema is not None:
         check_config(cfg, schema if isinstance(schema, Mapping) else load_schema(schema))
+    else:
+        fill_defaults(WorkflowSettings, cfg)
     for name in dict(cfg.get("labels") or {}):
         check_name(name, f"labels.{name}")
     datasets = dict(cfg.get("datasets") or {})
-    splits = {"default": dict(SPLIT_DEFAULTS), **dict(cfg.get("splits") or {})}
+    splits = {"default": {}, **dict(cfg.get("splits") or {})}
     for name, split in splits.items():
         check_name(name, f"splits.{name}")
         splits[name] = _check_split(split or {}, f"splits.{name}")
@@ -208,19 +254,12 @@ def resolve_workflow_config(config: Mapping, schema: Mapping | str | Path | None
         _check_units(ds, f"datasets.{name}")
         datasets[name] = ds
     experiments = dict(cfg.get("experiments") or {})
-    swept = expand_sweeps(dict(cfg.get("sweeps") or {}), experiments)
-    for name in swept:
-        if name in experiments:
-            raise ConfigError(f"config 'sweeps': the swept experiment '{name}' is also defined in 'experiments'")
-    experiments.update(swept)
     for name in list(experiments):
         check_name(name, f"experiments.{name}")
         try:
             experiments[name] = _check_experiment(name, dict(experiments[name]), datasets)
         except ConfigError as exc:
-            if name not in swept:
-                raise
-            sweep = max((s for s in cfg["sweeps"] if name.startswith(f"{s}-")), key=len)
-            raise ConfigError(f"{exc} (an experiment of sweep '{sweep}')") from None
+            exc.experiment = name
+            raise
     cfg["splits"], cfg["datasets"], cfg["experiments"] = splits, datasets, experiments
     return cfg

@@ -11,7 +11,22 @@ import pytest
 import yaml
 
 from mmlwf.errors import ConfigError
-from mmlwf.settings import DCMNetSettings, PhysNetSettings, SettingError, TrainingSettings, model_settings, parse
+from mmlwf.settings import (
+    DEFAULT_CUTOFF,
+    DEFAULT_SPLIT,
+    MODELS,
+    DCMNetSettings,
+    PhysNetSettings,
+    SettingError,
+    SplitSettings,
+    StatsSettings,
+    TrainingSettings,
+    WorkflowSettings,
+    fill_defaults,
+    model_settings,
+    parse,
+)
+from mmlwf.settings.base import default_value
 from mmlwf.settings import schema as gen
 from mmlwf.settings.validate import check_config, load_schema
 from mmlwf.workflow_config import resolve_workflow_config
@@ -44,6 +59,11 @@ def test_committed_schema_is_what_the_declarations_generate():
     assert gen.main(["--check", str(SCHEMA)]) == 0
 
 
+def test_the_schema_file_is_the_whole_generated_schema():
+    assert load_schema(SCHEMA) == gen.workflow_schema()
+    assert gen.new_file() == SCHEMA.read_text()
+
+
 def test_schema_check_fails_on_a_stale_schema(tmp_path, capsys):
     stale = tmp_path / "config.schema.yaml"
     stale.write_text(SCHEMA.read_text().replace("(default: 64)", "(default: 65)"))
@@ -60,8 +80,28 @@ def test_schema_holds_every_declared_setting_with_its_default_and_bounds():
         assert list(props) == list(cls.model_fields), name
         assert defs[name]["additionalProperties"] is False
         for key, field in cls.model_fields.items():
-            assert props[key]["description"].startswith(field.description), (name, key)
+            assert props[key]["description"].startswith(" ".join(field.description.split())), (name, key)
             assert "default" not in props[key]  # the workflow does not fill the declared sections
+    # the workflow's own sections: every setting with its default (filled in by the schema)
+    for name, cls in gen.SECTIONS.items():
+        props = defs[name]["properties"]
+        assert list(props) == list(cls.model_fields), name
+        assert defs[name]["additionalProperties"] is False
+        for key, field in cls.model_fields.items():
+            assert props[key]["description"] == " ".join(field.description.split()), (name, key)
+            if field.is_required():
+                assert key in defs[name]["required"]
+            elif (field.json_schema_extra or {}).get("fill", True):
+                assert props[key]["default"] == default_value(field), (name, key)
+            else:
+                assert "default" not in props[key], (name, key)
+    assert list(load_schema(SCHEMA)["properties"]) == list(WorkflowSettings.model_fields)
+    assert defs["split"]["properties"]["valid"]["default"] == DEFAULT_SPLIT.valid
+    assert defs["stats"]["properties"]["cutoff"]["default"] == DEFAULT_CUTOFF
+    assert defs["experiment"]["properties"]["model"]["$ref"] == "#/$defs/model"
+    assert defs["sweep"]["properties"]["model"] == {"description": defs["sweep"]["properties"]["model"]["description"],
+                                                    "type": "object"}  # checked with the base's keys, not alone
+    assert defs["sweep"]["properties"]["threads"]["minimum"] == 1
     assert defs["physnet"]["properties"]["features"]["minimum"] == 1
     assert defs["training"]["properties"]["learning_rate"]["exclusiveMinimum"] == 0
     assert defs["training"]["properties"]["clip_norm"]["type"] == ["number", "null"]
@@ -206,3 +246,73 @@ def test_yaml_11_slips_are_read_as_meant():
     assert out["experiments"]["demo_physnet"]["training"]["learning_rate"] == 1e-3
     assert out["experiments"]["demo_physnet"]["training"]["data_parallel"] == "off"
     assert out["datasets"]["demo"]["stats"]["cutoff"] == 5.0
+
+
+# -- one home for each setting
+
+
+def test_every_model_setting_has_help_text():
+    for name, cls in MODELS.items():
+        for key, field in cls.model_fields.items():
+            assert field.description and len(field.description) > 8, (name, key)
+        assert "physnet" in gen.model_schema()["properties"]["type"]["enum"]
+    from mmlwf.training import describe
+
+    assert "features" in describe("physnet") and "n_dcm" in describe("dcmnet")
+    with pytest.raises(ConfigError, match="no settings section 'dcmnt' \\(did you mean 'dcmnet'"):
+        describe("dcmnt")
+
+
+def test_the_default_cutoff_and_split_have_one_home():
+    import inspect
+
+    from mmlwf import cli, split
+    from mmlwf.training import data
+
+    assert PhysNetSettings().cutoff == StatsSettings().cutoff == data.DEFAULT_CUTOFF == DEFAULT_CUTOFF
+    assert StatsSettings().batch_size == TrainingSettings().batch_size
+    params = inspect.signature(split.split_dataset).parameters
+    assert {k: params[k].default for k in ("valid", "test", "seed", "group_by")} == DEFAULT_SPLIT.model_dump()
+    args = cli.build_parser().parse_args(["split", "ds", "-o", "s.npz"])
+    assert {k: getattr(args, k) for k in ("valid", "test", "seed", "group_by")} == DEFAULT_SPLIT.model_dump()
+    args = cli.build_parser().parse_args(["stats", "ds", "--split", "s.npz", "-o", "o.json"])
+    assert (args.cutoff, args.batch_size, args.n_shapes) == tuple(StatsSettings().model_dump().values())
+    assert split.GROUP_BY == tuple(SplitSettings.model_fields["group_by"].annotation.__args__)
+
+
+def test_fill_defaults_follows_the_declarations_like_the_schema():
+    config = demo_config()
+    config["datasets"]["demo"]["points"] = {"mode": "density"}
+    by_schema = copy.deepcopy(config)
+    check_config(by_schema, load_schema(SCHEMA))
+    assert fill_defaults(WorkflowSettings, copy.deepcopy(config)) == by_schema
+    assert by_schema["datasets"]["demo"]["points"]["spacing"] == 0.5  # a section given is filled in
+    assert "points" not in by_schema["datasets"]["demo_esp"]  # an optional section is not added
+    assert by_schema["labels"]["demo_esp"]["points"]["spacing"] == 0.5
+    assert by_schema["experiments"]["demo_dcmnet"]["training"] == config["experiments"]["demo_dcmnet"]["training"]
+
+
+def test_split_settings_check_their_sizes():
+    with pytest.raises(SettingError, match="valid \\+ test fractions \\(0.6 \\+ 0.5\\)"):
+        parse(SplitSettings, {"valid": 0.6, "test": 0.5})
+    with pytest.raises(SettingError) as info:
+        parse(SplitSettings, {"test": 2.5})
+    assert info.value.key == "test" and "neither a fraction" in info.value.problem
+    assert parse(SplitSettings, {"valid": 10, "test": 0.2}).valid == 10
+
+
+def test_swept_experiments_get_their_defaults_and_checks_from_the_schema():
+    config = demo_config()
+    config["sweeps"] = {"s": {"base": "demo_dcmnet", "model": {"n_dcm": 3}, "grid": {"training.seed": [1, 2]}}}
+    out = resolve_workflow_config(config, SCHEMA)
+    exp = out["experiments"]["s-seed_2"]
+    assert exp["model"] == {**config["experiments"]["demo_dcmnet"]["model"], "n_dcm": 3}
+    assert exp["training"]["seed"] == 2 and exp["device"] == "cpu" and exp["threads"] == 2
+    assert out["experiments"]["demo_dcmnet"] == {**config["experiments"]["demo_dcmnet"], "device": "cpu",
+                                                 "threads": 2, "members": {"demo_esp": 1.0}}
+    config["sweeps"]["s"]["threads"] = 0
+    message = config_error(lambda c: c.update(sweeps=config["sweeps"]))
+    assert "'sweeps.s.threads': must be >= 1" in message or "(an experiment of sweep 's')" in message, message
+    message = config_error(lambda c: c.update(sweeps={"s": {"base": "demo_physnet", "device": "tpu",
+                                                            "grid": {"training.seed": [1]}}}))
+    assert "'tpu' is not one of cpu, gpu" in message, message

@@ -9,17 +9,40 @@ table), :func:`bounds_text`, and the JSON-schema parts of :mod:`mmlwf.settings.s
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from types import UnionType
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from ..errors import ConfigError, did_you_mean, shown
 
 S = TypeVar("S", bound="Settings")
+
+#: names of datasets, experiments, ... become path components: no separators, no leading dot
+NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+
+
+class _NameMarker:
+    """Marks :data:`Name` for the schema (``$ref: "#/$defs/name"``)."""
+
+
+#: a name (of a dataset, an experiment, ...): a string matching :data:`NAME_PATTERN`
+Name = Annotated[str, Field(pattern=f"^{NAME_PATTERN}$"), _NameMarker()]
+
+
+def optional(description: str, extra: Mapping[str, Any] | None = None) -> Any:
+    """A setting without a default: left out of the config when not given (``None`` when parsed),
+    so the schema states neither a default nor ``null``."""
+    return Field(None, description=description, json_schema_extra={**(extra or {}), "fill": False})
+
+
+def fills(field: FieldInfo) -> bool:
+    """Whether the workflow fills in ``field``'s default when the config lacks it."""
+    return not field.is_required() and (field.json_schema_extra or {}).get("fill", True) is not False
 
 
 class SettingError(ConfigError):
@@ -148,7 +171,8 @@ def describe(cls: type[Settings], section: str) -> str:
     """A text table of the settings of ``cls``: name, default, meaning (with bounds)."""
     rows = []
     for name, f in cls.model_fields.items():
-        default = "null" if f.default is None else f.default
+        default = ("(required)" if f.is_required() else "(section)" if isinstance(f.default, Settings)
+                   else "null" if f.default is None else f.default)
         rows.append(f"  {name:<24} {default!s:<14} {help_text(f)}")
     return f"{section}:\n" + "\n".join(rows)
 
@@ -156,3 +180,37 @@ def describe(cls: type[Settings], section: str) -> str:
 def defaults(cls: type[Settings]) -> dict[str, Any]:
     """``{name: default}`` of every setting of ``cls``."""
     return {name: f.default for name, f in cls.model_fields.items()}
+
+
+def default_value(field: FieldInfo) -> Any:
+    """``field``'s default as plain data (a section's default as ``{}``, its keys filled in later)."""
+    value = field.get_default(call_default_factory=True)
+    return {} if isinstance(value, Settings) else copy.deepcopy(value)
+
+
+def _sections_in(annotation: Any) -> tuple[str, tuple[type[Settings], ...]]:
+    """(``"one"`` or ``"each"``, the :class:`Settings` classes) that an annotation holds: a section
+    itself (or in a union), or the values of a mapping of sections."""
+    if get_origin(annotation) is dict:
+        return "each", _sections_in(get_args(annotation)[1])[1]
+    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return "one", tuple(m for m in members if isinstance(m, type) and issubclass(m, Settings))
+
+
+def fill_defaults(cls: type[Settings], values: Any) -> Any:
+    """``values`` (a config mapping, changed in place) with the defaults of ``cls`` filled in where
+    keys are missing, in nested sections too (what the schema's ``default`` values do). Values of
+    the wrong kind are left alone for the checks to name."""
+    if not isinstance(values, dict):
+        return values
+    for name, field in cls.model_fields.items():
+        if name not in values and fills(field):
+            values[name] = default_value(field)
+        if name not in values or "schema" in (field.json_schema_extra or {}):
+            continue  # a section kept as written (an experiment's model and training)
+        how, sections = _sections_in(field.annotation)
+        targets = values[name].values() if how == "each" and isinstance(values[name], dict) else [values[name]]
+        for target in targets:
+            for section in sections[:1]:
+                fill_defaults(section, target)
+    return values

@@ -1,4 +1,4 @@
-"""The ``model:`` section: one declaration per model type (DESIGN §6), chosen by ``type``.
+"""The ``model:`` section: one declaration per model type, chosen by ``type``.
 
 The flax modules (:mod:`mmlwf.models.physnet`, :mod:`mmlwf.models.dcmnet`) take their field
 defaults from here; this module imports neither jax nor flax, so the workflow checks a config
@@ -14,6 +14,7 @@ from pydantic import Field, StrictBool, field_validator, model_validator
 
 from ..errors import did_you_mean, shown
 from .base import Settings, SettingError, parse
+from .data import DEFAULT_CUTOFF
 
 
 class ModelSettings(Settings):
@@ -42,7 +43,7 @@ class PhysNetSettings(ModelSettings):
                                                  ">= 1 = equivariant (spherical harmonics in the basis)")
     num_iterations: int = Field(3, ge=1, description="message-passing modules")
     num_basis_functions: int = Field(16, ge=1, description="radial basis functions")
-    cutoff: float = Field(5.0, gt=0, description="cutoff of the message passing (A); also where the ZBL "
+    cutoff: float = Field(DEFAULT_CUTOFF, gt=0, description="cutoff of the message passing (A); also where the ZBL "
                                                  "repulsion is switched off")
     num_residual: int = Field(2, ge=0, description="residual blocks in each interaction and each output block")
     max_atomic_number: int = Field(118, ge=1, description="largest atomic number the embedding holds")

@@ -1,4 +1,4 @@
-"""The ``training:`` section (DESIGN §7): one declaration per setting."""
+"""The ``training:`` section: one declaration per setting."""
 
 from __future__ import annotations
 

@@ -123,9 +123,12 @@ def one_line(error: ValidationError, root: Mapping | None = None) -> str:
 def check_config(config: dict, schema: Mapping) -> None:
     """Validate ``config`` in place against ``schema``, filling in its defaults.
 
-    Raises :class:`ConfigError` with one line for the most relevant error.
+    Raises :class:`ConfigError` with one line for the most relevant error; its ``where`` holds
+    the keys down to the bad value.
     """
     error = best_match(_Validator(schema).iter_errors(config))
     if error is not None:
-        raise ConfigError(one_line(error, schema))
+        exc = ConfigError(one_line(error, schema))
+        exc.where = tuple(error.absolute_path)  # the keys down to the bad value
+        raise exc
 

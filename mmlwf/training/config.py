@@ -1,8 +1,9 @@
-"""Training configuration: a YAML file with a ``model:`` and a ``training:`` section (DESIGN §7).
+"""Training configuration: a YAML file with a ``model:`` and a ``training:`` section.
 
-``model:`` is a free mapping handed to the caller's ``build_model(config)``; ``training:`` is
-checked against :class:`TrainingConfig` (declared in :mod:`mmlwf.settings.training`, whose
-fields carry their defaults, bounds and meaning).
+``model:`` is a free mapping handed to the caller's ``build_model(config)`` (which checks it
+against the model's declaration in :mod:`mmlwf.settings.models`); ``training:`` is checked
+against :class:`TrainingConfig` (declared in :mod:`mmlwf.settings.training`, whose fields carry
+their defaults, bounds and meaning): no setting is restated here.
 :func:`load_config` reads the file, applies ``section.key=value`` overrides (values parsed by
 ``yaml.safe_load``), and rejects unknown keys and bad values with a one-line
 :class:`~mmlwf.errors.ConfigError`.
@@ -37,9 +38,15 @@ RESUMABLE_CHANGES = ("max_epochs", "max_time_min", "early_stopping_patience", "c
 TrainingConfig = TrainingSettings
 
 
-def describe() -> str:
-    """A text table of the training settings, their defaults and meaning."""
-    return settings.describe(TrainingSettings, "training")
+def describe(section: str = "training") -> str:
+    """A text table of the settings of ``section`` (``training``, or a model type such as
+    ``physnet``): their defaults and meaning, from their declarations in :mod:`mmlwf.settings`."""
+    if section == "training":
+        return settings.describe(TrainingSettings, "training")
+    if section in settings.MODELS:
+        return settings.describe(settings.MODELS[section], f"model ({section})")
+    known = ("training", *settings.MODELS)
+    raise ConfigError(f"no settings section '{section}'{did_you_mean(section, known)} (known: {', '.join(known)})")
 
 
 def _unknown(key: str, known: Sequence[str]) -> ConfigError:

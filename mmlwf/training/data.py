@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from ..batching import BatchLoader
 from ..errors import ConfigError, DataError
 from ..packed import PackedDataset
+from ..settings import DEFAULT_CUTOFF
 from ..split import load_split
 from ..stats import load_stats
 from .config import Config
-
-DEFAULT_CUTOFF = 5.0
 
 
 def as_list(value) -> list:
