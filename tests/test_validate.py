@@ -13,7 +13,7 @@ from scipy.spatial.distance import pdist
 
 from mmlwf.packed import FIELDS, MARKER, PackedWriter, read_manifest
 from mmlwf.structure import Structure
-from mmlwf.validate import Finding, ValidationReport, _min_distances, validate_dataset
+from mmlwf.validate import Finding, ValidationReport, min_distances, validate_dataset
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mlff"
 REF_ENERGY = {1: -13.6, 6: -1029.0, 7: -1485.0, 8: -2042.0}
@@ -365,7 +365,7 @@ def test_min_distances_match_brute_force(sizes: list[int], seed: int) -> None:
     counts = np.array(sizes)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     R = (rng.normal(size=(counts.sum(), 3)) * 2).astype(np.float32)
-    got = _min_distances(R, starts, counts, np.ones(counts.size, bool), cutoff=0.5)
+    got = min_distances(R, starts, counts, np.ones(counts.size, bool), cutoff=0.5)
     for m, (a, n) in enumerate(zip(starts, counts)):
         want = pdist(R[a : a + n].astype(np.float64)).min() if n > 1 else np.inf
         assert got[m] == pytest.approx(want, rel=1e-5, abs=1e-6)
