@@ -8,7 +8,6 @@ The layout is described in :mod:`.format`.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
