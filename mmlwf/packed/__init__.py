@@ -8,7 +8,7 @@
   (:func:`check_structure`, :func:`structural_problems`) every opening runs.
 """
 
-from .checks import Layout, Problem, ProblemKind, check_structure, present_fields, read_manifest, structural_problems
+from .checks import Layout, Problem, ProblemKind, check_structure, read_manifest, structural_problems
 from .format import (
     FIELDS,
     FORMAT_NAME,
@@ -46,7 +46,6 @@ __all__ = [
     "ProblemKind",
     "array_checksum",
     "check_structure",
-    "present_fields",
     "read_manifest",
     "sha256_file",
     "structural_problems",
