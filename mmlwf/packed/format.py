@@ -28,6 +28,8 @@ of ``n`` rows of trailing shape ``t`` holds exactly ``n * prod(t) * itemsize`` b
 ``grid_offsets`` starts at 0 and never decreases (a molecule may have no grid points).
 ESP-only datasets (converted from cubes or grids, which carry no energy) have no ``E``
 file at all: never NaN placeholders. Every molecule of a dataset carries the same fields.
+Required (:data:`REQUIRED`): ``offsets``, ``n_atoms``, ``Z``, ``R``; mmlwf always writes
+``Qtot`` as well, and ``grid_offsets`` with the grid fields.
 
 ``manifest.json`` (:data:`MANIFEST`) describes the dataset: ``format`` (:data:`FORMAT_NAME`),
 ``format_version`` (:data:`FORMAT_VERSION`; newer versions are refused), ``mmlwf_version``,
