@@ -26,7 +26,7 @@ import socket
 from pathlib import Path
 from typing import IO
 
-from .fileio import make_temp_dir
+from .fileio import make_temp_dir, remove_path
 
 LOCK = ".writer.lock"
 _OWNER = re.compile(r"(?P<host>[0-9a-f]{12})-(?P<pid>[0-9]+)-[^-]*")
@@ -70,6 +70,22 @@ def release_writer_dir(tmp: Path, lock: IO) -> None:
         (tmp / LOCK).unlink(missing_ok=True)
     finally:
         lock.close()
+
+
+def move_into_place(tmp: Path, lock: IO, out: Path, *, overwrite: bool) -> None:
+    """Release the writer's lock and rename its finished directory ``tmp`` to ``out``. An
+    existing ``out`` (a directory, or a regular file) is replaced only with ``overwrite``:
+    renamed aside to ``.NAME.old-PID`` first, removed once ``tmp`` is in place."""
+    release_writer_dir(tmp, lock)
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{out}: output appeared while writing")
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        remove_path(old)
+    else:
+        os.rename(tmp, out)
 
 
 def is_stale(tmp: Path, out: Path) -> bool:

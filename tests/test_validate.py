@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import pdist
 
-from mmlwf.packed import FIELDS, MARKER, PackedWriter, read_manifest
+from mmlwf.packed import FIELDS, MARKER, PackedWriter, ProblemKind, read_manifest
 from mmlwf.structure import Structure
-from mmlwf.validate import Finding, ValidationReport, _min_distances, validate_dataset
+from mmlwf.validate import Code, Finding, Severity, ValidationReport, min_distances, validate_dataset
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mlff"
 REF_ENERGY = {1: -13.6, 6: -1029.0, 7: -1485.0, 8: -2042.0}
@@ -175,6 +175,55 @@ def test_broken_manifest(ds: Path, text: str, code: str) -> None:
 def test_not_a_directory(tmp_path: Path) -> None:
     report = validate_dataset(tmp_path / "nothing")
     assert not report.ok and codes(report) == ["missing_file"]
+
+
+def test_offsets_findings_list_the_structures_the_check_found(ds: Path) -> None:
+    off = offsets(ds)
+    off[5:39:2] = off[4:38:2]  # 17 structures get no atoms
+    np.save(ds / "offsets.npy", off)
+    first = validate_dataset(ds).findings[0]
+    assert (first.code, first.field, first.indices, first.n_total) == ("offsets", "offsets", list(range(4, 38, 2)), 17)
+
+
+def test_first_offset_finding_concerns_structure_0_only(ds: Path) -> None:
+    off = offsets(ds)
+    off[0] = off[1] + 5  # structure 0 ends before it starts: also not increasing there
+    off[6] = off[5]
+    np.save(ds / "offsets.npy", off)
+    report = validate_dataset(ds)
+    assert [(f.field, f.indices) for f in report.findings] == [
+        ("offsets", [0]), ("offsets", [0, 5]), ("n_atoms", [0, 5, 6])
+    ]
+    assert "first offset" in report.findings[0].message
+
+
+@pytest.mark.parametrize("key, value, code", [
+    ("format", "missing", "manifest"),  # the manifest's words never decide the code
+    ("n_molecules", -1, "size_mismatch"),
+    ("n_grid_points", -1, "manifest"),
+])
+def test_manifest_findings_are_classified_where_found(ds: Path, key: str, value, code: str) -> None:
+    manifest = json.loads((ds / "manifest.json").read_text())
+    manifest[key] = value
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+    assert [(f.code, f.field) for f in validate_dataset(ds).findings] == [(code, key)]
+
+
+def test_manifest_dtype_of_n_atoms_is_a_manifest_finding(ds: Path) -> None:
+    manifest = json.loads((ds / "manifest.json").read_text())
+    manifest["fields"]["n_atoms"]["dtype"] = "int32"
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+    assert [(f.code, f.field) for f in validate_dataset(ds).findings] == [("manifest", "n_atoms")]
+
+
+def test_findings_carry_enums_and_every_structural_kind_is_a_code(ds: Path) -> None:
+    assert {k.value for k in ProblemKind} <= {c.value for c in Code}
+    raw(ds, "E")[5] = np.nan
+    report = validate_dataset(ds)
+    assert all(isinstance(f.code, Code) and isinstance(f.level, Severity) for f in report.findings)
+    assert [(f.level, f.code) for f in report.findings] == [(Severity.ERROR, Code.CHECKSUM), (Severity.ERROR, Code.NAN)]
+    back = ValidationReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert [(f.level, f.code) for f in back.findings] == [(Severity.ERROR, Code.CHECKSUM), (Severity.ERROR, Code.NAN)]
 
 
 # ----------------------------------------------------------------------------- value errors
@@ -365,7 +414,7 @@ def test_min_distances_match_brute_force(sizes: list[int], seed: int) -> None:
     counts = np.array(sizes)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     R = (rng.normal(size=(counts.sum(), 3)) * 2).astype(np.float32)
-    got = _min_distances(R, starts, counts, np.ones(counts.size, bool), cutoff=0.5)
+    got = min_distances(R, starts, counts, np.ones(counts.size, bool), cutoff=0.5)
     for m, (a, n) in enumerate(zip(starts, counts)):
         want = pdist(R[a : a + n].astype(np.float64)).min() if n > 1 else np.inf
         assert got[m] == pytest.approx(want, rel=1e-5, abs=1e-6)
