@@ -2,7 +2,8 @@
 
 import sys
 
-sys.path.insert(0, workflow.basedir)  # mmlwf from this repository, also where it is not installed
+# mmlwf from this repository, also where it is not installed
+sys.path.insert(0, workflow.basedir)
 
 from mmlwf.errors import ConfigError
 from mmlwf.workflow_config import NAME_PATTERN, resolve_workflow_config
@@ -20,7 +21,11 @@ wildcard_constraints:
 # stops here, before any job, with one line naming the key and exit code 2 (a WorkflowError
 # would add Snakemake's file and line around it).
 try:
-    config.update(resolve_workflow_config(config, f"{workflow.basedir}/schemas/config.schema.yaml"))
+    config.update(
+        resolve_workflow_config(
+            config, f"{workflow.basedir}/schemas/config.schema.yaml"
+        )
+    )
 except ConfigError as exc:
     print(f"Error: {exc}", file=sys.stderr)
     sys.exit(2)
@@ -33,7 +38,9 @@ def experiment_config(wildcards):
 
 def experiment_data(wildcards):
     """Input function: the packed datasets, splits and stats of the experiment's dataset(s)."""
-    roots = [f"results/datasets/{name}" for name in experiment_config(wildcards)["members"]]
+    roots = [
+        f"results/datasets/{name}" for name in experiment_config(wildcards)["members"]
+    ]
     return {
         "packed": [f"{root}/packed" for root in roots],
         "split": [f"{root}/split.npz" for root in roots],
@@ -121,4 +128,6 @@ def label_sources(wildcards):
 
 def label_settings(wildcards):
     """Params: everything about a label except its sources."""
-    return {k: v for k, v in config["labels"][wildcards.label].items() if k != "sources"}
+    return {
+        k: v for k, v in config["labels"][wildcards.label].items() if k != "sources"
+    }
