@@ -6,6 +6,7 @@ import sys
 sys.path.insert(0, workflow.basedir)
 
 from mmlwf.errors import ConfigError
+from mmlwf.steps.data import CONVERT_SETTINGS
 from mmlwf.workflow_config import NAME_PATTERN, resolve_workflow_config
 
 
@@ -106,19 +107,16 @@ def all_run_files(name):
     return [f"results/runs/{experiment}/{name}" for experiment in config["experiments"]]
 
 
-ESP_SETTINGS = ("esp_unit", "density", "geometry", "points", "total_charge")
-
-
 def dataset_esp_files(wildcards):
     """Input function: the density cubes and geometry files of an ESP dataset."""
     ds = dataset_config(wildcards)
     return list(ds.get("density", [])) + list(ds.get("geometry", []))
 
 
-def dataset_esp_settings(wildcards):
-    """Params: the ESP-source settings of a dataset (unit, density/geometry files, points, charge)."""
+def dataset_convert_settings(wildcards):
+    """Params: the dataset's conversion settings (format, units, keys, ESP settings)."""
     ds = dataset_config(wildcards)
-    return {key: ds[key] for key in ESP_SETTINGS if key in ds}
+    return {key: ds[key] for key in CONVERT_SETTINGS if key in ds}
 
 
 def label_sources(wildcards):

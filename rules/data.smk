@@ -17,12 +17,7 @@ rule convert:
     resources:
         mem_mb=1000,
     params:
-        format=dataset_setting("format"),
-        energy_unit=dataset_setting("energy_unit"),
-        length_unit=dataset_setting("length_unit"),
-        dipole_unit=dataset_setting("dipole_unit"),
-        key_map=dataset_setting("keys"),
-        esp=dataset_esp_settings,
+        settings=dataset_convert_settings,
     script:
         "../scripts/convert.py"
 
