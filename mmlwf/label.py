@@ -2,10 +2,12 @@
 
 Public API::
 
-    label_structures(sources, output, *, method="HF", basis="6-31g*", fmt=None,
-                     points=PointSettings(), cache_dir=None, max_structures=None, stride=1,
-                     charge=None, spin=None, charges=None, forces=False, keys=None,
-                     length_unit=None, threads=None, overwrite=False, progress=False) -> Path
+    label_structures(sources, output, *, method, basis, fmt=None, points=PointSettings(),
+                     cache_dir=None, max_structures=None, stride=1, charge=None, spin=None,
+                     charges, forces, keys=None, length_unit=None, threads=None,
+                     overwrite=False, progress=False) -> Path
+
+(``method``, ``basis``, ``charges``, ``forces``: defaults from :class:`LabelSettings`)
 
 reads geometries from ``sources`` (any format ``mmlwf convert`` reads; every ``stride``-th
 structure, at most ``max_structures`` of them), runs one SCF per
