@@ -23,9 +23,11 @@ include: "rules/analysis.smk"
 
 
 rule all:
+    default_target: True
     input:
         expand("results/datasets/{dataset}/stats.json", dataset=config["datasets"]),
-        expand("results/runs/{experiment}/metrics.json", experiment=config["experiments"]),
+        expand(
+            "results/runs/{experiment}/metrics.json", experiment=config["experiments"]
+        ),
         ["results/report/index.html"] if config["experiments"] else [],
-    default_target: True
     localrule: True

@@ -4,51 +4,93 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from . import __version__
 from .errors import ConfigError, DataError
-from .io import detect_format, open_source, parse_key_map
-from .packed import PackedWriter, sha256_file
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the readers and the writer are imported on use: the CLI imports this module to build its parser
     from .esp.points import PointSettings
+    from .packed import PackedWriter
+
+
+def _option(default, flag: str | None, help: str, **cli) -> Any:
+    """A :class:`ConvertOptions` field; ``flag``/``help``/``cli`` make its ``mmlwf convert``
+    option (``flag`` None: no option of its own)."""
+    return field(default=default, metadata={"flag": flag, "help": help, **cli})
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How :func:`convert` reads its sources: ``convert()``'s keyword arguments, the options of
+    ``mmlwf convert`` (made from these fields) and, for the workflow, a dataset's settings.
+
+    Units left None are the format's documented defaults (or what the file states). The ESP
+    fields apply to the formats ``cube``, ``esp-grid`` and ``dcmnet-npz``.
+    """
+
+    fmt: str | None = _option(
+        None, "--format", "npz, extxyz, ase (any ase.io format), db, hdf5, cube, esp-grid, dcmnet-npz "
+        "(default: from the extension; .cube/.cub cube, .npy esp-grid, an .npz with esp + "
+        "vdw_surface/esp_grid dcmnet-npz)", metavar="F")
+    energy_unit: str | None = _option(None, "--energy-unit", "eV, meV, Hartree, kcal/mol, kJ/mol, Rydberg",
+                                      metavar="U")
+    length_unit: str | None = _option(None, "--length-unit", "Angstrom, Bohr, nm", metavar="U")
+    dipole_unit: str | None = _option(None, "--dipole-unit", "e*Angstrom, Debye, e*Bohr", metavar="U")
+    keys: Mapping[str, str] | Iterable[str] | None = _option(
+        None, "--key", "map a canonical field (R Z N E F D Qtot q) to the source's name; repeatable",
+        action="append", metavar="CANONICAL=SOURCE")
+    chunk_atoms: int = _option(1 << 20, "--chunk-atoms", "atoms buffered before each write (bounds memory)",
+                               type=int, metavar="N")
+    esp_unit: str | None = _option(None, "--esp-unit", "V, Hartree/e, kcal/mol/e (default Hartree/e for all three)",
+                                   metavar="U", esp=True)
+    density: Sequence[str | os.PathLike] | None = _option(
+        None, "--density", "density cube of each potential cube, in the same order; repeatable",
+        action="append", metavar="DENS.cube", esp=True)
+    geometry: Sequence[str | os.PathLike] | None = _option(
+        None, "--geometry", "geometry of each grid file (any ase.io format, Å), in order, or one for all; "
+        "implies --format esp-grid; grids: 'x y z esp' text or .npy (G,4), or (G,3) with --esp-values",
+        action="append", metavar="GEOM", esp=True)
+    esp_values: Sequence[str | os.PathLike] | None = _option(
+        None, "--esp-values", "ESP values of each x-y-z-only grid file", action="append", metavar="ESP", esp=True)
+    points: "PointSettings | None" = _option(
+        None, None, "ESP point selection of cubes (None: by density window with density cubes, else the vdW "
+        "shell; see mmlwf.esp.points.PointSettings)")
+    total_charge: float | None = _option(None, "--total-charge", "total charge of cube/grid structures (default 0)",
+                                         type=float, metavar="Q", esp=True)
 
 
 def convert(
     sources: Sequence[str | os.PathLike],
     out: str | os.PathLike,
+    options: ConvertOptions | None = None,
     *,
-    fmt: str | None = None,
-    energy_unit: str | None = None,
-    length_unit: str | None = None,
-    dipole_unit: str | None = None,
-    keys: Mapping[str, str] | Iterable[str] | None = None,
     overwrite: bool = False,
-    chunk_atoms: int = 1 << 20,
     progress: bool = False,
-    esp_unit: str | None = None,
-    density: Sequence[str | os.PathLike] | None = None,
-    geometry: Sequence[str | os.PathLike] | None = None,
-    esp_values: Sequence[str | os.PathLike] | None = None,
-    points: "PointSettings | None" = None,
-    total_charge: float | None = None,
+    **option_fields: Any,
 ) -> Path:
     """Convert ``sources`` into the packed dataset directory ``out`` (canonical units).
 
-    Units not given are the format's documented defaults (or what the file states). Any bad
-    structure raises :class:`~mmlwf.errors.DataError` naming file, field and index, and
-    leaves no output behind (``out`` is written to a temporary directory first).
+    ``options`` (or its fields as keyword arguments, which replace those of ``options``):
+    see :class:`ConvertOptions`. Any bad structure raises :class:`~mmlwf.errors.DataError`
+    naming file, field and index, and leaves no output behind (``out`` is written to a
+    temporary directory first; ``overwrite`` replaces an existing ``out`` atomically).
 
-    ESP sources (formats ``cube``, ``esp-grid``, ``dcmnet-npz``): ``density`` gives one
-    density cube per potential cube, in order (selection by density window, else the vdW
-    shell; ``points`` sets the rule, see :class:`mmlwf.esp.points.PointSettings`);
+    ESP sources: ``density`` gives one density cube per potential cube, in order;
     ``geometry`` one geometry per grid file (or one for all), which also makes ``esp-grid``
     the default format; ``esp_values`` the ESP files of grids stored as ``x y z`` only;
     ``total_charge`` the charge of cube/grid structures (default 0). Their structures carry
     no energy: such a dataset has no ``E`` field (the ESP-only layout).
     """
+    from .io import detect_format, open_source, parse_key_map
+    from .packed import PackedWriter
+
+    o = replace(options or ConvertOptions(), **option_fields)
+    fmt, energy_unit, length_unit, dipole_unit = o.fmt, o.energy_unit, o.length_unit, o.dipole_unit
+    keys, chunk_atoms, esp_unit, points, total_charge = o.keys, o.chunk_atoms, o.esp_unit, o.points, o.total_charge
+    density, geometry, esp_values = o.density, o.geometry, o.esp_values
     if not sources:
         raise DataError("no source files given")
     key_map = parse_key_map(keys)
@@ -181,6 +223,8 @@ class _SourceHasher:
         self._thread.start()
 
     def _run(self) -> None:
+        from .packed import sha256_file
+
         for k, path in enumerate(self._paths):
             try:
                 value = sha256_file(path, stop=self._stop) if path.is_file() else None

@@ -2,10 +2,12 @@
 
 Public API::
 
-    label_structures(sources, output, *, method="HF", basis="6-31g*", fmt=None,
-                     points=PointSettings(), cache_dir=None, max_structures=None, stride=1,
-                     charge=None, spin=None, charges=None, forces=False, keys=None,
-                     length_unit=None, threads=None, overwrite=False, progress=False) -> Path
+    label_structures(sources, output, *, method, basis, fmt=None, points=PointSettings(),
+                     cache_dir=None, max_structures=None, stride=1, charge=None, spin=None,
+                     charges, forces, keys=None, length_unit=None, threads=None,
+                     overwrite=False, progress=False) -> Path
+
+(``method``, ``basis``, ``charges``, ``forces``: defaults from :class:`LabelSettings`)
 
 reads geometries from ``sources`` (any format ``mmlwf convert`` reads; every ``stride``-th
 structure, at most ``max_structures`` of them), runs one SCF per
@@ -54,7 +56,8 @@ _CHUNK_BYTES = 64 << 20  # memory of one chunk of ESP integrals
 
 @dataclass(frozen=True)
 class LabelSettings:
-    """Level of theory and what to compute (see the module docstring)."""
+    """Level of theory and what to compute (see the module docstring): the one home of these
+    defaults (``label_structures``, ``mmlwf label`` and the workflow's labels use them)."""
 
     method: str = "HF"
     basis: str = "6-31g*"
@@ -209,8 +212,8 @@ def label_structures(
     sources: Sequence[str | os.PathLike],
     output: str | os.PathLike,
     *,
-    method: str = "HF",
-    basis: str = "6-31g*",
+    method: str = LabelSettings.method,
+    basis: str = LabelSettings.basis,
     fmt: str | None = None,
     points: PointSettings | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -218,8 +221,8 @@ def label_structures(
     stride: int = 1,
     charge: int | None = None,
     spin: int | None = None,
-    charges: str | None = None,
-    forces: bool = False,
+    charges: str | None = LabelSettings.charges,
+    forces: bool = LabelSettings.forces,
     keys: Mapping[str, str] | Sequence[str] | None = None,
     length_unit: str | None = None,
     threads: int | None = None,
@@ -228,7 +231,8 @@ def label_structures(
 ) -> Path:
     """Label the geometries of ``sources`` with pyscf into the packed dataset ``output``.
 
-    See the module docstring. Raises DataError (file, structure index) when an SCF does not
+    See the module docstring; the level of theory's defaults are those of
+    :class:`LabelSettings`. Raises DataError (file, structure index) when an SCF does not
     converge, ConfigError on a bad method/basis/setting; ``output`` is written atomically.
     """
     if not sources:

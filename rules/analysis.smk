@@ -18,20 +18,20 @@ rule evaluate:
             subcategory="{experiment}",
             labels={"experiment": "{experiment}", "plot": "{plot}"},
         ),
-    params:
-        run_dir=lambda wildcards: f"results/runs/{wildcards.experiment}",
-        subset=evaluation_setting("subset"),
-        checkpoint=evaluation_setting("checkpoint"),
     log:
         "logs/evaluate/{experiment}.log",
     benchmark:
         "results/benchmarks/evaluate/{experiment}.tsv"
+    conda:
+        experiment_env
     threads: 2
     resources:
         gpu=experiment_gpus,
         mem_mb=4000,
-    conda:
-        experiment_env
+    params:
+        run_dir=lambda wildcards: f"results/runs/{wildcards.experiment}",
+        subset=evaluation_setting("subset"),
+        checkpoint=evaluation_setting("checkpoint"),
     script:
         "../scripts/evaluate.py"
 
@@ -53,14 +53,14 @@ rule report:
             category="Report",
             labels={"file": "comparison of the experiments (CSV)"},
         ),
-    params:
-        run_dirs=[f"results/runs/{experiment}" for experiment in config["experiments"]],
     log:
         "logs/report/report.log",
+    conda:
+        "../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../envs/report.yaml"
+    params:
+        run_dirs=[f"results/runs/{experiment}" for experiment in config["experiments"]],
     script:
         "../scripts/report.py"

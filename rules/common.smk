@@ -2,9 +2,11 @@
 
 import sys
 
-sys.path.insert(0, workflow.basedir)  # mmlwf from this repository, also where it is not installed
+# mmlwf from this repository, also where it is not installed
+sys.path.insert(0, workflow.basedir)
 
 from mmlwf.errors import ConfigError
+from mmlwf.steps.data import CONVERT_SETTINGS
 from mmlwf.workflow_config import NAME_PATTERN, resolve_workflow_config
 
 
@@ -20,7 +22,11 @@ wildcard_constraints:
 # stops here, before any job, with one line naming the key and exit code 2 (a WorkflowError
 # would add Snakemake's file and line around it).
 try:
-    config.update(resolve_workflow_config(config, f"{workflow.basedir}/schemas/config.schema.yaml"))
+    config.update(
+        resolve_workflow_config(
+            config, f"{workflow.basedir}/schemas/config.schema.yaml"
+        )
+    )
 except ConfigError as exc:
     print(f"Error: {exc}", file=sys.stderr)
     sys.exit(2)
@@ -33,7 +39,9 @@ def experiment_config(wildcards):
 
 def experiment_data(wildcards):
     """Input function: the packed datasets, splits and stats of the experiment's dataset(s)."""
-    roots = [f"results/datasets/{name}" for name in experiment_config(wildcards)["members"]]
+    roots = [
+        f"results/datasets/{name}" for name in experiment_config(wildcards)["members"]
+    ]
     return {
         "packed": [f"{root}/packed" for root in roots],
         "split": [f"{root}/split.npz" for root in roots],
@@ -99,19 +107,16 @@ def all_run_files(name):
     return [f"results/runs/{experiment}/{name}" for experiment in config["experiments"]]
 
 
-ESP_SETTINGS = ("esp_unit", "density", "geometry", "points", "total_charge")
-
-
 def dataset_esp_files(wildcards):
     """Input function: the density cubes and geometry files of an ESP dataset."""
     ds = dataset_config(wildcards)
     return list(ds.get("density", [])) + list(ds.get("geometry", []))
 
 
-def dataset_esp_settings(wildcards):
-    """Params: the ESP-source settings of a dataset (unit, density/geometry files, points, charge)."""
+def dataset_convert_settings(wildcards):
+    """Params: the dataset's conversion settings (format, units, keys, ESP settings)."""
     ds = dataset_config(wildcards)
-    return {key: ds[key] for key in ESP_SETTINGS if key in ds}
+    return {key: ds[key] for key in CONVERT_SETTINGS if key in ds}
 
 
 def label_sources(wildcards):
@@ -121,4 +126,6 @@ def label_sources(wildcards):
 
 def label_settings(wildcards):
     """Params: everything about a label except its sources."""
-    return {k: v for k, v in config["labels"][wildcards.label].items() if k != "sources"}
+    return {
+        k: v for k, v in config["labels"][wildcards.label].items() if k != "sources"
+    }

@@ -7,22 +7,17 @@ rule convert:
         esp_files=dataset_esp_files,
     output:
         packed=directory("results/datasets/{dataset}/packed"),
-    params:
-        format=dataset_setting("format"),
-        energy_unit=dataset_setting("energy_unit"),
-        length_unit=dataset_setting("length_unit"),
-        dipole_unit=dataset_setting("dipole_unit"),
-        key_map=dataset_setting("keys"),
-        esp=dataset_esp_settings,
     log:
         "logs/convert/{dataset}.log",
     benchmark:
         "results/benchmarks/convert/{dataset}.tsv"
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../envs/data.yaml"
+    params:
+        settings=dataset_convert_settings,
     script:
         "../scripts/convert.py"
 
@@ -36,11 +31,11 @@ rule validate:
         report="results/datasets/{dataset}/validation.json",
     log:
         "logs/validate/{dataset}.log",
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../envs/data.yaml"
     script:
         "../scripts/validate.py"
 
@@ -52,15 +47,15 @@ rule split:
         validation="results/datasets/{dataset}/validation.json",
     output:
         split="results/datasets/{dataset}/split.npz",
-    params:
-        settings=dataset_setting("split"),
     log:
         "logs/split/{dataset}.log",
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../envs/data.yaml"
+    params:
+        settings=dataset_setting("split"),
     script:
         "../scripts/split.py"
 
@@ -71,17 +66,17 @@ rule stats:
         split="results/datasets/{dataset}/split.npz",
     output:
         stats="results/datasets/{dataset}/stats.json",
-    params:
-        settings=dataset_setting("stats"),
     log:
         "logs/stats/{dataset}.log",
     benchmark:
         "results/benchmarks/stats/{dataset}.tsv"
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../envs/data.yaml"
+    params:
+        settings=dataset_setting("stats"),
     script:
         "../scripts/stats.py"
 
@@ -93,17 +88,17 @@ rule label:
         sources=label_sources,
     output:
         packed=directory("results/labels/{label}/packed"),
-    params:
-        settings=label_settings,
-        cache=lambda wildcards: f"results/labels/{wildcards.label}/cache",
     log:
         "logs/label/{label}.log",
     benchmark:
         "results/benchmarks/label/{label}.tsv"
+    conda:
+        "../envs/label.yaml"
     threads: 2
     resources:
         mem_mb=4000,
-    conda:
-        "../envs/label.yaml"
+    params:
+        settings=label_settings,
+        cache=lambda wildcards: f"results/labels/{wildcards.label}/cache",
     script:
         "../scripts/label.py"

@@ -4,14 +4,14 @@
 rule demo_data:
     output:
         extxyz="results/demo/{name}.extxyz",
-    params:
-        settings=config["demo"],  # molecules, n_per_molecule, seed, temperature_K, teacher, ...
     log:
         "logs/demo_data/{name}.log",
+    conda:
+        "../envs/label.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../envs/label.yaml"
+    params:
+        settings=config["demo"],  # molecules, n_per_molecule, seed, temperature_K, teacher, ...
     script:
         "../scripts/demo_data.py"

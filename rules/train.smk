@@ -1,4 +1,4 @@
-# Training: one run directory per experiment (DESIGN §10).
+# Training: one run directory per experiment.
 
 
 # Only history.csv and model.json are declared outputs: the checkpoints/ of a killed job stay
@@ -9,19 +9,19 @@ rule train:
     output:
         history="results/runs/{experiment}/history.csv",
         model="results/runs/{experiment}/model.json",
-    params:
-        config=experiment_training_config,
-        weights=experiment_weights,
-        run_dir=lambda wildcards: f"results/runs/{wildcards.experiment}",
     log:
         "logs/train/{experiment}.log",
     benchmark:
         "results/benchmarks/train/{experiment}.tsv"
+    conda:
+        experiment_env
     threads: experiment_threads
     resources:
         gpu=experiment_gpus,
         mem_mb=4000,
-    conda:
-        experiment_env
+    params:
+        config=experiment_training_config,
+        weights=experiment_weights,
+        run_dir=lambda wildcards: f"results/runs/{wildcards.experiment}",
     script:
         "../scripts/train.py"

@@ -1,11 +1,12 @@
-"""Rule evaluate: metrics, predictions and plots of one run (see mmlwf.workflow.evaluate_step)."""
+"""Rule evaluate: metrics, predictions and plots of one run (mmlwf.steps.evaluate_step)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parent))  # this repository's mmlwf
 
-from mmlwf.workflow import evaluate_step, log_to
+from mmlwf.steps import evaluate_step
+from mmlwf.workflow import log_to
 
 with log_to(snakemake.log[0]):
     evaluate_step(
@@ -13,9 +14,9 @@ with log_to(snakemake.log[0]):
         snakemake.input.packed,
         snakemake.input.split,
         snakemake.output.metrics,
-        snakemake.output.predictions,
-        snakemake.output.atoms,
-        snakemake.output.plots,
+        predictions=snakemake.output.predictions,
+        atom_predictions=snakemake.output.atoms,
+        plots=snakemake.output.plots,
         subset=snakemake.params.subset,
         checkpoint=snakemake.params.checkpoint,
     )

@@ -1,11 +1,17 @@
-"""Rule stats: statistics of the training split (see mmlwf.workflow.stats_step)."""
+"""Rule stats: statistics of the training split (mmlwf.steps.stats_step)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parent))  # this repository's mmlwf
 
-from mmlwf.workflow import log_to, stats_step
+from mmlwf.steps import stats_step
+from mmlwf.workflow import log_to
 
 with log_to(snakemake.log[0]):
-    stats_step(snakemake.input.packed, snakemake.input.split, snakemake.output.stats, snakemake.params.settings)
+    stats_step(
+        snakemake.input.packed,
+        snakemake.input.split,
+        snakemake.output.stats,
+        **snakemake.params.settings,
+    )

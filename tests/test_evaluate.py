@@ -209,6 +209,36 @@ def test_bad_inputs_one_line(trained_run, tmp_path, capsys):  # noqa: F811
     assert "--split" in capsys.readouterr().err
 
 
+def test_cli_mixture_metrics_and_plots_as_the_rule_writes_them(trained_run, tmp_path, capsys):  # noqa: F811
+    """``mmlwf evaluate`` with repeated --data/--split and --plots: the per-dataset metrics and
+    the figures the workflow's evaluate rule writes (both call mmlwf.steps.evaluate_step)."""
+    import shutil
+
+    from mmlwf.analysis.plots import PLOT_FILES
+
+    t = trained_run
+    other = tmp_path / "copy"
+    shutil.copytree(t.data, other)
+    plots = tmp_path / "figs" / "plots"
+    assert main(["evaluate", str(t.run), "--data", str(t.data), "--split", str(t.split), "--data", str(other),
+                 "--split", str(t.split), "-o", str(tmp_path / "m.json"), "--plots", str(plots)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith(f"wrote {tmp_path / 'm.json'}: {N_TEST} test structures")
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert set(doc["per_dataset"]) == {str(t.data), str(other)}
+    for metrics in doc["per_dataset"].values():
+        assert metrics["n_structures"] == N_TEST
+        assert metrics["energy_mae_eV"] == pytest.approx(doc["metrics"]["energy_mae_eV"], rel=1e-9)
+    assert sorted(p.name for p in plots.iterdir()) == sorted(PLOT_FILES["physnet"])
+    assert not [p for p in plots.parent.iterdir() if p.name != "plots"]  # no temporary folder left
+    # one split per dataset
+    assert main(["evaluate", str(t.run), "--data", str(t.data), "--data", str(other), "--split", str(t.split),
+                 "-o", str(tmp_path / "m2.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "2 dataset(s) but 1 split file(s)" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m2.json").exists()
+
+
 # ----------------------------------------------------------------------------- DCMNet
 
 

@@ -18,7 +18,7 @@ from mmlwf.cli import main
 from mmlwf.training.history import COST_COLUMNS
 from mmlwf.training.progress import TrainingProgress, summary_line
 
-from .conftest import shared_file
+from .cli_fixtures import make_ethanol
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) train_loss=")  # a train.log line
@@ -45,15 +45,7 @@ def assert_quiet(text: str) -> None:
 
 @pytest.fixture(scope="module")
 def ethanol(tmp_path_factory):
-    from mmlwf.convert import convert
-    from mmlwf.split import split_dataset
-    from mmlwf.stats import compute_stats, write_stats
-
-    root = tmp_path_factory.mktemp("ethanol")
-    ds = convert([shared_file("rmd17_ethanol_train_1000.xyz")], root / "ds")
-    split_dataset(ds, root / "split.npz", valid=10, test=950, seed=0)  # 40 training structures
-    write_stats(compute_stats(ds, root / "split.npz", batch_size=10), root / "stats.json")
-    return root
+    return make_ethanol(tmp_path_factory.mktemp("ethanol"), valid=10, test=950)  # 40 training structures
 
 
 def train_args(root: Path, run: Path, epochs: int) -> list[str]:

@@ -6,20 +6,13 @@ import pytest
 
 from mmlwf.cli import main
 
+from .cli_fixtures import make_ethanol
 from .conftest import shared_file
 
 
 @pytest.fixture(scope="module")
 def ethanol(tmp_path_factory):
-    from mmlwf.convert import convert
-    from mmlwf.split import split_dataset
-    from mmlwf.stats import compute_stats, write_stats
-
-    root = tmp_path_factory.mktemp("ethanol")
-    ds = convert([shared_file("rmd17_ethanol_train_1000.xyz")], root / "ds")
-    split_dataset(ds, root / "split.npz", valid=40, test=860, seed=0)  # 100 training structures
-    write_stats(compute_stats(ds, root / "split.npz", batch_size=10), root / "stats.json")
-    return root
+    return make_ethanol(tmp_path_factory.mktemp("ethanol"), valid=40, test=860)  # 100 training structures
 
 
 def _train(root, run, *extra):

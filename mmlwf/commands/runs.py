@@ -1,0 +1,194 @@
+"""Run commands: train, export, md, evaluate, compare, plot, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import ConfigError
+from .common import TERMINAL, default_of
+
+_SUBSETS = ("test", "valid", "train", "all")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..steps import train_step
+    from ..training import exit_code
+    from ..training.progress import terminal_lines
+
+    with terminal_lines():
+        summary = train_step(args.config, args.data, args.split, args.stats, args.output, overrides=args.set,
+                             progress=args.progress or None, verbose=args.verbose, summary_every=args.summary_every,
+                             tell=TERMINAL)
+    return exit_code(summary)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..export import export_model
+
+    meta = export_model(args.run, args.output, which=args.which)
+    print(f"wrote {args.output}: {len(meta['paths'])} parameter arrays, sha256 {meta['sha256'][:16]}")
+    return 0
+
+
+def _cmd_md(args: argparse.Namespace) -> int:
+    from ..md import MDAborted, MDSettings, load_calculator, read_structure, run_md
+
+    settings = MDSettings(steps=args.steps, dt_fs=args.dt_fs, ensemble=args.ensemble,
+                          temperature_K=args.temperature_K, friction_per_fs=args.friction, seed=args.seed,
+                          log_every=args.log_every, traj_every=args.traj_every,
+                          min_distance_A=args.min_distance).check()
+    atoms = read_structure(args.structure, args.index)
+    calc = load_calculator(args.model, args.which, charge=args.charge)
+    try:
+        s = run_md(calc, atoms, settings, args.output, overwrite=args.overwrite,
+                   info={"model": str(args.model), "structure": str(args.structure), "index": args.index})
+    except MDAborted as exc:
+        print(f"mmlwf md: aborted: {exc} (partial run in {args.output}.aborted)", file=sys.stderr)
+        return 3
+    drift = s.get("nve", {}).get("drift_meV_per_atom_per_ps")
+    extra = "" if drift is None else f", drift {drift:.3g} meV/atom/ps"
+    print(f"wrote {args.output}: {s['steps_done']} steps ({s['simulated_ps']:g} ps), {s['steps_per_s']:.0f} steps/s, "
+          f"closest approach {s['closest_approach']['min_distance_A']:.3f} Å{extra}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..steps import evaluate_step
+
+    evaluate_step(args.run, args.data, args.split, args.output, predictions=args.predictions,
+                  atom_predictions=args.atom_predictions, plots=args.plots, subset=args.subset,
+                  checkpoint=args.checkpoint, batch_size=args.batch_size, tell=TERMINAL)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ..analysis.compare import compare_runs, write_table
+
+    table = compare_runs(args.runs)
+    write_table(table, args.output)
+    print(f"wrote {args.output}: {len(table)} runs, {len(table.columns)} columns")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from ..analysis.evaluate import model_type, run_predictions
+    from ..analysis.plots import make_plots
+
+    if args.atom_predictions and not args.predictions:
+        raise ConfigError("--atom-predictions needs --predictions (the per-structure table)")
+    pred = run_predictions(args.run, args.predictions, args.atom_predictions, data=args.data, split=args.split,
+                           subset=args.subset)
+    paths = make_plots(args.run, args.output, pred, model_type(args.run))
+    print(f"wrote {len(paths)} figures to {args.output}: {', '.join(p.name for p in paths)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ..steps import report_step
+
+    report_step(args.runs, args.output, title=args.title, tell=TERMINAL)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The run commands' parsers."""
+    p = sub.add_parser("train", help="train a model (or resume its run directory)",
+                       description="Train PhysNet or DCMNet (model.type) on the training split; re-running with the same run "
+                       "directory resumes from its latest checkpoint. SIGTERM writes a checkpoint and exits 75.")
+    p.add_argument("--config", metavar="CFG.yaml", help="YAML with model: and training: sections (defaults if absent)")
+    p.add_argument("--data", required=True, metavar="DIR", help="packed dataset")
+    p.add_argument("--split", required=True, metavar="SPLIT.npz")
+    p.add_argument("--stats", metavar="STATS.json", help="training statistics (needed for physnet, unused by dcmnet)")
+    p.add_argument("-o", "--output", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. training.max_epochs=5; repeatable")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bar even when not on a terminal (redrawn once per --summary-every there)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="a line per epoch in the terminal (train.log and history.csv always have them)")
+    p.add_argument("--summary-every", type=float, metavar="SECONDS",
+                   help="at most one summary line per SECONDS, besides the first and last epoch's "
+                   "(default: one a minute)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("export", help="write a trained model to one portable file (no orbax needed to use it)",
+                       description="One .npz-based file: model.json, the parameter arrays with their tree "
+                       "paths, format version and sha256, written atomically.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.mmlwf")
+    p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint (default %(default)s)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("md", help="molecular dynamics (NVE / Langevin NVT) of one molecule with ASE",
+                       description="Writes OUT/trajectory.traj, OUT/energy.csv (step, time_fs, Epot_eV, "
+                       "Ekin_eV, Etot_eV, T_K, min_distance_A) and OUT/md.json (timing, closest approach, "
+                       "NVE energy drift). Exits 3 if atoms come closer than --min-distance.")
+    p.add_argument("model", metavar="RUN_OR_MODEL", help="run directory or file from 'mmlwf export'")
+    p.add_argument("--structure", required=True, metavar="FILE", help="starting structure (any ase.io format)")
+    p.add_argument("--index", type=int, default=0, help="frame of FILE (default %(default)s)")
+    p.add_argument("--steps", type=int, required=True, metavar="N")
+    p.add_argument("--dt-fs", type=float, default=0.5, help="time step in fs (default %(default)s)")
+    p.add_argument("--ensemble", choices=["nve", "nvt"], default="nve", help="default %(default)s")
+    p.add_argument("--temperature-K", type=float, default=300.0,
+                   help="initial velocities and Langevin bath, K (default %(default)s)")
+    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="velocities and Langevin noise (default %(default)s)")
+    p.add_argument("--charge", type=float, default=0.0, help="total charge in e (default %(default)s)")
+    p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint of RUN (default %(default)s)")
+    p.add_argument("--log-every", type=int, default=1, help="energy.csv row every N steps (default %(default)s)")
+    p.add_argument("--traj-every", type=int, default=10, help="trajectory frame every N steps (default %(default)s)")
+    p.add_argument("--min-distance", type=float, default=0.5,
+                   help="abort when two atoms come closer, Å (default %(default)s)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists")
+    p.set_defaults(func=_cmd_md)
+
+    p = sub.add_parser("evaluate", help="metrics of a trained run on a subset of a dataset (and its figures)",
+                       description="Energy (per structure and per atom, eV), forces (per component and "
+                       "error-vector norm, eV/Å, also per element), dipole (e·Å) and total charge (e) errors "
+                       "where the model predicts them, with the best checkpoint's parameters (EMA weights "
+                       "when the run kept an EMA). With --data/--split repeated (a mixture's members), the "
+                       "top-level metrics, predictions and figures are the first dataset's and METRICS.json "
+                       "adds per_dataset metrics, as the workflow's evaluate rule writes them.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--data", required=True, action="append", metavar="DIR", help="packed dataset; repeatable")
+    p.add_argument("--split", action="append", metavar="SPLIT.npz",
+                   help="split file of each --data, in order (not needed for --subset all)")
+    p.add_argument("--subset", choices=_SUBSETS, default="test", help="default %(default)s")
+    p.add_argument("-o", "--output", required=True, metavar="METRICS.json")
+    p.add_argument("--predictions", metavar="FILE.csv", help="also write one row per structure")
+    p.add_argument("--atom-predictions", metavar="FILE.npz", help="also write the per-atom forces (and charges)")
+    p.add_argument("--plots", metavar="DIR", help="also write the run's figures (as 'mmlwf plot') into DIR")
+    p.add_argument("--checkpoint", choices=["best", "latest"], default="best", help="default %(default)s")
+    p.add_argument("--batch-size", type=int, default=default_of("mmlwf.analysis.evaluate:evaluate_run", "batch_size"),
+                   help="default %(default)s")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("compare", help="one table row per run: hyperparameters, metrics, time, parameters")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("-o", "--output", required=True, metavar="TABLE.csv")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("plot", help="figures of a run (learning curves, parity, errors) as PNG files",
+                       description="Predictions come from --predictions (+ --atom-predictions), else from "
+                       "RUN/predictions.csv + RUN/predictions_atoms.npz, else from evaluating the run on "
+                       "--data/--split (default: the dataset and split it was trained on).")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--predictions", metavar="FILE.csv", help="per-structure table from mmlwf evaluate")
+    p.add_argument("--atom-predictions", metavar="FILE.npz", help="per-atom file from mmlwf evaluate")
+    p.add_argument("--data", metavar="DIR", help="packed dataset to evaluate on when there are no predictions")
+    p.add_argument("--split", metavar="SPLIT.npz")
+    p.add_argument("--subset", choices=_SUBSETS, default="test", help="default %(default)s")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("report", help="one self-contained HTML page on one or many runs",
+                       description="Comparison table, metrics, figures (embedded as data URIs; made when a run "
+                       "has no plots/ yet) and configuration of each run; no external references.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("-o", "--output", required=True, metavar="REPORT.html")
+    p.add_argument("--table", metavar="TABLE.csv", help="also write the comparison table (as 'mmlwf compare')")
+    p.add_argument("--title", default=default_of("mmlwf.analysis.report:write_report", "title"),
+                   help="default %(default)r")
+    p.set_defaults(func=_cmd_report)
