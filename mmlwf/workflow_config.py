@@ -38,7 +38,7 @@ from typing import Any
 from . import units
 from .errors import ConfigError
 from .settings import SettingError, TrainingSettings, model_settings, parse
-from .settings.validate import check_config, load_schema
+from .settings.validate import check_config, load_schema, with_registered_models
 
 #: names become path components: no separators, no leading dot
 NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
@@ -186,7 +186,7 @@ def resolve_workflow_config(config: Mapping, schema: Mapping | str | Path | None
     """
     cfg = copy.deepcopy(dict(config))
     if schema is not None:
-        check_config(cfg, schema if isinstance(schema, Mapping) else load_schema(schema))
+        check_config(cfg, schema if isinstance(schema, Mapping) else with_registered_models(load_schema(schema)))
     for name in dict(cfg.get("labels") or {}):
         check_name(name, f"labels.{name}")
     datasets = dict(cfg.get("datasets") or {})

@@ -28,7 +28,7 @@ import importlib
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError, did_you_mean
@@ -83,7 +83,6 @@ class ModelKind:
     plots: tuple[str, ...] = ("learning_curves.png",)
     plot_needs: tuple[str, ...] = ()
     exportable: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     # -- the implementation, imported on use
     @property

@@ -73,7 +73,8 @@ def model_schema() -> dict:
 
 def generated_defs() -> dict:
     """The generated ``$defs`` entries: ``model`` and each declared section."""
-    return {"model": model_schema(), **{name: section_schema(cls) for name, cls in DECLARED.items()}}
+    declared = {**MODELS, "training": TrainingSettings}  # read now: kinds registered later count
+    return {"model": model_schema(), **{name: section_schema(cls) for name, cls in declared.items()}}
 
 
 def render(text: str) -> str:
