@@ -167,3 +167,32 @@ def test_toy_kind_through_the_workflow(tmp_path, monkeypatch):
     })
     proc = snakemake(tmp_path, "-n")
     assert proc.returncode != 0 and "n_basi" in proc.stderr
+
+
+def test_train_with_a_dcmnet_and_no_forward_honours_esp_decay_length(tmp_path):
+    """``mmlwf.training.train(model=DCMNet…)`` without ``forward=`` uses the kind's forward
+    with ``training.esp_decay_length`` (the ESP loss weighted towards the molecule)."""
+    import functools
+
+    from mmlwf.models import dcmnet
+    from mmlwf.split import split_dataset
+    from mmlwf.training import load_config, train
+    from mmlwf.training.data import make_loaders
+
+    from .test_dcmnet import _esp_dataset
+
+    _esp_dataset(tmp_path / "ds", n=8)
+    split_dataset(tmp_path / "ds", tmp_path / "split.npz", valid=0.25, test=0.0, seed=0)
+    cfg = load_config({"model": {"type": "dcmnet", "n_dcm": 1, "features": 4, "num_iterations": 1, "cutoff": 3.0},
+                       "training": {"batch_size": 6, "max_epochs": 1, "esp_decay_length": 0.3}})
+    model = dcmnet.build_model(cfg.model)
+    losses = {}
+    for name, forward in [("default", None),
+                          ("decay", functools.partial(dcmnet.forward, model, esp_decay_length=0.3)),
+                          ("uniform", functools.partial(dcmnet.forward, model))]:
+        loaders = make_loaders(tmp_path / "ds", tmp_path / "split.npz", cfg, cutoff=3.0)
+        summary = train(tmp_path / name, model=model, config=cfg, train_loader=loaders[0], valid_loader=loaders[1],
+                        element_energies=None, forward=forward, progress=False)
+        assert summary["status"] == "completed"
+        losses[name] = summary["last"]["train_loss"]
+    assert losses["default"] == losses["decay"] and losses["default"] != losses["uniform"], losses
