@@ -235,8 +235,9 @@ def report_step(run_dirs, html, table) -> Path:
     from .analysis.compare import compare_runs, write_table
     from .analysis.report import write_report
 
-    write_table(compare_runs(run_dirs), table)
-    write_report(run_dirs, html)
+    comparison = compare_runs(run_dirs)
+    write_table(comparison, table)
+    write_report(run_dirs, html, table=comparison)
     log.info("wrote %s and %s (%d runs)", html, table, len(run_dirs))
     return Path(html)
 

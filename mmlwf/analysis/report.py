@@ -200,10 +200,11 @@ def _run_section(run_dir: Path, summary: Mapping, tmp: Path) -> str:
     return "\n".join(parts)
 
 
-def build_report(run_dirs: Sequence[str | os.PathLike], title: str = "mmlwf report") -> str:
-    """The HTML text of the report on ``run_dirs``."""
+def build_report(run_dirs: Sequence[str | os.PathLike], title: str = "mmlwf report", table=None) -> str:
+    """The HTML text of the report on ``run_dirs``; ``table``: their :func:`compare_runs`
+    table when the caller has it already."""
     runs = [Path(r) for r in run_dirs]
-    table = compare_runs(runs)
+    table = compare_runs(runs) if table is None else table
     summaries = table.to_dict(orient="records")
     nav = " ".join(f'<a href="#run-{html.escape(s["experiment"])}">{html.escape(s["experiment"])}</a>'
                    for s in summaries)
@@ -223,9 +224,11 @@ def build_report(run_dirs: Sequence[str | os.PathLike], title: str = "mmlwf repo
             f"</title>\n<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
 
 
-def write_report(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike, title: str = "mmlwf report") -> Path:
-    """Write the report on ``run_dirs`` to ``path`` atomically; returns the path."""
-    text = build_report(run_dirs, title)
+def write_report(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike, title: str = "mmlwf report",
+                 table=None) -> Path:
+    """Write the report on ``run_dirs`` to ``path`` atomically (``table``: as for
+    :func:`build_report`); returns the path."""
+    text = build_report(run_dirs, title, table)
     with atomic_write(path, "w") as fh:
         fh.write(text)
     return Path(path)
