@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import DataError
 from ..fileio import atomic_write
 from ..rundir import RunDir
+from ..settings.models import DEFAULT_MODEL
 from ..units import DEBYE_PER_E_ANGSTROM, ESP
 from .energy_fit import relative_energies
 from .quantities import FIELD_UNITS, NAMES, run_training_config, term_weights
@@ -405,7 +406,7 @@ def plot_charge_positions(pred: Mapping, path: Path) -> Path:
 
 
 def make_plots(run_dir: str | os.PathLike, out_dir: str | os.PathLike, pred: Mapping,
-               model_type: str = "physnet") -> list[Path]:
+               model_type: str = DEFAULT_MODEL) -> list[Path]:
     """Write :data:`PLOT_FILES` ``[model_type]`` into ``out_dir`` from the run's history and
     the prediction dict ``pred``; returns the paths in that order."""
     from .evaluate import per_element_metrics
