@@ -55,7 +55,9 @@ class TrainedModel:
     @property
     def pair_cutoff(self) -> float:
         """The distance (Å) the pair list must reach."""
-        return float(self.model.pair_cutoff) if hasattr(self.model, "pair_cutoff") else self.kind.pair_cutoff(self.model)
+        if hasattr(self.model, "pair_cutoff"):
+            return float(self.model.pair_cutoff)
+        return self.kind.pair_cutoff(self.model)
 
 
 def build_model(model_config: Mapping):

@@ -26,7 +26,8 @@ HISTORY_CSV = "history.csv"
 TRAIN_LOG = "train.log"
 CHECKPOINTS = "checkpoints"
 LATEST, BEST = "latest", "best"
-METRICS_FILE, PREDICTIONS_FILE, ATOMS_FILE, PLOTS_DIR = "metrics.json", "predictions.csv", "predictions_atoms.npz", "plots"
+METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.csv"
+ATOMS_FILE, PLOTS_DIR = "predictions_atoms.npz", "plots"
 
 
 class RunDir:
