@@ -1,4 +1,5 @@
-"""ASE calculator for a trained PhysNet: energy (eV), forces (eV/Å), charges (e), dipole (e·Å).
+"""ASE calculator for a trained energy model (PhysNet or another registered kind that predicts
+energy): energy (eV), forces (eV/Å), charges (e), dipole (e·Å).
 
     calc = MMLWFCalculator.from_run("results/runs/demo")      # orbax checkpoint (best, EMA)
     calc = MMLWFCalculator.from_file("model.mmlwf")           # exported file, no orbax needed
@@ -19,7 +20,6 @@ which for a neutral molecule is the same about any origin).
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -32,15 +32,10 @@ from .errors import ConfigError, DataError
 MIN_ATOMS, MIN_PAIRS = 8, 64
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_energy_and_forces(model):
-    """One jitted function per model configuration, shared by its calculators (XLA then
-    compiles once per padded shape and dtype, however many calculators there are)."""
-    import jax
+def _energy_kinds() -> str:
+    from .models.registry import kinds
 
-    from .models.physnet import energy_and_forces
-
-    return jax.jit(functools.partial(energy_and_forces, model))
+    return ", ".join(k.name for k in kinds().values() if k.predicts_energy)
 
 
 def bucket(n: int, minimum: int) -> int:
@@ -49,7 +44,7 @@ def bucket(n: int, minimum: int) -> int:
 
 
 class MMLWFCalculator(Calculator):
-    """ASE calculator wrapping a :class:`~mmlwf.analysis.predict.TrainedModel` (PhysNet).
+    """ASE calculator wrapping a :class:`~mmlwf.inference.TrainedModel` of an energy model.
 
     ``charge``: total charge of the molecule in e (used by models that predict charges).
     ``dtype``: ``"float32"`` (default) or ``"float64"`` for the network evaluation.
@@ -60,11 +55,13 @@ class MMLWFCalculator(Calculator):
     def __init__(self, trained, *, charge: float = 0.0, dtype: str = "float32", **kwargs) -> None:
         import jax
 
-        from .models.physnet import PhysNet, pair_cutoff
+        from .inference import jitted_forward
+        from .models.registry import kind_of_model
 
         super().__init__(**kwargs)
-        if not isinstance(trained.model, PhysNet):
-            raise ConfigError(f"{trained.run_dir}: the calculator needs an energy model (physnet), "
+        kind = kind_of_model(trained.model)
+        if kind is None or not kind.predicts_energy:
+            raise ConfigError(f"{trained.run_dir}: the calculator needs an energy model ({_energy_kinds()}), "
                               f"got {type(trained.model).__name__}")
         if dtype not in ("float32", "float64"):
             raise ConfigError(f"calculator dtype must be float32 or float64, got {dtype!r}")
@@ -73,14 +70,14 @@ class MMLWFCalculator(Calculator):
         self.trained = trained
         self.model = trained.model
         self.reference = np.asarray(trained.reference, np.float64)
-        self.cutoff = pair_cutoff(self.model)
+        self.cutoff = kind.pair_cutoff(self.model)
         self.charge = float(charge)
         self.dtype = np.dtype(dtype)
         self.params = jax.tree.map(lambda a: jax.numpy.asarray(a, self.dtype), trained.params)
-        self._evaluate = _jitted_energy_and_forces(self.model)
+        self._evaluate = jitted_forward(self.model)
         self.shapes_compiled: set[tuple[int, int]] = set()  # (atoms, pairs) buckets seen
         props = ["energy", "free_energy", "energies", "forces"]
-        if self.model.charges:
+        if getattr(self.model, "charges", False):
             props += ["charges", "dipole"]
         self.implemented_properties = props
 
@@ -88,19 +85,15 @@ class MMLWFCalculator(Calculator):
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, which: str = "best", **kwargs) -> MMLWFCalculator:
         """From a run directory's ``best`` or ``latest`` checkpoint (EMA weights when kept)."""
-        import json
-        from pathlib import Path
+        from .rundir import RunDir
 
-        from .analysis.predict import load_run
-
-        info_file = Path(run_dir) / "model.json"
-        if not info_file.is_file():
+        run = RunDir(run_dir)
+        if not run.is_run():
             raise FileNotFoundError(f"{run_dir}: not a run directory (no model.json)")
-        model_type = str(json.loads(info_file.read_text()).get("model", {}).get("type", "physnet")).lower()
-        if model_type != "physnet":
-            raise ConfigError(f"{run_dir}: model type {model_type!r} predicts no energy; "
-                              "the calculator needs an energy model (physnet)")
-        return cls(load_run(run_dir, which), **kwargs)
+        if not run.kind.predicts_energy:
+            raise ConfigError(f"{run_dir}: model type {run.model_type!r} predicts no energy; "
+                              f"the calculator needs an energy model ({_energy_kinds()})")
+        return cls(run.load(which), **kwargs)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs) -> MMLWFCalculator:
@@ -119,7 +112,7 @@ class MMLWFCalculator(Calculator):
         if Z.size == 0:
             raise DataError("no atoms", field="Z")
         known = np.zeros(119, bool)
-        known[: self.model.max_atomic_number + 1] = True
+        known[: getattr(self.model, "max_atomic_number", 118) + 1] = True
         known &= ~np.isnan(self.reference)
         bad = Z[(Z < 1) | (Z > 118) | ~known[np.clip(Z, 0, 118)]]
         if bad.size:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .inference import reference_table
 
 FORMAT = "mmlwf-export"
 FORMAT_VERSION = 1
@@ -61,19 +62,19 @@ def _as_dict(tree):
 def export_model(run_dir: str | os.PathLike, output: str | os.PathLike, which: str = "best") -> dict:
     """Write the ``which`` (``best``/``latest``) parameters of ``run_dir`` to ``output``
     atomically; return the metadata written (with ``sha256``)."""
-    from .analysis.predict import load_run
     from .fileio import save_npz_deterministic
+    from .rundir import RunDir
 
     if which not in ("best", "latest"):
         raise ConfigError(f"--which must be 'best' or 'latest', got {which!r}")
     run_dir = Path(run_dir)
-    if not (run_dir / "model.json").is_file():
+    rd = RunDir(run_dir)
+    if not rd.is_run():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no model.json)")
-    with open(run_dir / "model.json") as fh:
-        model_type = str(json.load(fh).get("model", {}).get("type", "physnet")).lower()
-    if model_type != "physnet":
-        raise ConfigError(f"{run_dir}: model type {model_type!r} cannot be exported yet (only physnet)")
-    run = load_run(run_dir, which)
+    if not rd.kind.exportable:
+        raise ConfigError(f"{run_dir}: model type {rd.model_type!r} cannot be exported yet "
+                          f"(only {_exportable_kinds()})")
+    run = rd.load(which)
     variables = run.params if "params" in run.params else {"params": run.params}
     paths, arrays = _flatten(variables)
     info = json.loads(json.dumps(run.info))  # JSON-clean copy
@@ -123,24 +124,22 @@ def read_exported(path: str | os.PathLike) -> tuple[dict, Any]:
     return meta, variables
 
 
-def reference_table(element_energies_by_z: dict) -> np.ndarray:
-    """``(119,)`` float64 element energies (eV) by atomic number; NaN for unknown elements."""
-    table = np.full(119, np.nan, np.float64)
-    for z, e in element_energies_by_z.items():
-        table[int(z)] = float(e)
-    return table
+def _exportable_kinds() -> str:
+    from .models.registry import kinds
+
+    return ", ".join(k.name for k in kinds().values() if k.exportable)
 
 
 def load_exported(path: str | os.PathLike):
-    """The model of an exported file as a :class:`~mmlwf.analysis.predict.TrainedModel`
+    """The model of an exported file as a :class:`~mmlwf.inference.TrainedModel`
     (``run_dir`` is the file's path). Does not import orbax or optax."""
-    from .analysis.predict import TrainedModel
-    from .models.physnet import build_model
+    from .inference import TrainedModel
+    from .models.registry import kind_of_config
 
     meta, variables = read_exported(path)
     info = meta["model_info"]
-    model_type = str(info.get("model", {}).get("type", "physnet")).lower()
-    if model_type != "physnet":
-        raise ConfigError(f"{path}: model type {model_type!r} is not supported here (only physnet)")
-    model = build_model(info["model"])
+    kind = kind_of_config(info.get("model"))
+    if not kind.exportable:
+        raise ConfigError(f"{path}: model type {kind.name!r} is not supported here (only {_exportable_kinds()})")
+    model = kind.build_model(info["model"])
     return TrainedModel(model, variables, info, reference_table(info["element_energies_by_Z"]), Path(path))

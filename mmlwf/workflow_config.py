@@ -41,7 +41,6 @@ from . import units
 from .errors import ConfigError
 from .settings import (
     EXPERIMENT_KEYS,
-    MODELS,
     NAME_PATTERN,
     DatasetSettings,
     SettingError,
@@ -53,11 +52,9 @@ from .settings import (
     model_settings,
     parse,
 )
-from .settings.validate import check_config, load_schema
+from .settings.validate import check_config, load_schema, with_registered_models
 from .settings.workflow import DEVICES, GRID_SECTIONS
 
-#: the model types an experiment may name (``model.type``)
-MODEL_TYPES = tuple(MODELS)
 #: the datasets' unit settings, by the quantity (:mod:`mmlwf.units`) they are a unit of
 UNIT_KEYS = {key: key.removesuffix("_unit") for key in DatasetSettings.model_fields if key.endswith("_unit")}
 
@@ -230,7 +227,7 @@ def resolve_workflow_config(config: Mapping, schema: Mapping | str | Path | None
 def _resolved(cfg: dict, schema: Mapping | str | Path | None) -> dict:
     """The checks of :func:`resolve_workflow_config` on ``cfg`` (changed in place)."""
     if schema is not None:
-        check_config(cfg, schema if isinstance(schema, Mapping) else load_schema(schema))
+        check_config(cfg, schema if isinstance(schema, Mapping) else with_registered_models(load_schema(schema)))
     else:
         fill_defaults(WorkflowSettings, cfg)
     for name in dict(cfg.get("labels") or {}):

@@ -355,8 +355,12 @@ def test_energy_parity_of_a_trained_multi_molecule_run(trained_multi, tmp_path):
 
 
 def test_untrained_and_enforced_terms_are_not_plotted(trained_multi, trained_dcmnet):  # noqa: F811
-    from mmlwf.analysis.plots import curve_terms, learning_curves_figure, read_history
+    from mmlwf.analysis.plots import curve_terms, learning_curves_figure
     from mmlwf.analysis.quantities import run_training_config, term_weights
+    from mmlwf.rundir import RunDir
+
+    def read_history(run_dir):
+        return RunDir(run_dir).history_frame()
 
     history = read_history(trained_multi.run)
     assert "valid_mono_mae_e" in history and "valid_charge_mae_e" in history  # recorded, yet ...

@@ -21,7 +21,8 @@ import yaml
 
 from ..errors import DataError
 from ..fileio import atomic_write
-from .evaluate import METRICS_FILE, model_type, read_metrics
+from ..rundir import METRICS_FILE, RunDir
+from .evaluate import read_metrics
 from .quantities import HEADLINE, field_name, field_unit, term_weights, trained, training_with_defaults
 
 #: the headline error columns (field units) and the canonical metric each comes from
@@ -38,34 +39,29 @@ _LENGTH_KEYS = ("cutoff", "coulomb_cutoff", "max_displacement")
 
 
 def _model_settings(kind: str, model: dict) -> dict:
-    """The model's full configuration (defaults filled in); lengths suffixed ``_A``."""
-    from ..models import dcmnet, physnet
+    """The model's full configuration (defaults filled in by its declaration, without
+    building it); lengths suffixed ``_A``."""
+    from ..errors import ConfigError
+    from ..models.registry import get
+    from ..settings import SettingError, parse
 
-    modules = {"physnet": physnet, "dcmnet": dcmnet}
     full = dict(model)
-    if kind in modules:
-        try:
-            full = modules[kind].model_config(modules[kind].build_model(model))
-        except ValueError:
-            pass  # keep what the config says
+    try:
+        full = parse(get(kind).settings_class, {**model, "type": kind}).model_dump()
+    except (ConfigError, SettingError, ValueError):
+        pass  # keep what the config says
     full.pop("type", None)
     full.pop("max_atomic_number", None)
     return {(f"{k}_A" if k in _LENGTH_KEYS else k): v for k, v in full.items()}
 
 
 def parameter_count(run_dir: str | os.PathLike, which: str = "best") -> int | None:
-    """Number of trainable parameters in the run's ``which`` checkpoint (None without one)."""
-    import jax
-
-    from ..training.checkpoint import load_params
-
-    if not (Path(run_dir) / "checkpoints" / which).is_dir():
-        return None
+    """Trainable parameters of the run (``model.json``'s ``n_parameters``, else counted from
+    the ``which`` checkpoint's metadata, restoring nothing); None when neither says."""
     try:
-        params, _ = load_params(run_dir, which, ema=False)
-    except FileNotFoundError:
+        return RunDir(run_dir).n_parameters(which)
+    except DataError:
         return None
-    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
 
 
 def _history_metrics(history) -> tuple[dict, str]:
@@ -96,18 +92,17 @@ def cost_summary(history) -> dict:
 
 def run_summary(run_dir: str | os.PathLike) -> dict:
     """The comparison row of one run directory (see the module docstring)."""
-    from .plots import read_history
-
     run_dir = Path(run_dir)
-    kind = model_type(run_dir)
-    cfg_path = run_dir / "config.yaml"
+    rd = RunDir(run_dir)
+    kind = rd.model_type
+    cfg_path = rd.config_yaml
     try:
         cfg = yaml.safe_load(cfg_path.read_text()) or {}
     except FileNotFoundError:
         raise DataError("not a run directory (no config.yaml)", path=cfg_path) from None
     except yaml.YAMLError as exc:
         raise DataError(f"not valid YAML ({' '.join(str(exc).split())})", path=cfg_path) from None
-    history = read_history(run_dir)
+    history = rd.history_frame()
     if (run_dir / METRICS_FILE).exists():
         doc = read_metrics(run_dir / METRICS_FILE)
         m = doc["metrics"]

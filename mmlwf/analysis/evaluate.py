@@ -6,8 +6,8 @@ kcal/(mol·e) for the electrostatic potential); :func:`predictions_table` gives 
 structure; :func:`evaluate_run` does both for a run directory with the parameters of its
 best checkpoint (the EMA weights when the run kept an EMA, as validation used).
 
-Which predictions a run makes depends on its model type (``model.json``: ``model.type``);
-:data:`PREDICTORS` maps each type to its prediction function.
+Which predictions and metrics a run makes depends on its model kind (``model.json``:
+``model.type``; :mod:`mmlwf.models.registry`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from ..errors import ConfigError, DataError
 from ..fileio import atomic_write, save_npz_deterministic
 from ..integrity import check_split, verify_dataset
 from ..packed import PackedDataset
+from ..rundir import ATOMS_FILE, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, RunDir  # noqa: F401 (re-exported)
 from ..units import ESP
 
 #: one volt (eV/e) in kcal/(mol·e)
@@ -177,36 +178,8 @@ def predictions_table(pred: Mapping[str, np.ndarray]):
 
 
 def model_type(run_dir: str | os.PathLike) -> str:
-    """The run's model type from ``model.json`` (``physnet`` when not recorded)."""
-    path = Path(run_dir) / "model.json"
-    try:
-        with open(path) as fh:
-            info = json.load(fh)
-    except FileNotFoundError:
-        raise DataError("not a run directory (no model.json)", path=path) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"not valid JSON ({exc.msg} at line {exc.lineno})", path=path) from None
-    return str(dict(info.get("model") or {}).get("type", "physnet")).lower()
-
-
-def _predict_physnet(run_dir: Path, which: str, ds: PackedDataset, indices: np.ndarray,
-                     batch_size: int) -> tuple[dict, dict]:
-    from .predict import load_run, predict
-
-    run = load_run(run_dir, which)
-    return predict(run, ds, indices, batch_size=batch_size), run.info
-
-
-def _predict_dcmnet(run_dir: Path, which: str, ds: PackedDataset, indices: np.ndarray,
-                    batch_size: int) -> tuple[dict, dict]:
-    from .predict import load_run, predict_esp
-
-    run = load_run(run_dir, which)
-    return predict_esp(run, ds, indices, batch_size=batch_size), run.info
-
-
-#: model type -> ``f(run_dir, which, dataset, indices, batch_size) -> (prediction dict, model.json)``
-PREDICTORS: dict[str, Callable] = {"physnet": _predict_physnet, "dcmnet": _predict_dcmnet}
+    """The run's model type from ``model.json`` (the default kind when not recorded)."""
+    return RunDir(run_dir).model_type
 
 
 def subset_indices(split: str | os.PathLike | None, subset: str, n_molecules: int) -> np.ndarray:
@@ -239,11 +212,10 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str
     split, subset and counts, the overall metrics and the per-element force errors.
     """
     run_dir = Path(run_dir)
-    kind = model_type(run_dir)
-    if kind not in PREDICTORS:
-        raise ConfigError(f"{run_dir}: model type '{kind}' cannot be evaluated (known: {', '.join(PREDICTORS)})")
-    if not (run_dir / "checkpoints" / which).is_dir():
-        raise DataError(f"no '{which}' checkpoint (has the run trained an epoch?)", path=run_dir / "checkpoints")
+    rd = RunDir(run_dir)
+    kind = rd.kind
+    if not rd.has_checkpoint(which):
+        raise DataError(f"no '{which}' checkpoint (has the run trained an epoch?)", path=rd.checkpoints)
     ds = PackedDataset(data)
     digest = verify_dataset(data).digest  # checksums, and a split made from this version of it
     if split is not None and subset != "all":
@@ -251,13 +223,14 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str
     indices = subset_indices(split, subset, len(ds))
     if indices.size == 0:
         raise DataError(f"the '{subset}' subset is empty", path=split, field=subset)
-    pred, info = PREDICTORS[kind](run_dir, which, ds, indices, batch_size)
+    run = rd.load(which)
+    pred, info = kind.predictions(run, ds, indices, batch_size=batch_size), run.info
     doc = {
         "format": "mmlwf-metrics",
         "format_version": 1,
         "run": str(run_dir),
         "experiment": run_dir.resolve().name,
-        "model_type": kind,
+        "model_type": kind.name,
         "checkpoint": {"which": which, "epoch": checkpoint_epoch(run_dir, which), "ema": bool(info.get("ema", False))},
         "dataset": str(data),
         "dataset_digest": digest,
@@ -265,7 +238,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str
         "subset": subset,
         "units": {"energy": "eV", "forces": "eV/A", "dipole": "e*A", "charge": "e",
                   "esp": "V (also kcal/(mol*e))"},
-        "metrics": compute_metrics(pred),
+        "metrics": kind.compute_metrics(pred),
         "per_element": per_element_metrics(pred),
     }
     return doc, pred
@@ -362,8 +335,6 @@ def load_predictions(table: str | os.PathLike, atoms: str | os.PathLike | None =
     return pred
 
 
-#: files of a run directory written by the analysis (DESIGN §10)
-METRICS_FILE, PREDICTIONS_FILE, ATOMS_FILE, PLOTS_DIR = "metrics.json", "predictions.csv", "predictions_atoms.npz", "plots"
 
 
 def run_predictions(run_dir: str | os.PathLike, predictions: str | os.PathLike | None = None,
@@ -379,11 +350,11 @@ def run_predictions(run_dir: str | os.PathLike, predictions: str | os.PathLike |
     if (run_dir / PREDICTIONS_FILE).exists() and (run_dir / ATOMS_FILE).exists():
         return load_predictions(run_dir / PREDICTIONS_FILE, run_dir / ATOMS_FILE)
     if data is None:
-        with open(run_dir / "model.json") as fh:
-            meta = dict(json.load(fh).get("metadata") or {})
+        rd = RunDir(run_dir)
+        meta = dict(rd.info.get("metadata") or {})
         if "dataset" not in meta:
             raise DataError("no predictions, and model.json does not name the dataset to evaluate on",
-                            path=run_dir / "model.json", field="metadata.dataset")
+                            path=rd.model_json, field="metadata.dataset")
         data, split = meta["dataset"], split if split is not None else meta.get("split")
         if not Path(data).exists():
             raise DataError("no predictions, and the dataset the run was trained on is gone",

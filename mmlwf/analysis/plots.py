@@ -1,8 +1,9 @@
 """Figures of a trained run (headless: :class:`matplotlib.figure.Figure` with the Agg canvas,
 no pyplot state, so nothing stays open after a figure is saved).
 
-:data:`PLOT_FILES` fixes the files made for each model type (the workflow declares them as
-outputs); :func:`make_plots` writes them from the run's ``history.csv`` and a prediction dict
+:data:`PLOT_FILES` gives the files made for each model kind (from the model registry; the
+workflow declares them as outputs); :func:`make_plots` writes them from the run's
+``history.csv`` (:meth:`mmlwf.rundir.RunDir.history_frame`) and a prediction dict
 (:func:`~mmlwf.analysis.evaluate.load_predictions` or
 :func:`~mmlwf.analysis.evaluate.evaluate_run`). Captions: :mod:`mmlwf.analysis.captions`.
 """
@@ -18,24 +19,37 @@ import numpy as np
 
 from ..errors import DataError
 from ..fileio import atomic_write
+from ..rundir import RunDir
+from ..settings.models import DEFAULT_MODEL
 from ..units import DEBYE_PER_E_ANGSTROM, ESP
 from .energy_fit import relative_energies
 from .quantities import FIELD_UNITS, NAMES, run_training_config, term_weights
 
-#: the PNG files :func:`make_plots` writes for each model type
-PLOT_FILES: dict[str, tuple[str, ...]] = {
-    "physnet": ("learning_curves.png", "parity_energy.png", "parity_forces.png", "error_histogram.png",
-                "force_errors_by_element.png"),
-    "dcmnet": ("learning_curves.png", "esp_error.png", "charge_positions.png"),
-}
+class _PlotFiles(Mapping[str, tuple[str, ...]]):
+    """The figure files of each registered model kind (:attr:`ModelKind.plots`)."""
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        from ..models.registry import kinds
+
+        return tuple(kinds()[name].plots)
+
+    def __iter__(self):
+        from ..models.registry import kinds
+
+        return iter(kinds())
+
+    def __len__(self) -> int:
+        from ..models.registry import kinds
+
+        return len(kinds())
+
+
+#: the PNG files :func:`make_plots` writes for each model type (the workflow declares them as outputs)
+PLOT_FILES: Mapping[str, tuple[str, ...]] = _PlotFiles()
 #: above this many points a parity plot is a density (hexbin) instead of a scatter
 DENSITY_THRESHOLD = 2000
 DPI = 110
 
-#: prediction keys each model type's plots need
-_NEEDS = {"physnet": ("E_ref", "E_pred", "F_ref", "F_pred", "Z"),
-          "dcmnet": ("Z", "R", "offsets", "grid", "grid_offsets", "esp_ref", "esp_pred", "dcm_charges",
-                     "dcm_positions")}
 _KCAL = 1.0 / ESP["kcal/mol/e"]  # kcal/(mol·e) per V
 _UNIT_LABELS = {"eV": "eV", "eV_per_A": "eV/Å", "eA": "e·Å", "e": "e", "V": "V",
                 "kcal_per_mol_e": "kcal/(mol·e)"}
@@ -391,32 +405,19 @@ def plot_charge_positions(pred: Mapping, path: Path) -> Path:
 # ----------------------------------------------------------------------------- a run
 
 
-def read_history(run_dir: str | os.PathLike):
-    """``history.csv`` of a run as a :class:`pandas.DataFrame`."""
-    import pandas as pd
-
-    path = Path(run_dir) / "history.csv"
-    if not path.exists():
-        raise DataError("no history.csv (has the run trained an epoch?)", path=path)
-    try:
-        df = pd.read_csv(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"unreadable history ({' '.join(str(exc).split())})", path=path) from None
-    if df.empty:
-        raise DataError("no epochs recorded", path=path)
-    return df
-
-
 def make_plots(run_dir: str | os.PathLike, out_dir: str | os.PathLike, pred: Mapping,
-               model_type: str = "physnet") -> list[Path]:
+               model_type: str = DEFAULT_MODEL) -> list[Path]:
     """Write :data:`PLOT_FILES` ``[model_type]`` into ``out_dir`` from the run's history and
     the prediction dict ``pred``; returns the paths in that order."""
     from .evaluate import per_element_metrics
 
-    if model_type not in PLOT_FILES:
+    from ..models.registry import kinds
+
+    kind = kinds().get(model_type)
+    if kind is None:
         raise DataError(f"no plots defined for model type '{model_type}' (known: {', '.join(PLOT_FILES)})",
                         path=run_dir)
-    for key in _NEEDS[model_type]:
+    for key in kind.plot_needs:
         if key not in pred:
             raise DataError(f"{model_type} predictions lack it (the per-atom predictions file is needed too)",
                             field=key)
@@ -424,7 +425,7 @@ def make_plots(run_dir: str | os.PathLike, out_dir: str | os.PathLike, pred: Map
         raise DataError("no structures in the predictions", field="index")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    history = read_history(run_dir)
+    history = RunDir(run_dir).history_frame()
     training = run_training_config(run_dir)
     makers = {
         "learning_curves.png": lambda p: plot_learning_curves(history, p, term_weights(training),
@@ -436,4 +437,8 @@ def make_plots(run_dir: str | os.PathLike, out_dir: str | os.PathLike, pred: Map
         "esp_error.png": lambda p: plot_esp_error(pred, p),
         "charge_positions.png": lambda p: plot_charge_positions(pred, p),
     }
-    return [makers[name](out / name) for name in PLOT_FILES[model_type]]
+    unknown = [name for name in kind.plots if name not in makers]
+    if unknown:
+        raise DataError(f"model type '{model_type}' asks for unknown plots {', '.join(unknown)} "
+                        f"(known: {', '.join(makers)})", path=run_dir)
+    return [makers[name](out / name) for name in kind.plots]

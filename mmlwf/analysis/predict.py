@@ -2,48 +2,21 @@
 
 PhysNet (:func:`predict`): the model's energy is relative to the per-element reference
 energies of ``model.json``; they are added back here in float64. DCMNet
-(:func:`predict_esp`): the ESP at the grid points and the distributed charges.
+(:func:`predict_esp`): the ESP at the grid points and the distributed charges. Loading a
+run (:class:`TrainedModel`, :func:`load_run`) lives in :mod:`mmlwf.inference` (re-exported here).
 """
 
 from __future__ import annotations
 
-import functools
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..batching import BatchLoader
+from ..inference import TrainedModel, jitted_forward, load_run
 from ..packed import PackedDataset
 
-
-@dataclass
-class TrainedModel:
-    """A rebuilt model with its parameters and reference energies."""
-
-    model: Any
-    params: Any
-    info: dict
-    reference: np.ndarray  # (119,) eV by atomic number
-    run_dir: Path
-
-    @property
-    def pair_cutoff(self) -> float:
-        return float(self.model.pair_cutoff)  # PhysNet and DCMNet both define it
-
-
-def load_run(run_dir: str | os.PathLike, which: str = "best") -> TrainedModel:
-    """The model of a run directory with the ``best`` (default) or ``latest`` parameters."""
-    from ..models import dcmnet, physnet
-    from ..training.checkpoint import load_params
-    from ..training.losses import reference_table
-
-    params, info = load_params(run_dir, which)
-    builders = {"physnet": physnet.build_model, "dcmnet": dcmnet.build_model}
-    model = builders[str(info["model"].get("type", "physnet")).lower()](info["model"])
-    return TrainedModel(model, params, info, reference_table(info["element_energies_by_Z"]), Path(run_dir))
+__all__ = ["TrainedModel", "energy_force_metrics", "load_run", "predict", "predict_esp"]
 
 
 def predict(run: TrainedModel, data: PackedDataset | str | os.PathLike, indices=None, *, batch_size: int = 32) -> dict:
@@ -63,7 +36,7 @@ def predict(run: TrainedModel, data: PackedDataset | str | os.PathLike, indices=
     ds = data if isinstance(data, PackedDataset) else PackedDataset(data)
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices, np.int64)
     loader = BatchLoader(ds, idx, batch_size=batch_size, cutoff=run.pair_cutoff, shuffle=False)
-    step = _jitted_step(run.model)
+    step = jitted_forward(run.model)
     has_F = "F" in ds.fields
     mol_out: dict[str, dict[int, np.ndarray]] = {"E": {}, "D": {}}  # per structure
     atom_out: dict[str, dict[int, np.ndarray]] = {"F": {}, "q": {}}  # per atom, by structure
@@ -108,26 +81,6 @@ def predict(run: TrainedModel, data: PackedDataset | str | os.PathLike, indices=
     return result
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_step(model):
-    """``jit(energy_and_forces)`` of a model, kept so that repeated predictions compile once."""
-    import jax
-
-    from ..models.physnet import energy_and_forces
-
-    return jax.jit(functools.partial(energy_and_forces, model))
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted_esp_step(model):
-    """``jit(dcmnet.forward)`` of a DCMNet, kept so that repeated predictions compile once."""
-    import jax
-
-    from ..models.dcmnet import forward
-
-    return jax.jit(functools.partial(forward, model))
-
-
 def predict_esp(run: TrainedModel, data: PackedDataset | str | os.PathLike, indices=None, *,
                 batch_size: int = 32) -> dict:
     """DCMNet predictions for ``indices`` (default: all), in index order, on an ESP dataset.
@@ -148,7 +101,7 @@ def predict_esp(run: TrainedModel, data: PackedDataset | str | os.PathLike, indi
         raise DataError("a DCMNet run needs an ESP dataset", path=ds.path, field=missing[0])
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices, np.int64)
     loader = BatchLoader(ds, idx, batch_size=batch_size, cutoff=run.pair_cutoff, shuffle=False)
-    step = _jitted_esp_step(run.model)
+    step = jitted_forward(run.model)
     per_atom: dict[str, dict[int, np.ndarray]] = {"dcm_charges": {}, "dcm_positions": {}, "charges": {}}
     esp: dict[int, np.ndarray] = {}
     dipole: dict[int, np.ndarray] = {}

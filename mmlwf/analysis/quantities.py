@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import yaml
 
+from ..rundir import RunDir
 from ..units import DEBYE_PER_E_ANGSTROM, ESP
 
 #: readable name of each quantity (loss term or metric stem)
@@ -106,7 +106,7 @@ def training_with_defaults(training: Mapping | None) -> dict:
 def run_training_config(run_dir: str | os.PathLike) -> dict:
     """The run's ``training`` settings (``config.yaml``), defaults filled in for missing keys."""
     try:
-        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        cfg = yaml.safe_load(RunDir(run_dir).config_yaml.read_text()) or {}
     except (OSError, yaml.YAMLError):
         cfg = {}
     return training_with_defaults(cfg.get("training") if isinstance(cfg, Mapping) else None)

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from .. import __version__
 from ..fileio import atomic_write
+from ..rundir import METRICS_FILE, PLOTS_DIR, RunDir
 from ..units import DEBYE_PER_E_ANGSTROM
 from .captions import caption
 from .compare import ERROR_COLUMNS, column_groups, compare_runs
-from .evaluate import METRICS_FILE, PLOTS_DIR, model_type, read_metrics, run_predictions
+from .evaluate import read_metrics, run_predictions
 from .plots import PLOT_FILES, make_plots
 from .quantities import field_unit, in_field_units, parse, run_training_config, term_weights, trained
 
@@ -161,7 +162,7 @@ def _run_figures(run_dir: Path, kind: str, tmp: Path) -> list[Path]:
 
 def _run_section(run_dir: Path, summary: Mapping, tmp: Path) -> str:
     name = summary["experiment"]
-    kind = model_type(run_dir)
+    kind = RunDir(run_dir).model_type
     parts = [f'<section id="run-{html.escape(name)}"><h2>{html.escape(name)} ({html.escape(kind)})</h2>']
     train_rows = []
     for col, (name, scale) in COST_LABELS.items():
@@ -191,7 +192,7 @@ def _run_section(run_dir: Path, summary: Mapping, tmp: Path) -> str:
                      f"{html.escape(str(summary.get('metrics_source')))} are in the comparison table.</p>")
     parts.append("<h3>Figures</h3>")
     parts.extend(_figure_html(p) for p in _run_figures(run_dir, kind, tmp))
-    cfg = run_dir / "config.yaml"
+    cfg = RunDir(run_dir).config_yaml
     if cfg.exists():
         parts.append(f"<details><summary>Configuration (config.yaml)</summary><pre>{html.escape(cfg.read_text())}</pre>"
                      "</details>")
@@ -199,10 +200,11 @@ def _run_section(run_dir: Path, summary: Mapping, tmp: Path) -> str:
     return "\n".join(parts)
 
 
-def build_report(run_dirs: Sequence[str | os.PathLike], title: str = "mmlwf report") -> str:
-    """The HTML text of the report on ``run_dirs``."""
+def build_report(run_dirs: Sequence[str | os.PathLike], title: str = "mmlwf report", table=None) -> str:
+    """The HTML text of the report on ``run_dirs``; ``table``: their :func:`compare_runs`
+    table when the caller has it already."""
     runs = [Path(r) for r in run_dirs]
-    table = compare_runs(runs)
+    table = compare_runs(runs) if table is None else table
     summaries = table.to_dict(orient="records")
     nav = " ".join(f'<a href="#run-{html.escape(s["experiment"])}">{html.escape(s["experiment"])}</a>'
                    for s in summaries)
@@ -222,9 +224,11 @@ def build_report(run_dirs: Sequence[str | os.PathLike], title: str = "mmlwf repo
             f"</title>\n<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
 
 
-def write_report(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike, title: str = "mmlwf report") -> Path:
-    """Write the report on ``run_dirs`` to ``path`` atomically; returns the path."""
-    text = build_report(run_dirs, title)
+def write_report(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike, title: str = "mmlwf report",
+                 table=None) -> Path:
+    """Write the report on ``run_dirs`` to ``path`` atomically (``table``: as for
+    :func:`build_report`); returns the path."""
+    text = build_report(run_dirs, title, table)
     with atomic_write(path, "w") as fh:
         fh.write(text)
     return Path(path)

@@ -82,9 +82,32 @@ class DCMNetSettings(ModelSettings):
     max_atomic_number: int = Field(118, ge=1, description="largest atomic number the embedding holds")
 
 
-#: every model type by its ``type`` name; the first is the default
-MODELS: dict[str, type[ModelSettings]] = {"physnet": PhysNetSettings, "dcmnet": DCMNetSettings}
-DEFAULT_MODEL = next(iter(MODELS))
+class _RegisteredModels(Mapping[str, type[ModelSettings]]):
+    """The declarations of the kinds in :mod:`mmlwf.models.registry` (read on each use, so
+    kinds registered later, e.g. by plugins, are included)."""
+
+    def _kinds(self) -> dict:
+        from ..models.registry import kinds
+
+        return kinds()
+
+    def __getitem__(self, name: str) -> type[ModelSettings]:
+        return self._kinds()[name].settings_class
+
+    def __iter__(self):
+        return iter(self._kinds())
+
+    def __len__(self) -> int:
+        return len(self._kinds())
+
+    def __repr__(self) -> str:
+        return f"MODELS({', '.join(self)})"
+
+
+#: every model type's declaration by its ``type`` name (from the model registry)
+MODELS: Mapping[str, type[ModelSettings]] = _RegisteredModels()
+#: the model of a ``model:`` section (or ``model.json``) without ``type``
+DEFAULT_MODEL = "physnet"
 
 
 def model_class(values: Mapping[str, Any] | None) -> type[ModelSettings]:

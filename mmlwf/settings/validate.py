@@ -30,6 +30,17 @@ def load_schema(path: str | Path) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
+def with_registered_models(schema: dict) -> dict:
+    """``schema`` (the config schema) with its generated ``$defs`` made anew from the
+    declarations, so that model kinds registered by plugins (:mod:`mmlwf.models.registry`)
+    are accepted too; the file's own for the built-in kinds."""
+    from .schema import generated_defs
+
+    if isinstance(schema.get("$defs"), dict) and "model" in schema["$defs"]:
+        schema["$defs"].update(generated_defs())
+    return schema
+
+
 def _wants_number(schema: Mapping) -> bool:
     kinds = schema.get("type")
     kinds = kinds if isinstance(kinds, list) else [kinds]

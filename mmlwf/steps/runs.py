@@ -104,11 +104,13 @@ def report_step(run_dirs: Sequence[PathLike], html: PathLike, table: PathLike | 
     and with ``table`` the comparison table (CSV) as well."""
     from ..analysis.report import write_report
 
+    comparison = None
     if table is not None:
         from ..analysis.compare import compare_runs, write_table
 
-        write_table(compare_runs(run_dirs), table)
-    write_report(run_dirs, html, **({} if title is None else {"title": title}))
+        comparison = compare_runs(run_dirs)  # once: the report shows the same table
+        write_table(comparison, table)
+    write_report(run_dirs, html, table=comparison, **({} if title is None else {"title": title}))
     also = "" if table is None else f" and {table}"
     tell.info(f"wrote {html}{also}: {len(run_dirs)} run(s)")
     return Path(html)

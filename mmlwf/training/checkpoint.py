@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import OutputError
-
-LATEST, BEST = "latest", "best"
+from ..rundir import BEST, LATEST, RunDir
 _ITEMS = ("params", "opt_state", "ema_params", "meta")
 #: loggers a failing orbax save floods (one error with traceback per array and thread)
 _NOISY_LOGGERS = ("absl", "orbax", "asyncio", "concurrent.futures")
@@ -253,7 +252,7 @@ def checkpoint_meta(run_dir: str | os.PathLike, which: str = BEST) -> dict:
     """The JSON ``meta`` item of the ``best`` or ``latest`` checkpoint of a run."""
     import orbax.checkpoint as ocp
 
-    mngr = _Reader(Path(run_dir) / "checkpoints" / which)
+    mngr = _Reader(RunDir(run_dir).checkpoint(which))
     try:
         step = mngr.latest_step()
         if step is None:
@@ -273,10 +272,10 @@ def load_params(run_dir: str | os.PathLike, which: str = BEST, *, ema: bool | No
     """
     import orbax.checkpoint as ocp
 
-    run_dir = Path(run_dir)
-    with open(run_dir / "model.json") as fh:
+    run = RunDir(run_dir)
+    with open(run.model_json) as fh:
         info = json.load(fh)
-    mngr = _Reader(run_dir / "checkpoints" / which)
+    mngr = _Reader(run.checkpoint(which))
     try:
         step = mngr.latest_step()
         if step is None:

@@ -225,7 +225,8 @@ def train(
     subtracted from the energy targets on the host in float64 (unused, may be None, for a
     model without an ``energy`` output such as DCMNet). ``forward(params, batch)``: the
     model's outputs, energies and forces or an ``esp`` (default: autodiff forces of
-    ``model.apply``; :func:`~mmlwf.models.dcmnet.forward` for DCMNet). ``metadata``: extra
+    ``model.apply``; a registered kind's own, e.g. :func:`~mmlwf.models.dcmnet.forward` with
+    ``esp_decay_length``). ``metadata``: extra
     entries for ``model.json``. ``progress``: tqdm bar (default: when stderr is a terminal).
     ``verbose``: every epoch's line in the terminal, not only a summary line every
     ``summary_every`` seconds (None: the default of :mod:`.progress`).
@@ -284,7 +285,7 @@ class _Run:
         self.train_loader = train_loader
         self.valid_loader = valid_loader
         self.element_energies = element_energies
-        self.forward = forward or make_forward(model)
+        self.forward = forward or make_forward(model, config.training)
         self.metadata = metadata
         self.log = runlog
         self.store = store

@@ -6,7 +6,6 @@ Re-running on the same run directory resumes it from its latest checkpoint.
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -35,8 +34,9 @@ def run_training(
 ) -> dict:
     """Train (or resume) the model of ``config`` on the training split; return the summary.
 
-    ``model.type``: ``physnet`` (needs ``stats`` for the element energies) or ``dcmnet``
-    (ESP dataset; ``stats`` unused and may be None). A weighted mixture: lists of datasets,
+    ``model.type``: a kind of :mod:`mmlwf.models.registry`; an energy model (``physnet``)
+    needs ``stats`` for the element energies, ``dcmnet`` an ESP dataset (``stats`` unused,
+    may be None). A weighted mixture: lists of datasets,
     splits and stats with ``weights`` (each training split visited ``weight`` times per
     epoch); its element energies are fitted on the union of the training splits.
     ``progress``, ``verbose``, ``summary_every``: what the terminal shows (:mod:`.progress`).
@@ -45,33 +45,29 @@ def run_training(
     stats = None if stats is None else as_list(stats)
     mixture = len(data) > 1
     verifying = verify_in_background(data)  # checksums, overlapped with the start-up below
-    from ..models import dcmnet, physnet
+    from ..models.registry import kind_of_config
 
     cfg = load_config(config, overrides)
-    model_type = str(cfg.model.get("type", "physnet")).lower()
-    builders = {"physnet": physnet, "dcmnet": dcmnet}
-    if model_type not in builders:
-        raise ConfigError(f"model.type '{model_type}': known types are {', '.join(builders)}")
-    module = builders[model_type]
+    kind = kind_of_config(cfg.model)
     try:
-        model = module.build_model(cfg.model)
+        model = kind.build_model(cfg.model)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None
-    if model_type == "physnet" and stats is None and not mixture:
-        raise ConfigError("model.type physnet needs the training statistics (--stats STATS.json)")
+    if kind.predicts_energy and stats is None and not mixture:
+        raise ConfigError(f"model.type {kind.name} needs the training statistics (--stats STATS.json)")
     digests = [v.digest for v in verifying.result()]  # a mismatch stops here: nothing written yet
     check_provenance(data, split, stats, digests)
-    if model_type == "physnet":
+    element_energies = None
+    if kind.predicts_energy:
         element_energies = (joint_element_energies(data, split) if mixture
                             else element_energies_from_stats(stats[0]))
-        forward = functools.partial(physnet.energy_and_forces, model)
-    else:
-        element_energies = None
-        forward = functools.partial(dcmnet.forward, model, esp_decay_length=cfg.training.esp_decay_length)
-    train_loader, valid_loader = make_loaders(data, split, cfg, cutoff=module.pair_cutoff(model),
+    forward = kind.make_forward(model, cfg.training)
+    train_loader, valid_loader = make_loaders(data, split, cfg, cutoff=kind.pair_cutoff(model),
                                               weights=weights, prefetch=prefetch, workers=workers)
-    if model_type == "dcmnet" and "esp" not in train_loader.fields:
-        raise ConfigError(f"model.type dcmnet needs an ESP dataset: {data} has no 'grid'/'esp' fields")
+    missing = [f for f in kind.dataset_fields if f not in train_loader.fields]
+    if missing:
+        raise ConfigError(f"model.type {kind.name} needs {kind.dataset_need or 'other data'}: {data} has no "
+                          f"{'/'.join(repr(f) for f in kind.dataset_fields)} fields")
     return train(
         Path(run_dir),
         model=model,

@@ -27,15 +27,22 @@ def _tree_norm(tree):
     return tree_api.norm(tree) if tree_api is not None and hasattr(tree_api, "norm") else optax.global_norm(tree)
 
 
-def make_forward(model) -> Callable:
-    """``forward(params, batch) -> {energy, forces, [charges, dipole]}`` for a flax model with
-    the PhysNet call signature (forces = -dE/dR by autodiff); for a
-    :class:`~mmlwf.models.dcmnet.DCMNet` its :func:`~mmlwf.models.dcmnet.forward` (ESP, no energy)."""
-    from ..models.dcmnet import DCMNet, forward
+def make_forward(model, training=None) -> Callable:
+    """``forward(params, batch) -> outputs`` of a flax model: its registered kind's forward
+    (:mod:`mmlwf.models.registry`; PhysNet: energies and forces masked on padding, DCMNet:
+    the ESP with ``training.esp_decay_length``), or for an unregistered module with the
+    PhysNet call signature the autodiff forces of ``model.apply``. ``training``: the
+    training settings (their options, e.g. ``esp_decay_length``; defaults without them)."""
+    from ..models.registry import kind_of_model
 
-    if isinstance(model, DCMNet):
-        return partial(forward, model)
-    return partial(energy_and_forces, model.apply)
+    kind = kind_of_model(model)
+    if kind is None:
+        return partial(energy_and_forces, model.apply)
+    if training is None:
+        from ..settings import TrainingSettings
+
+        training = TrainingSettings()
+    return kind.make_forward(model, training)
 
 
 def init_state(variables, tx, ema: bool) -> dict:

@@ -1,0 +1,92 @@
+"""A trained model ready to predict: :class:`TrainedModel`, loading one from a run directory
+(:func:`load_run`) and the jitted forward of a model (:func:`jitted_forward`, one cache for
+prediction, the calculator and MD).
+
+Below the analysis layer: the calculator, export and analysis all load models from here.
+Which model a run holds comes from :mod:`mmlwf.models.registry` (``model.json``'s
+``model.type``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: entries of the element-energy table: atomic numbers 0 (unused) to 118
+N_ELEMENTS = 119
+
+
+def reference_table(element_energies_by_z: Mapping) -> np.ndarray:
+    """``(119,)`` float64 element energies (eV) by atomic number; NaN for unknown elements."""
+    table = np.full(N_ELEMENTS, np.nan, np.float64)
+    for z, e in dict(element_energies_by_z or {}).items():
+        table[int(z)] = float(e)
+    return table
+
+
+@dataclass
+class TrainedModel:
+    """A rebuilt model with its parameters and reference energies.
+
+    ``model``: the flax module; ``params``: its variables; ``info``: ``model.json`` (or an
+    export's ``model_info``); ``reference``: ``(119,)`` eV by atomic number (NaN: unknown);
+    ``run_dir``: the run directory or exported file it came from.
+    """
+
+    model: Any
+    params: Any
+    info: dict
+    reference: np.ndarray  # (119,) eV by atomic number
+    run_dir: Path
+
+    @property
+    def kind(self):
+        """The :class:`~mmlwf.models.registry.ModelKind` of the model."""
+        from .models.registry import kind_of_config, kind_of_model
+
+        return kind_of_model(self.model) or kind_of_config(self.info.get("model"))
+
+    @property
+    def pair_cutoff(self) -> float:
+        """The distance (Å) the pair list must reach."""
+        if hasattr(self.model, "pair_cutoff"):
+            return float(self.model.pair_cutoff)
+        return self.kind.pair_cutoff(self.model)
+
+
+def build_model(model_config: Mapping):
+    """The flax module of a ``model:`` section (its kind from ``type``)."""
+    from .models.registry import kind_of_config
+
+    return kind_of_config(model_config).build_model(model_config)
+
+
+def load_run(run_dir: str | os.PathLike, which: str = "best") -> TrainedModel:
+    """The model of a run directory with the ``best`` (default) or ``latest`` parameters
+    (the EMA weights when the run kept an EMA)."""
+    from .training.checkpoint import load_params
+
+    params, info = load_params(run_dir, which)
+    model = build_model(info["model"])
+    return TrainedModel(model, params, info, reference_table(info["element_energies_by_Z"]), Path(run_dir))
+
+
+@functools.lru_cache(maxsize=16)
+def jitted_forward(model) -> Callable:
+    """``jit(forward)`` of a model (energy and forces, or the ESP: its kind's forward), shared
+    by every prediction and calculator of the same configuration, so XLA compiles once per
+    padded shape and dtype."""
+    import jax
+
+    from .models.registry import kind_of_model
+
+    kind = kind_of_model(model)
+    if kind is None:
+        raise TypeError(f"{type(model).__name__} is not the model of a registered model kind")
+    return jax.jit(kind.make_forward(model))
