@@ -15,8 +15,9 @@ mask every padding entry, so what padding slots hold never changes a real predic
 importing jax (``jax.jit``, ``jax.device_put`` and ``jax.tree.map`` take them as they are);
 optional fields are ``None``. For code written against the earlier dict batches a batch
 also reads like a mapping of the flat names ``Z R dst src pair_mask atom_graph ...``
-(:data:`KEYS`): ``batch["dst"]``, ``"F" in batch``, ``batch.get("Qtot")``, ``dict(batch)``;
-:func:`as_batch` turns such a dict back into a :class:`GraphBatch`.
+(:data:`KEYS`): ``batch["dst"]``, ``"F" in batch``, ``batch.get("Qtot")``, ``batch.keys()``,
+``dict(batch)``; :func:`as_batch` turns such a dict back into a :class:`GraphBatch`. Iterating
+a batch itself yields its fields, as for any tuple: loop over ``batch.keys()`` for the names.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 Array = Any  # numpy or jax array
+_tuple_item = tuple.__getitem__
 
 
 class Pairs(NamedTuple):
@@ -87,22 +89,27 @@ class GraphBatch(NamedTuple):
 
     # -- read access by the flat names of the dict batches
     def __getitem__(self, key):
-        if not isinstance(key, str):
-            return tuple.__getitem__(self, key)
-        value = self.get(key, _MISSING)
-        if value is _MISSING:
+        i = _FIELD_INDEX.get(key) if type(key) is str else None
+        if i is not None:
+            value = _tuple_item(self, i)
+        elif type(key) is not str:
+            return _tuple_item(self, key)
+        else:
+            value = self.get(key)
+        if value is None:
             raise KeyError(key)
         return value
 
     def get(self, key: str, default=None):
         """The array of flat name ``key`` (:data:`KEYS`), or ``default`` where it is None."""
-        where = _PAIR_KEYS.get(key)
-        if where is not None:
-            value = getattr(self.pairs, where)
-        elif key in _FIELDS:
-            value = getattr(self, key)
+        i = _FIELD_INDEX.get(key)
+        if i is not None:
+            value = tuple.__getitem__(self, i)
         else:
-            return default
+            i = _PAIR_INDEX.get(key)
+            if i is None:
+                return default
+            value = tuple.__getitem__(tuple.__getitem__(self, _PAIRS_AT), i)
         return default if value is None else value
 
     def __contains__(self, key) -> bool:
@@ -129,8 +136,11 @@ class GraphBatch(NamedTuple):
 
 _MISSING = object()
 _FIELDS = frozenset(GraphBatch._fields) - {"pairs", "long_pairs"}
+_FIELD_INDEX = {f: i for i, f in enumerate(GraphBatch._fields) if f in _FIELDS}
+_PAIRS_AT = GraphBatch._fields.index("pairs")
 #: flat names of the pair list's fields
 _PAIR_KEYS = {"dst": "dst", "src": "src", "pair_mask": "mask", "pair_cutoff": "cutoff"}
+_PAIR_INDEX = {k: Pairs._fields.index(f) for k, f in _PAIR_KEYS.items()}
 #: the flat names a batch reads like (the dict batches' keys), in field order
 KEYS: tuple[str, ...] = ("Z", "R", "dst", "src", "pair_mask", "pair_cutoff", "atom_graph", "atom_mask",
                          "graph_mask") + tuple(f for f in GraphBatch._fields[5:] if f in _FIELDS)

@@ -105,7 +105,7 @@ def test_padding_and_compat_follow_the_one_convention(dataset):
     pad = padding_like(real)
     assert_padding_convention(pad)
     no_mol = loader.assemble(0, np.zeros(0, np.int64), 0)
-    for k in no_mol:
+    for k in no_mol.keys():
         if k not in ("dataset", "shape_id", "pair_cutoff"):
             np.testing.assert_array_equal(pad[k], no_mol[k], err_msg=k)
     assert_padding_convention(empty(3, 5, 7, 4))
