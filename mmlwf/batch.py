@@ -29,6 +29,7 @@ import numpy as np
 
 Array = Any  # numpy or jax array
 _tuple_item = tuple.__getitem__
+_tuple_new = tuple.__new__
 
 
 class Pairs(NamedTuple):
@@ -168,6 +169,12 @@ def as_batch(batch: GraphBatch | Mapping[str, Array]) -> GraphBatch:
         raise KeyError(f"batch has an unknown field {unknown[0]!r} (known: {', '.join(KEYS)})")
     pairs = Pairs(batch["dst"], batch["src"], batch["pair_mask"], batch.get("pair_cutoff"))
     return GraphBatch(pairs=pairs, **{k: v for k, v in batch.items() if k in _FIELDS})
+
+
+def from_fields(fields: Mapping[str, Any]) -> GraphBatch:
+    """A :class:`GraphBatch` of a dict of its field names (``pairs`` a :class:`Pairs`; absent
+    fields None), without checks: the loader's fast path."""
+    return _tuple_new(GraphBatch, map(fields.get, GraphBatch._fields))
 
 
 def device_fields(batch: GraphBatch) -> GraphBatch:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..packed import PackedDataset
-from ..batch import GraphBatch, Pairs
+from ..batch import GraphBatch, Pairs, from_fields
 from .gather import fill_batch, gather_rows
 from .neighbours import count_pairs, neighbour_pairs
 from .plan import BatchPlan, Budget, derive_budgets, plan_epoch, size_table
@@ -174,7 +174,8 @@ class BatchLoader:
             pairs.mask[:n_pairs] = True
         if b.n_grid and ds.grid_offsets is not None and "grid" in self.fields:
             self._assemble_grid(ds, mol, b, out)
-        return GraphBatch(pairs=pairs, dataset=np.int32(k), shape_id=np.int32(shape_id), **out)
+        out["pairs"], out["dataset"], out["shape_id"] = pairs, np.int32(k), np.int32(shape_id)
+        return from_fields(out)
 
     def _assemble_grid(self, ds: PackedDataset, mol: np.ndarray, b: Budget, out: dict) -> None:
         g0 = np.asarray(ds.grid_offsets[mol])
