@@ -165,7 +165,7 @@ class BatchLoader:
             out["atom_graph"], out["atom_mask"], offsets, out["n_atoms"], out["graph_mask"], out["index"],
         )
         if self.cutoff is None:  # no pairs: the same all-padding arrays for every batch (read-only)
-            pairs = Pairs(*_no_pairs(b))
+            pairs = _no_pairs(b)
         else:
             pad_atom = b.n_atoms - 1
             pairs = Pairs(np.full(b.n_pairs, pad_atom, np.int32), np.full(b.n_pairs, pad_atom, np.int32),
@@ -250,9 +250,9 @@ _NO_VALUES = np.zeros(0, np.float64)
 
 
 @functools.lru_cache(maxsize=16)
-def _no_pairs(budget: Budget) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _no_pairs(budget: Budget) -> Pairs:
     pad = np.full(budget.n_pairs, budget.n_atoms - 1, np.int32)
     mask = np.zeros(budget.n_pairs, bool)
     for arr in (pad, mask):
         arr.flags.writeable = False
-    return pad, pad, mask
+    return Pairs(pad, pad, mask)
