@@ -79,12 +79,12 @@ def bench_loader(
             shapes = set()
             t0 = time.perf_counter()
             for batch in loader.epoch(epoch):
-                c["atoms"] += int(np.count_nonzero(batch["atom_mask"]))
-                c["molecules"] += int(np.count_nonzero(batch["graph_mask"]))
-                c["pairs"] += int(np.count_nonzero(batch["pair_mask"]))
-                c["atom_slots"] += batch["atom_mask"].shape[0]
-                c["pair_slots"] += batch["pair_mask"].shape[0]
-                shapes.add(int(batch["shape_id"]))
+                c["atoms"] += int(np.count_nonzero(batch.atom_mask))
+                c["molecules"] += int(np.count_nonzero(batch.graph_mask))
+                c["pairs"] += int(np.count_nonzero(batch.pairs.mask))
+                c["atom_slots"] += batch.atom_mask.shape[0]
+                c["pair_slots"] += batch.pairs.mask.shape[0]
+                shapes.add(int(batch.shape_id))
                 c["batches"] += 1
             c["seconds"] = time.perf_counter() - t0
             c["shapes"] = len(shapes)

@@ -6,8 +6,8 @@ energy): energy (eV), forces (eV/Å), charges (e), dipole (e·Å).
     atoms.calc = calc; atoms.get_potential_energy(); atoms.get_forces()
 
 Isolated molecules only (``pbc`` must be all False). For every new geometry the neighbour
-list is rebuilt within the model's pair cutoff; atoms and pairs are padded up to the next
-power of two (one graph), so a molecular-dynamics run compiles the single jitted
+list is rebuilt within the model's pair cutoff; atoms (with one padding atom) and pairs are
+padded up to the next power of two, so a molecular-dynamics run compiles the single jitted
 energy-and-forces function once per bucket, not per step. The network runs in float32 by
 default; the per-element reference energies are added in float64. ``dtype="float64"`` runs
 the network in float64 (needs ``jax_enable_x64``), e.g. for finite-difference checks.
@@ -26,6 +26,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
+from .batch import GraphBatch, device_fields
 from .errors import ConfigError, DataError
 
 #: smallest padded sizes (atoms, directed pairs); larger systems go to the next power of two
@@ -122,8 +123,10 @@ class MMLWFCalculator(Calculator):
             raise DataError(f"element {name} (Z={z}) is not supported by this model (it knows {have})", field="Z")
         return Z
 
-    def batch(self, atoms) -> dict:
-        """The padded one-graph batch (DESIGN §5) for ``atoms``."""
+    def batch(self, atoms) -> GraphBatch:
+        """The padded batch of ``atoms`` (:mod:`mmlwf.batch`: the molecule is graph 0, graph 1
+        and at least the last atom are padding), atoms and pairs padded to power-of-two buckets."""
+        from .batch import from_molecules
         from .batching.neighbours import neighbour_pairs
 
         Z = self.check_atoms(atoms)
@@ -132,16 +135,9 @@ class MMLWFCalculator(Calculator):
             raise DataError("non-finite positions", field="R")
         n = Z.shape[0]
         dst, src = neighbour_pairs(R, np.array([0, n]), self.cutoff)
-        n_a, n_p = bucket(n, MIN_ATOMS), bucket(dst.shape[0], MIN_PAIRS)
-        b = {
-            "Z": np.zeros(n_a, np.int32), "R": np.zeros((n_a, 3), self.dtype),
-            "atom_graph": np.zeros(n_a, np.int32), "atom_mask": np.zeros(n_a, bool),
-            "dst": np.zeros(n_p, np.int32), "src": np.zeros(n_p, np.int32), "pair_mask": np.zeros(n_p, bool),
-            "graph_mask": np.ones(1, bool), "Qtot": np.full(1, self.charge, self.dtype),
-        }
-        b["Z"][:n], b["R"][:n], b["atom_mask"][:n] = Z, R, True
-        k = dst.shape[0]
-        b["dst"][:k], b["src"][:k], b["pair_mask"][:k] = dst, src, True
+        n_a, n_p = bucket(n + 1, MIN_ATOMS), bucket(dst.shape[0], MIN_PAIRS)  # + 1: the padding atom
+        b = from_molecules([{"Z": Z, "R": R, "Qtot": self.charge}], n_graphs=2, n_atoms=n_a, n_pairs=n_p,
+                           pairs=(dst, src), cutoff=self.cutoff, dtype=self.dtype)
         self.shapes_compiled.add((n_a, n_p))
         return b
 
@@ -151,8 +147,8 @@ class MMLWFCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         b = self.batch(self.atoms)
         n = len(self.atoms)
-        out = jax.device_get(self._evaluate(self.params, b))
-        ref = self.reference[b["Z"][:n]]
+        out = jax.device_get(self._evaluate(self.params, device_fields(b)))
+        ref = self.reference[b.Z[:n]]
         energy = float(np.float64(out["energy"][0]) + ref.sum())
         if not np.isfinite(energy):
             raise DataError(f"the model's energy is not finite ({energy})", field="energy")

@@ -8,6 +8,10 @@ training). Batches are assembled without a per-molecule Python loop.
     loader = PackedMemmapLoader("packed/", batch_size=32)
     train, valid = split_loader(loader, train_fraction=0.9, seed=0)
     for batch in train.batches(physnet_format=True): ...
+
+``physnet_format`` is this field's flat layout (each molecule keeps its ``A`` slots); for the
+models of this package turn a batch into a :class:`~mmlwf.batch.GraphBatch` with
+:func:`to_graph_batch`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .batch import GraphBatch, empty
 from .packed import PackedDataset
 
 
@@ -122,6 +127,39 @@ def to_physnet(batch: dict) -> dict:
     if "D" in batch:
         out["D"] = batch["D"]
     return out
+
+
+def to_graph_batch(batch: dict) -> GraphBatch:
+    """The typed batch (:mod:`mmlwf.batch`) of a padded ``(B, A)`` batch: real atoms first,
+    every ordered pair within a molecule (as :func:`to_physnet`), and the padding of the one
+    convention (an extra padding graph and atom); ``E``, ``F``, ``Qtot`` and ``D`` carried.
+
+    Sizes: ``B + 1`` graphs, ``sum(N) + 1`` atoms, ``sum(N (N - 1))`` pairs.
+    """
+    B, A = batch["Z"].shape
+    mask = np.asarray(batch["mask"], bool)
+    counts = mask.sum(axis=1)
+    flat = to_physnet(batch)
+    slot = np.cumsum(mask.reshape(-1)) - 1  # compact row of each real slot
+    keep = flat["batch_mask"]
+    n_real = int(counts.sum())
+    out = empty(B + 1, n_real + 1, int(keep.sum()), dtype=np.asarray(batch["R"]).dtype)
+    real = mask.reshape(-1)
+    out.Z[:n_real], out.R[:n_real] = flat["Z"][real], flat["R"][real]
+    out.atom_graph[:n_real] = flat["batch_segments"][real]
+    out.atom_mask[:n_real] = True
+    out.graph_mask[:B], out.n_atoms[:B], out.Qtot[:B] = True, counts, batch["Qtot"]
+    out.pairs.dst[:], out.pairs.src[:] = slot[flat["dst_idx"][keep]], slot[flat["src_idx"][keep]]
+    out.pairs.mask[:] = True
+    E = np.zeros(B + 1, np.float64)
+    E[:B] = batch["E"]
+    F = np.zeros((n_real + 1, 3), np.asarray(batch["F"]).dtype)
+    F[:n_real] = flat["F"][real]
+    extra = {}
+    if "D" in batch:
+        extra["D"] = np.zeros((B + 1, 3), np.asarray(batch["D"]).dtype)
+        extra["D"][:B] = batch["D"]
+    return out._replace(E=E, F=F, **extra)
 
 
 def split_loader(

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from ase.data import chemical_symbols
 
+from .constants import MAX_Z, Z_RANGE, Z_TABLE_SIZE
 from .packed import FIELDS, PackedDataset
 
 HISTOGRAM_ROWS = 20  # more distinct molecule sizes than this are shown in bins
@@ -28,14 +29,14 @@ def dataset_info(path: str | os.PathLike, *, chunk_atoms: int = 1 << 22) -> dict
     manifest = ds.manifest or {}
     N, A = ds.n_molecules, ds.n_atoms_total
 
-    per_element = np.zeros(119, dtype=np.int64)
+    per_element = np.zeros(Z_TABLE_SIZE, dtype=np.int64)
     invalid_z = 0
     Z = ds.arrays["Z"]
     for start in range(0, A, max(int(chunk_atoms), 1)):
         block = np.asarray(Z[start : start + chunk_atoms])
-        valid = (block >= 1) & (block <= 118)
+        valid = (block >= 1) & (block <= MAX_Z)
         invalid_z += int(block.size - valid.sum())
-        per_element += np.bincount(block[valid], minlength=119)
+        per_element += np.bincount(block[valid], minlength=Z_TABLE_SIZE)
     numbers = np.flatnonzero(per_element)
     sizes, counts = np.unique(np.asarray(ds.n_atoms), return_counts=True)
 
@@ -98,7 +99,7 @@ def format_info(info: dict) -> str:
     elements = ", ".join(f"{sym} {n:,}" for sym, n in info.get("elements", {}).items())
     lines.append(f"elements  {elements or '-'} (atoms)")
     if info.get("invalid_atomic_numbers"):
-        lines.append(f"          {info['invalid_atomic_numbers']:,} atoms with atomic numbers outside 1-118")
+        lines.append(f"          {info['invalid_atomic_numbers']:,} atoms with atomic numbers outside {Z_RANGE}")
 
     lines.append("")
     lines.append(

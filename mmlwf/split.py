@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .constants import Z_TABLE_SIZE
 from .fileio import save_npz_deterministic
 from .integrity import dataset_digest
 from .packed import PackedDataset
@@ -58,7 +59,7 @@ def resolve_size(value: float, n: int, name: str) -> int:
 def formula_groups(ds: PackedDataset, chunk: int = 1 << 18) -> np.ndarray:
     """Group id per molecule: molecules with the same composition share an id (vectorised)."""
     elements = np.asarray(ds.elements, dtype=np.int64)
-    lookup = np.full(max(int(elements.max()) + 1, 119), -1, dtype=np.int64)
+    lookup = np.full(max(int(elements.max()) + 1, Z_TABLE_SIZE), -1, dtype=np.int64)
     lookup[elements] = np.arange(elements.size)
     counts = np.zeros((len(ds), elements.size), dtype=np.int32)
     Z = ds.arrays["Z"]

@@ -23,6 +23,7 @@ from .errors import ConfigError, DataError
 from .fileio import atomic_write
 from .integrity import check_made_from, dataset_digest
 from .packed import MANIFEST, PackedDataset
+from .constants import Z_TABLE_SIZE
 from .split import load_split
 
 
@@ -40,7 +41,7 @@ def element_counts(ds: PackedDataset, indices: np.ndarray, elements: np.ndarray,
 def _element_lookup(ds: PackedDataset, elements: np.ndarray):
     """Atomic numbers -> column in ``elements``; DataError for an element the dataset's
     element list (its manifest's) lacks."""
-    table = np.full(119, -1, np.int64)
+    table = np.full(Z_TABLE_SIZE, -1, np.int64)
     table[elements] = np.arange(elements.size)
 
     def lookup(Z: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .constants import MAX_Z, Z_RANGE
 from .errors import DataError
 from .units import SourceUnits
 
@@ -60,9 +61,9 @@ class Structure:
                 Z = Z.astype(np.int64)
             else:
                 raise fail("Z", f"atomic numbers must be integers, got dtype {Z.dtype}")
-        bad = np.flatnonzero((Z < 1) | (Z > 118))
+        bad = np.flatnonzero((Z < 1) | (Z > MAX_Z))
         if bad.size:
-            raise fail("Z", f"atomic number {int(Z[bad[0]])} at atom {int(bad[0])} is outside 1-118")
+            raise fail("Z", f"atomic number {int(Z[bad[0]])} at atom {int(bad[0])} is outside {Z_RANGE}")
         n = Z.shape[0]
         self.Z = Z.astype(np.int32)
         self.R = _per_atom(self.R, n, (3,), "R", fail, required=True)
@@ -202,7 +203,7 @@ class StructureBlock:
             return False
         if Z.dtype.kind == "f" and not (np.isfinite(Z).all() and (Z == np.round(Z)).all()):
             return False
-        if not (Z.min() >= 1 and Z.max() <= 118):
+        if not (Z.min() >= 1 and Z.max() <= MAX_Z):
             return False
         for name, shape in (("R", (A, 3)), ("F", (A, 3)), ("q", (A,)), ("D", (k, 3)), ("Qtot", (k,))):
             arr = getattr(self, name)

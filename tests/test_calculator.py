@@ -27,6 +27,8 @@ from mmlwf.calculator import MMLWFCalculator, bucket
 from mmlwf.cli import main
 from mmlwf.errors import ConfigError, DataError
 
+from .test_batch import assert_padding_convention
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"type": "physnet", "features": 8, "max_degree": 1, "num_iterations": 2, "num_basis_functions": 8,
           "cutoff": 4.0, "num_residual": 1, "charges": True, "coulomb": True, "repulsion": True,
@@ -38,11 +40,10 @@ def _random_variables(model, seed):
     """Random parameters of the model's shapes (zero-initialised outputs would give E = 0)."""
     from mmlwf.models import init_params
 
-    Z = np.array([6, 1, 1, 1, 1, 0, 0, 0], np.int32)
-    example = {"Z": Z, "R": np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32),
-               "dst": np.zeros(64, np.int32), "src": np.zeros(64, np.int32), "atom_graph": np.zeros(8, np.int32),
-               "atom_mask": Z > 0, "pair_mask": np.zeros(64, bool), "graph_mask": np.ones(1, bool),
-               "Qtot": np.zeros(1, np.float32)}
+    from mmlwf.batch import from_molecules
+
+    methane = {"Z": np.array([6, 1, 1, 1, 1]), "R": np.random.default_rng(0).normal(size=(5, 3))}
+    example = from_molecules([methane], n_graphs=2, n_atoms=8, n_pairs=64, pairs=(np.zeros(0), np.zeros(0)))
     shapes = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), example))
     rng = np.random.default_rng(seed)
 
@@ -218,6 +219,7 @@ def test_padding_buckets_and_one_compilation_over_moves(run_dir):
         atoms.positions = atoms.positions + 0.01 * step
         atoms.get_forces()
     assert calc.shapes_compiled == {(16, 128)}  # 9 atoms, 72 pairs within 6 Å
+    assert_padding_convention(calc.batch(atoms))  # the loader's: graph 1 and the last atom are padding
     if hasattr(calc._evaluate, "_cache_size"):  # shared by this model's calculators
         assert calc._evaluate._cache_size() == 1
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
+from mmlwf.batch import from_molecules
 from mmlwf.errors import ConfigError
 from mmlwf.models import dcmnet
 from mmlwf.packed import PackedDataset, PackedWriter
@@ -31,28 +32,10 @@ def _water(rng):
 
 
 def _batch(mols, n_graphs, n_atoms, n_pairs, n_grid):
-    """A padded graph batch (DESIGN §5) from ``[(Z, R, Qtot, grid)]``: all pairs within a
-    molecule, padding atoms/pairs/points pointing at the last slot."""
-    b = {"Z": np.zeros(n_atoms, np.int32), "R": np.zeros((n_atoms, 3), np.float32),
-         "atom_graph": np.full(n_atoms, n_graphs - 1, np.int32), "atom_mask": np.zeros(n_atoms, bool),
-         "dst": np.full(n_pairs, n_atoms - 1, np.int32), "src": np.full(n_pairs, n_atoms - 1, np.int32),
-         "pair_mask": np.zeros(n_pairs, bool), "graph_mask": np.zeros(n_graphs, bool),
-         "Qtot": np.zeros(n_graphs, np.float32), "grid": np.zeros((n_grid, 3), np.float32),
-         "grid_graph": np.full(n_grid, n_graphs - 1, np.int32), "grid_mask": np.zeros(n_grid, bool)}
-    a = p = g = 0
-    for k, (Z, R, Q, grid) in enumerate(mols):
-        n = len(Z)
-        b["Z"][a:a + n], b["R"][a:a + n], b["atom_graph"][a:a + n], b["atom_mask"][a:a + n] = Z, R, k, True
-        b["graph_mask"][k], b["Qtot"][k] = True, Q
-        for i in range(n):
-            for j in range(n):
-                if i != j:
-                    b["dst"][p], b["src"][p], b["pair_mask"][p] = a + i, a + j, True
-                    p += 1
-        m = len(grid)
-        b["grid"][g:g + m], b["grid_graph"][g:g + m], b["grid_mask"][g:g + m] = grid, k, True
-        a, g = a + n, g + m
-    return b
+    """A padded graph batch (:mod:`mmlwf.batch`) from ``[(Z, R, Qtot, grid)]``: all pairs
+    within a molecule, padding atoms/pairs/points pointing at the last slot."""
+    return from_molecules([{"Z": Z, "R": R, "Qtot": Q, "grid": grid} for Z, R, Q, grid in mols],
+                          n_graphs=n_graphs, n_atoms=n_atoms, n_pairs=n_pairs, n_grid=n_grid)
 
 
 def _shell_grid(R, rng, n=60):

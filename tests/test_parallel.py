@@ -354,7 +354,7 @@ def test_grouping_and_padding_batch(data):
         empty = prepare_batch(tl.assemble(0, np.zeros(0, np.int64), sid), table)  # the loader's own padding
         pad = padding_batch(real)
         assert pad.keys() == empty.keys()
-        for k in pad:
+        for k in pad.keys():
             np.testing.assert_array_equal(pad[k], empty[k], err_msg=k)
             assert pad[k].dtype == empty[k].dtype
 

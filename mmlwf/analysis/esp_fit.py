@@ -19,11 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..constants import COULOMB_CONSTANT  # eV Å / e² (V = eV/e); imported from here by tests
 from ..errors import DataError
 from ..packed import PackedDataset
-
-#: Coulomb constant in eV Å / e² (V = eV/e)
-COULOMB_CONSTANT = 14.399645351950548
 
 
 @dataclass

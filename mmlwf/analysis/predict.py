@@ -31,6 +31,7 @@ def predict(run: TrainedModel, data: PackedDataset | str | os.PathLike, indices=
     """
     import jax
 
+    from ..batch import device_fields
     from ..training.losses import reference_energies
 
     ds = data if isinstance(data, PackedDataset) else PackedDataset(data)
@@ -41,12 +42,11 @@ def predict(run: TrainedModel, data: PackedDataset | str | os.PathLike, indices=
     mol_out: dict[str, dict[int, np.ndarray]] = {"E": {}, "D": {}}  # per structure
     atom_out: dict[str, dict[int, np.ndarray]] = {"F": {}, "q": {}}  # per atom, by structure
     for batch in loader.epoch(0):
-        out = jax.device_get(step(run.params, batch))
-        gm, am = np.asarray(batch["graph_mask"], bool), np.asarray(batch["atom_mask"], bool)
+        out = jax.device_get(step(run.params, device_fields(batch)))
+        gm, am, graph = batch.graph_mask, batch.atom_mask, batch.atom_graph
         E = np.asarray(out["energy"], np.float64) + reference_energies(batch, run.reference)
-        graph = np.asarray(batch["atom_graph"])
         for k in np.flatnonzero(gm):
-            mol = int(batch["index"][k])
+            mol = int(batch.index[k])
             mol_out["E"][mol] = E[k]
             atoms = am & (graph == k)
             if has_F:
@@ -93,6 +93,8 @@ def predict_esp(run: TrainedModel, data: PackedDataset | str | os.PathLike, indi
     """
     import jax
 
+    from ..batch import device_fields
+
     ds = data if isinstance(data, PackedDataset) else PackedDataset(data)
     missing = [f for f in ("grid", "esp") if f not in ds.fields]
     if missing:
@@ -106,12 +108,11 @@ def predict_esp(run: TrainedModel, data: PackedDataset | str | os.PathLike, indi
     esp: dict[int, np.ndarray] = {}
     dipole: dict[int, np.ndarray] = {}
     for batch in loader.epoch(0):
-        out = jax.device_get(step(run.params, batch))
-        gm, am = np.asarray(batch["graph_mask"], bool), np.asarray(batch["atom_mask"], bool)
-        graph, ggraph = np.asarray(batch["atom_graph"]), np.asarray(batch["grid_graph"])
-        gmask = np.asarray(batch["grid_mask"], bool)
+        out = jax.device_get(step(run.params, device_fields(batch)))
+        gm, am, graph = batch.graph_mask, batch.atom_mask, batch.atom_graph
+        ggraph, gmask = batch.grid_graph, batch.grid_mask
         for k in np.flatnonzero(gm):
-            mol = int(batch["index"][k])
+            mol = int(batch.index[k])
             atoms = am & (graph == k)
             for key, store in per_atom.items():
                 store[mol] = np.asarray(out[key])[atoms]

@@ -1,4 +1,4 @@
-"""Batches for the models: neighbour lists, size-aware planning, padding, prefetch (DESIGN §5)."""
+"""Batches for the models: neighbour lists, size-aware planning, padding, prefetch (the batch: :mod:`mmlwf.batch`)."""
 
 from .loader import BatchLoader, molecule_sizes
 from .neighbours import count_pairs, neighbour_pairs

@@ -1,4 +1,4 @@
-"""The batch loader: packed datasets -> padded graph batches (DESIGN §5), prefetched.
+"""The batch loader: packed datasets -> padded :class:`~mmlwf.batch.GraphBatch` es, prefetched.
 
 Atoms of all molecules in a batch are concatenated, pairs come from a neighbour list within
 the cutoff, and each batch is padded to one of a few fixed budgets. Only the rows a batch
@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..packed import PackedDataset
+from ..batch import GraphBatch, Pairs, from_fields
 from .gather import fill_batch, gather_rows
 from .neighbours import count_pairs, neighbour_pairs
 from .plan import BatchPlan, Budget, derive_budgets, plan_epoch, size_table
@@ -53,7 +54,7 @@ class BatchLoader:
 
     Each epoch visits every molecule of every dataset ``weight`` times (a fractional weight
     visits a seeded random part), in an order fixed by ``(seed, epoch)``. Batches come from
-    one dataset each and carry its number in ``batch["dataset"]``. Batch arrays are numpy;
+    one dataset each and carry its number in ``batch.dataset``. Batch arrays are numpy;
     :meth:`epoch` with ``device=True`` moves them to the default JAX device in the
     background thread.
     """
@@ -133,8 +134,9 @@ class BatchLoader:
         return len(self.plan(0))
 
     # -- assembling
-    def assemble(self, k: int, positions: np.ndarray, shape_id: int) -> dict[str, np.ndarray]:
-        """One padded batch of the molecules ``positions`` of dataset ``k``."""
+    def assemble(self, k: int, positions: np.ndarray, shape_id: int) -> GraphBatch:
+        """One padded batch of the molecules ``positions`` of dataset ``k`` (numpy arrays, in
+        the padding convention of :mod:`mmlwf.batch`: the last graph and atom are padding)."""
         m = self.members[k]
         b = self.budgets[shape_id]
         ds, src = m.ds, m.views
@@ -163,19 +165,17 @@ class BatchLoader:
             out["atom_graph"], out["atom_mask"], offsets, out["n_atoms"], out["graph_mask"], out["index"],
         )
         if self.cutoff is None:  # no pairs: the same all-padding arrays for every batch (read-only)
-            out["dst"], out["src"], out["pair_mask"] = _no_pairs(b)
+            pairs = _no_pairs(b)
         else:
             pad_atom = b.n_atoms - 1
-            out["dst"] = np.full(b.n_pairs, pad_atom, np.int32)
-            out["src"] = np.full(b.n_pairs, pad_atom, np.int32)
-            out["pair_mask"] = np.zeros(b.n_pairs, bool)
-            n_pairs = neighbour_pairs(out["R"][:n_at], offsets, self.cutoff, out["dst"], out["src"])
-            out["pair_mask"][:n_pairs] = True
+            pairs = Pairs(np.full(b.n_pairs, pad_atom, np.int32), np.full(b.n_pairs, pad_atom, np.int32),
+                          np.zeros(b.n_pairs, bool), self.cutoff)
+            n_pairs = neighbour_pairs(out["R"][:n_at], offsets, self.cutoff, pairs.dst, pairs.src)
+            pairs.mask[:n_pairs] = True
         if b.n_grid and ds.grid_offsets is not None and "grid" in self.fields:
             self._assemble_grid(ds, mol, b, out)
-        out["dataset"] = np.int32(k)
-        out["shape_id"] = np.int32(shape_id)
-        return out
+        out["pairs"], out["dataset"], out["shape_id"] = pairs, np.int32(k), np.int32(shape_id)
+        return from_fields(out)
 
     def _assemble_grid(self, ds: PackedDataset, mol: np.ndarray, b: Budget, out: dict) -> None:
         g0 = np.asarray(ds.grid_offsets[mol])
@@ -193,7 +193,7 @@ class BatchLoader:
         out["grid_mask"][:n_g] = True
 
     # -- iterating
-    def epoch(self, epoch: int = 0, *, device: bool = False) -> Iterator[dict]:
+    def epoch(self, epoch: int = 0, *, device: bool = False) -> Iterator[GraphBatch]:
         """The batches of ``epoch`` in plan order, assembled up to ``prefetch`` ahead by
         ``workers`` background threads (the copies and neighbour lists release the GIL)."""
         batches = self.plan(epoch)
@@ -213,7 +213,7 @@ class BatchLoader:
             return
         yield from _ordered_map(make, batches, self.prefetch, self.workers)
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[GraphBatch]:
         return self.epoch(0)
 
 
@@ -250,9 +250,9 @@ _NO_VALUES = np.zeros(0, np.float64)
 
 
 @functools.lru_cache(maxsize=16)
-def _no_pairs(budget: Budget) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _no_pairs(budget: Budget) -> Pairs:
     pad = np.full(budget.n_pairs, budget.n_atoms - 1, np.int32)
     mask = np.zeros(budget.n_pairs, bool)
     for arr in (pad, mask):
         arr.flags.writeable = False
-    return pad, pad, mask
+    return Pairs(pad, pad, mask)

@@ -1,4 +1,4 @@
-"""DCMNet in flax.linen + e3x (DESIGN §6): distributed charges fitted to the ESP.
+"""DCMNet in flax.linen + e3x: distributed charges fitted to the ESP.
 
 Per atom the network predicts ``n_dcm`` point charges and ``n_dcm`` displacement vectors.
 Atomic features come from ``num_iterations`` equivariant message passes over the cutoff
@@ -31,18 +31,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ..batch import GRID_INPUTS, MODEL_INPUTS, GraphBatch
+from ..constants import COULOMB_CONSTANT
 from ..settings import DCMNetSettings
+from . import common
+from .common import cast_inputs, centroid_dipole, correct_total_charge, graph_sums, masks, total_charge
 from .pairs import pair_basis
 from .settings import build, check, field_defaults, settings_of
 
-#: Coulomb constant in eV Å / e² (potential in V = eV/e from charges in e and lengths in Å)
-COULOMB_CONSTANT = 14.399645351950548
 #: softening length of the charge-grid distance, Å
 ESP_SOFTENING = 1.0e-3
 
-#: inputs of :meth:`DCMNet.__call__`, in order, as named in a batch (DESIGN §5)
-INPUT_KEYS = ("Z", "R", "dst", "src", "atom_graph", "atom_mask", "pair_mask", "graph_mask", "Qtot",
-              "grid", "grid_graph", "grid_mask")
+#: inputs of :meth:`DCMNet.__call__`, in order, as named in a batch
+INPUT_KEYS = MODEL_INPUTS + GRID_INPUTS
 
 
 def _safe_norm(v, axis=-1):
@@ -114,16 +115,8 @@ class DCMNet(nn.Module):
         _check_fields(self)
         n_atoms = Z.shape[0]
         n_graphs = graph_mask.shape[0]
-        dtype = R.dtype if jnp.issubdtype(R.dtype, jnp.floating) else jnp.float32
-        R = R.astype(dtype)
-        Z = Z.astype(jnp.int32)
-        dst = dst.astype(jnp.int32)
-        src = src.astype(jnp.int32)
-        atom_graph = atom_graph.astype(jnp.int32)
-
-        gm = graph_mask.astype(dtype)
-        am = atom_mask.astype(dtype) * gm[atom_graph]
-        pm = pair_mask.astype(dtype) * am[dst] * am[src]
+        Z, R, dst, src, atom_graph, dtype = cast_inputs(Z, R, dst, src, atom_graph)
+        gm, am, pm = masks(graph_mask, atom_mask, pair_mask, atom_graph, dst, src, dtype)
 
         _, basis = pair_basis(R, dst, src, pm, cutoff=self.cutoff, num_basis_functions=self.num_basis_functions,
                               max_degree=self.max_degree)
@@ -153,23 +146,14 @@ class DCMNet(nn.Module):
         pos = (R[:, None, :] + d) * am[:, None, None]
 
         # total-charge constraint, spread evenly over the molecule's real charges
-        n_real = jax.ops.segment_sum(am, atom_graph, num_segments=n_graphs) * self.n_dcm
-        Qtot = jnp.zeros(n_graphs, dtype) if Qtot is None else jnp.asarray(Qtot).astype(dtype)
-        q_mol = jax.ops.segment_sum(jnp.sum(q, axis=1), atom_graph, num_segments=n_graphs)
-        excess = (Qtot * gm - q_mol) / jnp.maximum(n_real, 1.0)
-        q = (q + excess[atom_graph][:, None]) * am[:, None]
-
-        mono = jnp.sum(q, axis=1)
-        n_at = jax.ops.segment_sum(am, atom_graph, num_segments=n_graphs)
-        centre = jax.ops.segment_sum(R * am[:, None], atom_graph, num_segments=n_graphs) / jnp.maximum(n_at, 1.0)[:, None]
-        rel = pos - centre[atom_graph][:, None, :]
-        dipole = jax.ops.segment_sum(jnp.sum(q[..., None] * rel, axis=1), atom_graph, num_segments=n_graphs)
+        n_real = graph_sums(am, atom_graph, n_graphs)
+        q = correct_total_charge(q, total_charge(Qtot, n_graphs, dtype), atom_graph, am, gm, n_real)
 
         out: dict[str, Any] = {
             "dcm_charges": q,
             "dcm_positions": pos,
-            "charges": mono,
-            "dipole": dipole * gm[:, None],
+            "charges": jnp.sum(q, axis=1),
+            "dipole": centroid_dipole(q, pos, R, atom_graph, am, gm, n_real),
         }
         if grid is not None:
             grid = jnp.asarray(grid).astype(dtype)
@@ -184,28 +168,12 @@ class DCMNet(nn.Module):
 # -- using the model
 
 
-def _variables(params):
-    if isinstance(params, Mapping) and "params" in params:
-        return params
-    return {"params": params}
+def batch_inputs(batch: GraphBatch | Mapping) -> dict:
+    """The model inputs of a batch (:func:`mmlwf.models.common.batch_inputs` with the grid)."""
+    return common.batch_inputs(batch, grid=True)
 
 
-def batch_inputs(batch: Mapping) -> dict:
-    """The model inputs of a batch; a missing ``Qtot`` becomes zeros, missing grid keys None."""
-    needed = INPUT_KEYS[:8]
-    missing = [k for k in needed if k not in batch]
-    if missing:
-        raise KeyError(f"batch lacks {missing[0]!r} (needs {', '.join(needed)})")
-    inputs = {k: jnp.asarray(batch[k]) for k in needed}
-    n_graphs = inputs["graph_mask"].shape[0]
-    Qtot = batch.get("Qtot")
-    inputs["Qtot"] = jnp.zeros(n_graphs, inputs["R"].dtype) if Qtot is None else jnp.asarray(Qtot).astype(inputs["R"].dtype)
-    for k in ("grid", "grid_graph", "grid_mask"):
-        inputs[k] = jnp.asarray(batch[k]) if k in batch else None
-    return inputs
-
-
-def forward(model: DCMNet, params, batch: Mapping, esp_decay_length: float | None = None) -> dict:
+def forward(model: DCMNet, params, batch: GraphBatch | Mapping, esp_decay_length: float | None = None) -> dict:
     """The model's outputs on a batch; with grid keys also ``esp`` and ``esp_loss_weight``.
 
     ``esp_loss_weight (G,)``: the weight of each grid point in the ESP loss,
@@ -214,7 +182,7 @@ def forward(model: DCMNet, params, batch: Mapping, esp_decay_length: float | Non
     is None; 0 on padding points. Jit-compatible.
     """
     inputs = batch_inputs(batch)
-    out = dict(model.apply(_variables(params), **inputs))
+    out = dict(model.apply(common.variables(params), **inputs))
     if inputs["grid"] is not None:
         gmask = inputs["grid_mask"].astype(bool)
         if esp_decay_length is None:
@@ -228,9 +196,9 @@ def forward(model: DCMNet, params, batch: Mapping, esp_decay_length: float | Non
     return out
 
 
-def init_params(model: DCMNet, rng, batch: Mapping):
+def init_params(model: DCMNet, rng, batch: GraphBatch | Mapping):
     """Fresh flax variables ``{"params": ...}`` for ``model`` from one example batch."""
-    return jax.jit(model.init)(rng, **batch_inputs(batch))
+    return common.init_params(model, rng, batch, grid=True)
 
 
 # -- configuration

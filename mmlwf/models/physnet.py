@@ -1,6 +1,6 @@
-"""PhysNet in flax.linen + e3x (DESIGN §6): energies, forces, charges and dipoles.
+"""PhysNet in flax.linen + e3x: energies, forces, charges and dipoles.
 
-The model works on one padded graph batch (DESIGN §5): atoms of all molecules concatenated,
+The model works on one padded graph batch (:mod:`mmlwf.batch`): atoms of all molecules concatenated,
 directed pairs ``src -> dst`` from a neighbour list, and masks for the padding atoms, pairs
 and graphs. Each of ``num_iterations`` modules refines the atomic features by a message
 pass over the cutoff graph (radial basis times a smooth cutoff; with ``max_degree >= 1`` the
@@ -29,17 +29,25 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ..batch import MODEL_INPUTS, GraphBatch
+from ..constants import BOHR, COULOMB_CONSTANT
 from ..settings import PhysNetSettings
+from .common import (
+    batch_inputs,
+    cast_inputs,
+    centroid_dipole,
+    correct_total_charge,
+    graph_sums,
+    init_params,  # noqa: F401  (the module-level API: physnet.init_params)
+    masks,
+    total_charge,
+    variables,
+)
 from .pairs import pair_basis
 from .settings import build, check, field_defaults, settings_of
 
-#: Coulomb constant in eV Å / e^2
-COULOMB_CONSTANT = 14.399645351950548
-#: Bohr radius in Å (ZBL screening length)
-BOHR = 0.52917721067
-
-#: inputs of :meth:`PhysNet.__call__`, in order, as named in a batch (DESIGN §5)
-INPUT_KEYS = ("Z", "R", "dst", "src", "atom_graph", "atom_mask", "pair_mask", "graph_mask", "Qtot")
+#: inputs of :meth:`PhysNet.__call__`, in order, as named in a batch
+INPUT_KEYS = MODEL_INPUTS
 
 # ZBL universal screening function: sum_k c_k exp(-d_k r / a)
 _ZBL_C = (0.18175, 0.50986, 0.28022, 0.02817)
@@ -98,17 +106,8 @@ class PhysNet(nn.Module):
         _check_fields(self)
         n_atoms = Z.shape[0]
         n_graphs = graph_mask.shape[0]
-        dtype = R.dtype if jnp.issubdtype(R.dtype, jnp.floating) else jnp.float32
-        R = R.astype(dtype)
-        Z = Z.astype(jnp.int32)
-        dst = dst.astype(jnp.int32)
-        src = src.astype(jnp.int32)
-        atom_graph = atom_graph.astype(jnp.int32)
-
-        # -- masks: atoms of padding graphs and pairs touching a masked atom are out
-        gm = graph_mask.astype(dtype)
-        am = atom_mask.astype(dtype) * gm[atom_graph]
-        pm = pair_mask.astype(dtype) * am[dst] * am[src]
+        Z, R, dst, src, atom_graph, dtype = cast_inputs(Z, R, dst, src, atom_graph)
+        gm, am, pm = masks(graph_mask, atom_mask, pair_mask, atom_graph, dst, src, dtype)
 
         # -- geometry (masked pairs get a constant displacement: no NaN in gradients)
         r, basis = pair_basis(R, dst, src, pm, cutoff=self.cutoff, num_basis_functions=self.num_basis_functions,
@@ -147,24 +146,20 @@ class PhysNet(nn.Module):
         atomic = (out[:, 0] * e_scale[Z] + e_shift[Z]) * am
 
         results: dict[str, Any] = {}
-        n_real = jax.ops.segment_sum(am, atom_graph, num_segments=n_graphs)
+        n_real = graph_sums(am, atom_graph, n_graphs)
         if self.charges:
             q_shift = self.param("charge_shift", nn.initializers.zeros, (self.max_atomic_number + 1,))
             q = (out[:, 1] + q_shift[Z]) * am
-            Qtot = jnp.zeros(n_graphs, dtype) if Qtot is None else jnp.asarray(Qtot).astype(dtype)
-            excess = (Qtot * gm - jax.ops.segment_sum(q, atom_graph, num_segments=n_graphs)) / jnp.maximum(n_real, 1.0)
-            q = (q + excess[atom_graph]) * am
-            centre = jax.ops.segment_sum(R * am[:, None], atom_graph, num_segments=n_graphs) / jnp.maximum(n_real, 1.0)[:, None]
-            dipole = jax.ops.segment_sum(q[:, None] * (R - centre[atom_graph]), atom_graph, num_segments=n_graphs)
+            q = correct_total_charge(q, total_charge(Qtot, n_graphs, dtype), atom_graph, am, gm, n_real)
             results["charges"] = q
-            results["dipole"] = dipole * gm[:, None]
+            results["dipole"] = centroid_dipole(q, R, R, atom_graph, am, gm, n_real)
             if self.coulomb:
                 atomic = atomic + _coulomb_atomic(q, r, pm, dst, src, n_atoms, self.cutoff, self.coulomb_cutoff)
         if self.repulsion:
             atomic = atomic + _zbl_atomic(Z, r, pm, dst, src, n_atoms, self.cutoff)
 
         results["atomic_energies"] = atomic
-        results["energy"] = jax.ops.segment_sum(atomic, atom_graph, num_segments=n_graphs) * gm
+        results["energy"] = graph_sums(atomic, atom_graph, n_graphs) * gm
         return results
 
 
@@ -198,26 +193,7 @@ def _zbl_atomic(Z, r, pm, dst, src, n_atoms, cutoff):
 # -- forces
 
 
-def _variables(params):
-    """Accept either flax variables ``{"params": ...}`` or the bare params tree."""
-    if isinstance(params, Mapping) and "params" in params:
-        return params
-    return {"params": params}
-
-
-def batch_inputs(batch: Mapping) -> dict:
-    """The model inputs of a batch (DESIGN §5); a missing ``Qtot`` becomes zeros."""
-    missing = [k for k in INPUT_KEYS if k != "Qtot" and k not in batch]
-    if missing:
-        raise KeyError(f"batch lacks {missing[0]!r} (needs {', '.join(INPUT_KEYS)})")
-    inputs = {k: jnp.asarray(batch[k]) for k in INPUT_KEYS if k != "Qtot"}
-    Qtot = batch.get("Qtot")
-    n_graphs = inputs["graph_mask"].shape[0]
-    inputs["Qtot"] = jnp.zeros(n_graphs, inputs["R"].dtype) if Qtot is None else jnp.asarray(Qtot).astype(inputs["R"].dtype)
-    return inputs
-
-
-def energy_and_forces(model: PhysNet, params, batch: Mapping) -> dict:
+def energy_and_forces(model: PhysNet, params, batch: GraphBatch | Mapping) -> dict:
     """Energies ``(B,)``, forces ``(A,3)`` = -dE/dR (0 on padding atoms), atomic energies
     ``(A,)``, and charges ``(A,)`` / dipoles ``(B,3)`` when the model predicts them, with one
     ``jax.value_and_grad`` w.r.t. the positions (of the sum of the real graphs' energies).
@@ -225,12 +201,12 @@ def energy_and_forces(model: PhysNet, params, batch: Mapping) -> dict:
     Jit-compatible: ``jax.jit(lambda p, b: energy_and_forces(model, p, b))``.
     """
     inputs = batch_inputs(batch)
-    variables = _variables(params)
+    variables_ = variables(params)
     graph_mask = inputs["graph_mask"]
     atom_mask = inputs["atom_mask"]
 
     def total_energy(R):
-        out = model.apply(variables, **{**inputs, "R": R})
+        out = model.apply(variables_, **{**inputs, "R": R})
         return jnp.sum(jnp.where(graph_mask, out["energy"], 0.0)), out
 
     (_, out), grad = jax.value_and_grad(total_energy, has_aux=True)(inputs["R"])
@@ -239,11 +215,6 @@ def energy_and_forces(model: PhysNet, params, batch: Mapping) -> dict:
         if key in out:
             result[key] = out[key]
     return result
-
-
-def init_params(model: PhysNet, rng, batch: Mapping):
-    """Fresh flax variables ``{"params": ...}`` for ``model`` from one example batch."""
-    return jax.jit(model.init)(rng, **batch_inputs(batch))
 
 
 # -- configuration

@@ -1,6 +1,7 @@
 """Targets, predictions and losses: energy, forces, dipole, total charge, atomic monopoles, ESP.
 
-Host side (numpy): :func:`prepare_batch` turns a loader batch into device arrays, with the
+Host side (numpy): :func:`prepare_batch` turns a loader batch (a :class:`~mmlwf.batch.GraphBatch`
+or a dict of its flat names) into the device batch, with the
 energy target ``E - sum of the molecule's element energies`` computed in float64 and only
 then cast to float32. Device side (jax): :func:`energy_and_forces` evaluates a model and its
 forces ``-dE/dR``; :func:`batch_sums` reduces the errors of a batch to masked sums
@@ -20,6 +21,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from ..batch import HOST_FIELDS, MODEL_INPUTS, GraphBatch, Pairs, as_batch
+from ..constants import MAX_Z, Z_RANGE, Z_TABLE_SIZE
 from ..errors import DataError
 from ..units import ESP
 
@@ -31,24 +34,25 @@ METRIC_UNITS = {"energy": "eV", "forces": "eV_per_A", "dipole": "eA", "charge": 
 #: factor from the canonical unit of a term's errors to its metric unit (V -> kcal/(mol·e))
 METRIC_SCALE = {"esp": 1.0 / ESP["kcal/mol/e"]}
 
-#: batch keys moved to the device (others, like ``index``, stay on the host)
-_DEVICE_KEYS = {
+#: batch fields moved to the device and their dtypes (the raw energy ``E``, replaced by
+#: ``E_target``, and the host-side bookkeeping stay on the host)
+_DEVICE_FIELDS = {
     "Z": np.int32, "R": np.float32, "F": np.float32, "atom_graph": np.int32, "atom_mask": bool,
-    "dst": np.int32, "src": np.int32, "pair_mask": bool, "graph_mask": bool, "n_atoms": np.int32,
-    "Qtot": np.float32, "D": np.float32, "q": np.float32,
+    "graph_mask": bool, "n_atoms": np.int32, "Qtot": np.float32, "D": np.float32, "q": np.float32,
     "grid": np.float32, "esp": np.float32, "grid_graph": np.int32, "grid_mask": bool,
 }
-MODEL_ARGS = ("Z", "R", "dst", "src", "atom_graph", "atom_mask", "pair_mask", "graph_mask", "Qtot")
+#: the model's positional arguments, as named in a batch (:data:`mmlwf.batch.MODEL_INPUTS`)
+MODEL_ARGS = MODEL_INPUTS
 
 
 def reference_table(element_energies: Mapping) -> np.ndarray:
-    """``(119,)`` float64 energies by atomic number (``{"8": -432.1, ...}`` or ``{8: ...}``);
-    elements without a reference are NaN."""
-    table = np.full(119, np.nan, np.float64)
+    """``(Z_TABLE_SIZE,)`` float64 energies by atomic number (``{"8": -432.1, ...}`` or
+    ``{8: ...}``); elements without a reference are NaN."""
+    table = np.full(Z_TABLE_SIZE, np.nan, np.float64)
     for z, e in dict(element_energies).items():
         zi = int(z)
-        if not 1 <= zi <= 118:
-            raise DataError(f"element energies: atomic number {z} is outside 1-118", field="element_energies")
+        if not 1 <= zi <= MAX_Z:
+            raise DataError(f"element energies: atomic number {z} is outside {Z_RANGE}", field="element_energies")
         table[zi] = float(e)
     return table
 
@@ -68,29 +72,42 @@ def reference_energies(batch: Mapping[str, np.ndarray], table: np.ndarray) -> np
     return np.bincount(np.asarray(batch["atom_graph"])[mask], weights=e, minlength=n_graphs)
 
 
-def prepare_batch(batch: Mapping[str, np.ndarray], table: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Device-ready arrays of a loader batch plus ``E_target`` (float32; none when ``table``
-    is None, for models without an energy).
+def prepare_batch(batch: GraphBatch | Mapping[str, np.ndarray], table: np.ndarray | None) -> GraphBatch:
+    """The device batch of a loader batch: its arrays in the device dtypes, without the
+    host-side fields and ``E``, plus ``E_target (B,)`` (float32; none when ``table`` is None,
+    for models without an energy).
 
     ``E_target = E - sum of element energies`` is formed in float64 before the cast, so the
     large reference energies cancel exactly and only the small remainder is rounded.
     """
-    out = {k: np.asarray(batch[k], dtype=t) for k, t in _DEVICE_KEYS.items() if k in batch}
+    b = as_batch(batch)
+
+    def cast(p: Pairs | None) -> Pairs | None:
+        return None if p is None else Pairs(np.asarray(p.dst, np.int32), np.asarray(p.src, np.int32),
+                                            np.asarray(p.mask, bool))
+
+    fields = {k: None if getattr(b, k) is None else np.asarray(getattr(b, k), dtype=t)
+              for k, t in _DEVICE_FIELDS.items()}
+    out = b._replace(pairs=cast(b.pairs), long_pairs=cast(b.long_pairs), E=None, E_target=None,
+                     **fields, **dict.fromkeys(HOST_FIELDS))
     if table is None:
         return out
-    gm = out["graph_mask"]
-    E = np.asarray(batch["E"], np.float64)
+    E = np.asarray(b.E, np.float64)
     with np.errstate(over="ignore"):  # an absurd energy becomes inf here; the NaN guard names it
-        out["E_target"] = np.where(gm, E - reference_energies(batch, table), 0.0).astype(np.float32)
-    return out
+        E_target = np.where(out.graph_mask, E - reference_energies(b, table), 0.0).astype(np.float32)
+    return out._replace(E_target=E_target)
 
 
 # ----------------------------------------------------------------------------- device side
 
 
-def model_inputs(batch: Mapping) -> tuple:
-    """The positional model arguments from a (prepared) batch, in the model API's order."""
-    return tuple(batch[k] for k in MODEL_ARGS)
+def model_inputs(batch: GraphBatch | Mapping) -> tuple:
+    """The positional model arguments from a (prepared) batch, in the model API's order
+    (:data:`MODEL_ARGS`; a missing ``Qtot`` becomes zeros)."""
+    from ..models.common import batch_inputs
+
+    inputs = batch_inputs(batch)
+    return tuple(inputs[k] for k in MODEL_ARGS)
 
 
 def energy_and_forces(apply_fn: Callable, params, batch: Mapping) -> dict:

@@ -1,4 +1,4 @@
-"""Data parallelism over the local devices with ``jax.sharding`` (DESIGN §7).
+"""Data parallelism over the local devices with ``jax.sharding``.
 
 With ``training.data_parallel: auto`` (the default) and ``n > 1`` local devices
 (``jax.local_devices()``), :func:`~mmlwf.training.train` runs each optimisation step on up
@@ -8,7 +8,8 @@ to ``n`` loader batches at once, one per device:
   consecutively: a group closes when it holds ``n`` batches or when the next batch has other
   array shapes (the loader pads batches to a few fixed shapes; the smaller ones come at the
   end of an epoch). A group of fewer than ``n`` batches is filled with all-padding batches
-  (:func:`padding_batch`: every mask False), which add nothing to any sum. Checkpoints are
+  (:func:`padding_batch`: every mask False, in the padding convention of :mod:`mmlwf.batch`),
+  which add nothing to any sum. Checkpoints are
   taken between steps and each group starts afresh, so a resumed run groups the rest of the
   epoch exactly as an uninterrupted run does (resume stays bitwise exact on CPU).
 * **Placement.** The ``n`` (prepared) batches are stacked along a new leading axis that is
@@ -49,15 +50,14 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-AXIS = "data"
+from ..batch import GraphBatch, as_batch, padding_like
 
-#: index arrays of a prepared batch and the padding index they point at (the last graph or
-#: the last atom, as the loader pads); every other array pads with zeros / False
-_PAD_INDEX = {"atom_graph": "graphs", "grid_graph": "graphs", "dst": "atoms", "src": "atoms"}
+AXIS = "data"
 
 
 def shape_key(batch) -> tuple:
-    """What must agree for batches to be stacked: the names, shapes and dtypes of the arrays."""
+    """What must agree for batches to be stacked: the names, shapes and dtypes of the arrays
+    (of a :class:`~mmlwf.batch.GraphBatch` or a dict of arrays)."""
     return tuple(sorted((k, np.shape(v), np.asarray(v).dtype.str) for k, v in batch.items()))
 
 
@@ -89,19 +89,11 @@ def group_batches(batches: Iterable[dict], n: int, key: Callable = shape_key) ->
         yield group
 
 
-def padding_batch(like: dict) -> dict:
+def padding_batch(like: GraphBatch | dict) -> GraphBatch:
     """A batch of the shapes of the prepared batch ``like`` holding no molecule: masks False,
-    indices pointing at the last (padding) atom or graph, everything else 0."""
-    n_graphs = np.shape(like["graph_mask"])[0]
-    n_atoms = np.shape(like["atom_mask"])[0]
-    out = {}
-    for k, v in like.items():
-        v = np.asarray(v)
-        if k in _PAD_INDEX:
-            out[k] = np.full(v.shape, (n_graphs if _PAD_INDEX[k] == "graphs" else n_atoms) - 1, v.dtype)
-        else:
-            out[k] = np.zeros(v.shape, v.dtype)
-    return out
+    indices pointing at the last (padding) atom or graph, everything else 0
+    (:func:`mmlwf.batch.padding_like`)."""
+    return padding_like(like)
 
 
 def _shard_map(f, mesh, in_specs, out_specs):
@@ -141,15 +133,15 @@ class DataParallel:
             return len(group_sizes([loader.budgets[spec[2]] for spec in loader.plan(epoch)], self.n))
         return sum(1 for _ in self.groups(loader.epoch(epoch)))
 
-    def stack(self, prepared: Sequence[dict]) -> dict:
+    def stack(self, prepared: Sequence[GraphBatch]) -> GraphBatch:
         """The prepared batches of a group, filled up to ``n`` with padding, stacked along a
         new leading axis and sharded over the devices (one batch each)."""
         import jax
 
-        batches = list(prepared)
+        batches = [as_batch(b) for b in prepared]
         if len(batches) < self.n:
             batches += [padding_batch(batches[0])] * (self.n - len(batches))
-        host = {k: np.stack([np.asarray(b[k]) for b in batches]) for k in batches[0]}
+        host = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *batches)
         return jax.device_put(host, self.batch_sharding)
 
     def replicate(self, tree):
