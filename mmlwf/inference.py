@@ -18,16 +18,7 @@ from typing import Any
 
 import numpy as np
 
-#: entries of the element-energy table: atomic numbers 0 (unused) to 118
-N_ELEMENTS = 119
-
-
-def reference_table(element_energies_by_z: Mapping) -> np.ndarray:
-    """``(119,)`` float64 element energies (eV) by atomic number; NaN for unknown elements."""
-    table = np.full(N_ELEMENTS, np.nan, np.float64)
-    for z, e in dict(element_energies_by_z or {}).items():
-        table[int(z)] = float(e)
-    return table
+from .element_energies import reference_table  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -35,14 +26,14 @@ class TrainedModel:
     """A rebuilt model with its parameters and reference energies.
 
     ``model``: the flax module; ``params``: its variables; ``info``: ``model.json`` (or an
-    export's ``model_info``); ``reference``: ``(119,)`` eV by atomic number (NaN: unknown);
+    export's ``model_info``); ``reference``: ``(Z_TABLE_SIZE,)`` eV by atomic number (NaN: unknown);
     ``run_dir``: the run directory or exported file it came from.
     """
 
     model: Any
     params: Any
     info: dict
-    reference: np.ndarray  # (119,) eV by atomic number
+    reference: np.ndarray  # (Z_TABLE_SIZE,) eV by atomic number
     run_dir: Path
 
     @property

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..constants import MAX_Z  # noqa: F401  (atomic numbers are 1..MAX_Z; re-exported)
 from ..units import CANONICAL
 
 FORMAT_NAME = "mmlwf-packed"
@@ -63,7 +64,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # written by PackedWriter beside the manifest: marks a dataset mmlwf wrote (see mmlwf.integrity)
 MARKER = "mmlwf-packed.json"
-MAX_Z = 118  # atomic numbers are 1..MAX_Z
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, StrictBool, field_validator, model_validator
 
+from ..constants import MAX_Z
 from ..errors import did_you_mean, shown
 from .base import Settings, SettingError, parse
 from .data import DEFAULT_CUTOFF
@@ -46,7 +47,7 @@ class PhysNetSettings(ModelSettings):
     cutoff: float = Field(DEFAULT_CUTOFF, gt=0, description="cutoff of the message passing (A); also where the ZBL "
                                                  "repulsion is switched off")
     num_residual: int = Field(2, ge=0, description="residual blocks in each interaction and each output block")
-    max_atomic_number: int = Field(118, ge=1, description="largest atomic number the embedding holds")
+    max_atomic_number: int = Field(MAX_Z, ge=1, description="largest atomic number the embedding holds")
     charges: StrictBool = Field(False, description="also predict atomic charges (corrected to the molecule's "
                                                    "total charge) and the dipole they give")
     coulomb: StrictBool = Field(False, description="add a damped Coulomb energy between the atomic charges "
@@ -79,7 +80,7 @@ class DCMNetSettings(ModelSettings):
     num_basis_functions: int = Field(16, ge=1, description="radial basis functions")
     cutoff: float = Field(4.0, gt=0, description="cutoff of the message passing (A)")
     max_displacement: float = Field(0.5, gt=0, description="largest distance of a charge from its atom (A)")
-    max_atomic_number: int = Field(118, ge=1, description="largest atomic number the embedding holds")
+    max_atomic_number: int = Field(MAX_Z, ge=1, description="largest atomic number the embedding holds")
 
 
 class _RegisteredModels(Mapping[str, type[ModelSettings]]):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from ..batch import HOST_FIELDS, MODEL_INPUTS, GraphBatch, Pairs, as_batch
-from ..constants import MAX_Z, Z_RANGE, Z_TABLE_SIZE
+from ..element_energies import reference_table  # noqa: F401  (re-exported: training's element table)
 from ..errors import DataError
 from ..units import ESP
 
@@ -43,18 +43,6 @@ _DEVICE_FIELDS = {
 }
 #: the model's positional arguments, as named in a batch (:data:`mmlwf.batch.MODEL_INPUTS`)
 MODEL_ARGS = MODEL_INPUTS
-
-
-def reference_table(element_energies: Mapping) -> np.ndarray:
-    """``(Z_TABLE_SIZE,)`` float64 energies by atomic number (``{"8": -432.1, ...}`` or
-    ``{8: ...}``); elements without a reference are NaN."""
-    table = np.full(Z_TABLE_SIZE, np.nan, np.float64)
-    for z, e in dict(element_energies).items():
-        zi = int(z)
-        if not 1 <= zi <= MAX_Z:
-            raise DataError(f"element energies: atomic number {z} is outside {Z_RANGE}", field="element_energies")
-        table[zi] = float(e)
-    return table
 
 
 def reference_energies(batch: Mapping[str, np.ndarray], table: np.ndarray) -> np.ndarray:
