@@ -282,6 +282,9 @@ def test_loss_goes_down_and_run_directory(reference, data):
     info = json.loads((run_dir / "model.json").read_text())
     assert info["model"] == BASE["model"] and info["units"]["energy"] == "eV" and info["ema"] is True
     assert info["element_energies_by_Z"] == pytest.approx(element_energies(data))
+    # the parameter count, recorded at training time: the size of the checkpoint's parameters
+    params, _ = load_params(run_dir, ema=False)
+    assert info["n_parameters"] == sum(np.size(x) for x in jax.tree.leaves(params)) > 0
     assert load_config(run_dir / "config.yaml").training.max_epochs == 6
     # one compilation per batch shape the training loader used, and the count in the log
     config = load_config(BASE)
