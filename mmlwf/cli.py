@@ -140,11 +140,9 @@ def _cmd_split(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     from .stats import compute_stats, write_stats
 
-    stats = compute_stats(args.dataset, args.split, cutoff=args.cutoff, batch_size=args.batch_size,
-                          n_shapes=args.n_shapes)
+    stats = compute_stats(args.dataset, args.split)
     write_stats(stats, args.output)
-    shapes = len(stats["batching"]["budgets"])
-    print(f"wrote {args.output}: {stats['n_train']} training structures, {shapes} batch shapes")
+    print(f"wrote {args.output}: {stats['n_train']} training structures")
     return 0
 
 
@@ -347,13 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="formula: every conformer of one composition on one side")
     p.set_defaults(func=_cmd_split)
 
-    p = sub.add_parser("stats", help="statistics of the training split (element energies, batch budgets ...)")
+    p = sub.add_parser("stats", help="statistics of the training split (element energies, force and ESP RMS ...)")
     p.add_argument("dataset", metavar="DIR")
     p.add_argument("--split", required=True, metavar="SPLIT.npz")
     p.add_argument("-o", "--output", required=True, metavar="STATS.json")
-    p.add_argument("--cutoff", type=float, default=5.0, help="model cutoff in Å (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="molecules per batch on average (default %(default)s)")
-    p.add_argument("--n-shapes", type=int, default=4, help="fixed batch shapes (default %(default)s)")
     p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser("train", help="train a model (or resume its run directory)",

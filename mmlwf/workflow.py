@@ -162,14 +162,13 @@ def split_step(packed: str | os.PathLike, out: str | os.PathLike, settings: Mapp
     return Path(out)
 
 
-def stats_step(packed: str | os.PathLike, split: str | os.PathLike, out: str | os.PathLike, settings: Mapping) -> Path:
-    """Rule ``stats``: ``settings`` = the dataset's ``stats`` config (cutoff, batch_size, n_shapes)."""
+def stats_step(packed: str | os.PathLike, split: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Rule ``stats``: statistics of the training split (no settings: batch shapes are the loader's)."""
     from .stats import compute_stats, write_stats
 
-    stats = compute_stats(packed, split, **dict(settings))
+    stats = compute_stats(packed, split)
     write_stats(stats, out)
-    log.info("wrote %s: %d training structures, batch budgets %s", out, stats["n_train"],
-             [tuple(b.values())[:3] for b in stats["batching"]["budgets"]])
+    log.info("wrote %s: %d training structures", out, stats["n_train"])
     return Path(out)
 
 

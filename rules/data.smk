@@ -71,8 +71,6 @@ rule stats:
         split="results/datasets/{dataset}/split.npz",
     output:
         stats="results/datasets/{dataset}/stats.json",
-    params:
-        settings=dataset_setting("stats"),
     log:
         "logs/stats/{dataset}.log",
     benchmark:

@@ -8,4 +8,4 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parent))  # this repo
 from mmlwf.workflow import log_to, stats_step
 
 with log_to(snakemake.log[0]):
-    stats_step(snakemake.input.packed, snakemake.input.split, snakemake.output.stats, snakemake.params.settings)
+    stats_step(snakemake.input.packed, snakemake.input.split, snakemake.output.stats)

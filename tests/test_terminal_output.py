@@ -52,7 +52,7 @@ def ethanol(tmp_path_factory):
     root = tmp_path_factory.mktemp("ethanol")
     ds = convert([shared_file("rmd17_ethanol_train_1000.xyz")], root / "ds")
     split_dataset(ds, root / "split.npz", valid=10, test=950, seed=0)  # 40 training structures
-    write_stats(compute_stats(ds, root / "split.npz", batch_size=10), root / "stats.json")
+    write_stats(compute_stats(ds, root / "split.npz"), root / "stats.json")
     return root
 
 

@@ -112,7 +112,7 @@ def make_data(out: Path, n_water: int = 40, n_methane: int = 24, seed: int = 0) 
         for k in rng.permutation(len(structures)):
             w.add(structures[k])
     split_dataset(out / "packed", out / "split.npz", valid=16, test=0, seed=0)
-    write_stats(compute_stats(out / "packed", out / "split.npz", cutoff=CUTOFF, batch_size=8), out / "stats.json")
+    write_stats(compute_stats(out / "packed", out / "split.npz"), out / "stats.json")
     return out
 
 
