@@ -389,8 +389,9 @@ def test_stats_file_that_is_not_a_stats_file(tmp_path, capsys, packed, text, exp
 def test_stats_arguments(tmp_path, capsys, packed, argv, expected):
     ds, split = packed
     out = tmp_path / "stats.json"
-    code, err = _main(capsys, "stats", ds, "--split", split, "-o", out, *argv)
-    _assert_refused(code, err, out, expected)
+    with pytest.raises(SystemExit) as exc:  # argparse's refusal
+        _main(capsys, "stats", ds, "--split", split, "-o", out, *argv)
+    _assert_refused(exc.value.code, capsys.readouterr().err, out, expected)
 
 
 # --- a dipole magnitude where a vector is expected; dropping a field ------------------------
