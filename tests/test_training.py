@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -360,6 +361,20 @@ def test_sigterm_checkpoints_mid_epoch_exits_cleanly_and_resumes(reference, data
         run_training(run_dir, data, ["training.learning_rate=0.5"])
     summary = run_training(run_dir, data)
     assert summary["status"] == "completed"
+    assert_same_history(ref_dir, run_dir)
+    assert_same_latest_params(ref_dir, run_dir)
+
+
+def test_a_run_written_by_the_dict_loop_resumes_to_the_uninterrupted_run(reference, data, tmp_path):
+    # tests/fixtures/run_v1_interrupted: this file's BASE run as the training loop wrote it
+    # before its host state was typed (LoopState), stopped by SIGTERM at epoch 2, batch 3
+    ref_dir, _ = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run_v1_interrupted", run_dir)
+    assert (checkpoint_meta(run_dir, "latest")["epoch"], checkpoint_meta(run_dir, "latest")["batch"]) == (1, 3)
+    summary = run_training(run_dir, data)
+    assert summary["status"] == "completed" and summary["epochs"] == 6
+    assert "resumed from checkpoint 2: epoch 1 + 3 batches, step 10" in (run_dir / "train.log").read_text()
     assert_same_history(ref_dir, run_dir)
     assert_same_latest_params(ref_dir, run_dir)
 
