@@ -54,7 +54,7 @@ def main() -> int:
         if not test_ds.exists():
             convert([test_xyz], test_ds)
         split_dataset(train_ds, work / "split.npz", valid=50, test=0, seed=0)
-        write_stats(compute_stats(train_ds, work / "split.npz", cutoff=5.0, batch_size=args.batch_size), work / "stats.json")
+        write_stats(compute_stats(train_ds, work / "split.npz"), work / "stats.json")
         config = {
             "model": {"type": "physnet", "cutoff": 5.0, "features": args.features, "max_degree": args.max_degree,
                       "num_iterations": args.iterations},

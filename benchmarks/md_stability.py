@@ -41,7 +41,7 @@ def train(work: Path, args) -> Path:
     if not ds.exists():
         convert([DATA / "rmd17_ethanol_train_1000.xyz"], ds)
     split_dataset(ds, work / "split.npz", valid=50, test=0, seed=0)
-    write_stats(compute_stats(ds, work / "split.npz", cutoff=5.0, batch_size=args.batch_size), work / "stats.json")
+    write_stats(compute_stats(ds, work / "split.npz"), work / "stats.json")
     config = {
         "model": {"type": "physnet", "cutoff": 5.0, "features": args.features, "max_degree": 0,
                   "num_iterations": args.iterations},

@@ -1,16 +1,21 @@
-"""``mmlwf stats``: statistics of the training split that the models and the loader use.
+"""``mmlwf stats``: statistics of the training split that the models use.
 
 Per-element reference energies by ridge-regularised least squares of the energies on the
 element counts and the residual energy spread per atom (when the dataset has energies), force
-RMS, ESP grid points per molecule and ESP RMS (when it has an ESP), the atom-count histogram,
-neighbour counts within the model cutoff, and the batch budgets the loader will use.
-Computed from the training split only, streaming over the data in chunks.
+RMS, ESP grid points per molecule and ESP RMS (when it has an ESP) and the atom-count
+histogram. Computed from the training split only, streaming over the data in chunks.
+
+Batch shapes are not statistics of the data: they belong to the loader. The training's
+loaders count the neighbours of every structure within the model's pair cutoff and derive
+their batch budgets from ``training.batch_size`` (:func:`mmlwf.training.data.make_loaders`),
+so ``stats.json`` depends on the data and the split only (one stats file serves every model
+and batch size trained on the dataset), and the neighbour counting over the split runs once,
+in the loader.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -18,8 +23,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from . import __version__
-from .batching import derive_budgets, molecule_sizes
-from .errors import ConfigError, DataError
+from .errors import DataError
 from .fileio import atomic_write
 from .integrity import check_made_from, dataset_digest
 from .packed import MANIFEST, PackedDataset
@@ -71,18 +75,10 @@ def compute_stats(
     dataset: str | os.PathLike,
     split: str | os.PathLike,
     *,
-    cutoff: float = 5.0,
-    batch_size: int = 32,
-    n_shapes: int = 4,
     ridge: float = 1e-8,
-    seed: int = 0,
     chunk: int = 1 << 16,
 ) -> dict:
     """Statistics of the training subset of ``dataset`` (see module docstring); JSON-ready."""
-    if not (isinstance(cutoff, (int, float)) and math.isfinite(cutoff) and cutoff > 0):
-        raise ConfigError(f"cutoff must be a positive number of Å, got {cutoff}")
-    if n_shapes < 1:
-        raise ConfigError(f"n_shapes must be >= 1, got {n_shapes}")
     ds = PackedDataset(dataset)
     digest = dataset_digest(dataset)
     made = load_split(split, len(ds))
@@ -141,27 +137,13 @@ def compute_stats(
         out["force_rms_by_element"] = {
             chemical_symbols[z]: float(np.sqrt(q / (3 * c))) for z, q, c in zip(elements, per_el_sq, per_el_n) if c
         }
-    sizes = molecule_sizes(ds, train, cutoff, chunk)
     if ds.grid_offsets is not None and "esp" in ds.fields:
         go = np.asarray(ds.grid_offsets)
+        points = go[train + 1] - go[train]
         esp = np.asarray(ds.arrays["esp"], np.float64)
         sq = sum(float(np.square(esp[go[i]:go[i + 1]]).sum()) for i in train)
-        out["esp"] = {"grid_points_per_molecule": {"mean": float(sizes[:, 3].mean()), "max": int(sizes[:, 3].max())},
-                      "rms_V": float(np.sqrt(sq / max(int(sizes[:, 3].sum()), 1)))}
-    pairs = sizes[:, 2]
-    neighbours_per_atom = pairs / sizes[:, 1]
-    out["neighbours"] = {
-        "cutoff": float(cutoff),
-        "pairs_per_molecule": {"mean": float(pairs.mean()), "max": int(pairs.max())},
-        "neighbours_per_atom": {"mean": float(neighbours_per_atom.mean()), "max": float(neighbours_per_atom.max())},
-        "all_pairs_fraction": float(pairs.sum() / np.maximum(sizes[:, 1] * (sizes[:, 1] - 1), 1).sum()),
-    }
-    budgets = derive_budgets(sizes, batch_size, n_shapes, seed)
-    out["batching"] = {
-        "cutoff": float(cutoff),
-        "batch_size": int(batch_size),
-        "budgets": [b.as_dict() for b in budgets],
-    }
+        out["esp"] = {"grid_points_per_molecule": {"mean": float(points.mean()), "max": int(points.max())},
+                      "rms_V": float(np.sqrt(sq / max(int(points.sum()), 1)))}
     return out
 
 

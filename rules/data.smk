@@ -75,8 +75,6 @@ rule stats:
     threads: 1
     resources:
         mem_mb=1000,
-    params:
-        settings=dataset_setting("stats"),
     script:
         "../scripts/stats.py"
 

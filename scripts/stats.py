@@ -9,9 +9,4 @@ from mmlwf.steps import stats_step
 from mmlwf.workflow import log_to
 
 with log_to(snakemake.log[0]):
-    stats_step(
-        snakemake.input.packed,
-        snakemake.input.split,
-        snakemake.output.stats,
-        **snakemake.params.settings,
-    )
+    stats_step(snakemake.input.packed, snakemake.input.split, snakemake.output.stats)

@@ -40,7 +40,7 @@ def trained_run(tmp_path_factory) -> TrainedRun:
     np.savez(root / "h2co.npz", **subset)
     ds = convert([root / "h2co.npz"], root / "ds")
     split_dataset(ds, root / "split.npz", valid=N_VALID, test=N_TEST, seed=0)
-    write_stats(compute_stats(ds, root / "split.npz", batch_size=16), root / "stats.json")
+    write_stats(compute_stats(ds, root / "split.npz"), root / "stats.json")
     run = root / "runs" / "tiny_physnet"
     code = main(["train", "--data", str(ds), "--split", str(root / "split.npz"), "--stats", str(root / "stats.json"),
                  "-o", str(run), "--set", "model.features=8", "--set", "model.num_iterations=1",
@@ -125,8 +125,7 @@ def trained_multi(tmp_path_factory) -> TrainedRun:
                              seed=0, temperature_K=500.0, steps_between=5)
     assert main(["convert", str(src), "-o", str(root / "ds"), "--format", "extxyz"]) == 0
     assert main(["split", str(root / "ds"), "-o", str(root / "split.npz"), "--valid", "6", "--test", "9"]) == 0
-    assert main(["stats", str(root / "ds"), "--split", str(root / "split.npz"), "-o", str(root / "stats.json"),
-                 "--batch-size", "8", "--n-shapes", "1"]) == 0
+    assert main(["stats", str(root / "ds"), "--split", str(root / "split.npz"), "-o", str(root / "stats.json")]) == 0
     run = root / "runs" / "multi"
     code = main(["train", "--data", str(root / "ds"), "--split", str(root / "split.npz"), "-o", str(run),
                  "--stats", str(root / "stats.json"),

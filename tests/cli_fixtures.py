@@ -17,5 +17,5 @@ def make_ethanol(root: Path, *, valid: int, test: int) -> Path:
 
     ds = convert([shared_file("rmd17_ethanol_train_1000.xyz")], root / "ds")
     split_dataset(ds, root / "split.npz", valid=valid, test=test, seed=0)
-    write_stats(compute_stats(ds, root / "split.npz", batch_size=10), root / "stats.json")
+    write_stats(compute_stats(ds, root / "split.npz"), root / "stats.json")
     return root

@@ -39,11 +39,11 @@ def made(tmp_path_factory):
         np.savez(root / "h2co.npz", **{k: z[k][:40] for k in ("R", "Z", "N", "E", "F")})
     ds = convert([root / "h2co.npz"], root / "ds")
     split_dataset(ds, root / "split.npz", valid=5, test=5, seed=0)
-    write_stats(compute_stats(ds, root / "split.npz", batch_size=5), root / "stats.json")
+    write_stats(compute_stats(ds, root / "split.npz"), root / "stats.json")
     # another version of the same dataset (energies in other units): same size, other content
     convert([root / "h2co.npz"], root / "other", energy_unit="kcal/mol")
     split_dataset(root / "other", root / "other_split.npz", valid=5, test=5, seed=0)
-    write_stats(compute_stats(root / "other", root / "other_split.npz", batch_size=5), root / "other_stats.json")
+    write_stats(compute_stats(root / "other", root / "other_split.npz"), root / "other_stats.json")
     return root
 
 

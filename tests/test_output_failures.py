@@ -168,8 +168,7 @@ def made(tmp_path_factory):
     src = _water_npz(root / "water.npz")
     assert main(["convert", str(src), "-o", str(root / "ds")]) == 0
     assert main(["split", str(root / "ds"), "-o", str(root / "split.npz")]) == 0
-    assert main(["stats", str(root / "ds"), "--split", str(root / "split.npz"), "-o", str(root / "stats.json"),
-                 "--batch-size", "4"]) == 0
+    assert main(["stats", str(root / "ds"), "--split", str(root / "split.npz"), "-o", str(root / "stats.json")]) == 0
     assert main(["validate", str(root / "ds"), "--report", str(root / "report.json")]) in (0, 1)
     return root
 
@@ -213,7 +212,7 @@ def _split(made, out):
 
 
 def _stats(made, out):
-    return "stats", made / "ds", "--split", made / "split.npz", "-o", out / "stats.json", "--batch-size", "8"
+    return "stats", made / "ds", "--split", made / "split.npz", "-o", out / "stats.json"
 
 
 def _validate(made, out):

@@ -275,8 +275,6 @@ def test_the_default_cutoff_and_split_have_one_home():
     assert {k: params[k].default for k in ("valid", "test", "seed", "group_by")} == DEFAULT_SPLIT.model_dump()
     args = cli.build_parser().parse_args(["split", "ds", "-o", "s.npz"])
     assert {k: getattr(args, k) for k in ("valid", "test", "seed", "group_by")} == DEFAULT_SPLIT.model_dump()
-    args = cli.build_parser().parse_args(["stats", "ds", "--split", "s.npz", "-o", "o.json"])
-    assert (args.cutoff, args.batch_size, args.n_shapes) == tuple(StatsSettings().model_dump().values())
     assert split.GROUP_BY == tuple(SplitSettings.model_fields["group_by"].annotation.__args__)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,7 +113,7 @@ def make_data(out: Path, n_water: int = 40, n_methane: int = 24, seed: int = 0) 
         for k in rng.permutation(len(structures)):
             w.add(structures[k])
     split_dataset(out / "packed", out / "split.npz", valid=16, test=0, seed=0)
-    write_stats(compute_stats(out / "packed", out / "split.npz", cutoff=CUTOFF, batch_size=8), out / "stats.json")
+    write_stats(compute_stats(out / "packed", out / "split.npz"), out / "stats.json")
     return out
 
 
@@ -282,6 +283,9 @@ def test_loss_goes_down_and_run_directory(reference, data):
     info = json.loads((run_dir / "model.json").read_text())
     assert info["model"] == BASE["model"] and info["units"]["energy"] == "eV" and info["ema"] is True
     assert info["element_energies_by_Z"] == pytest.approx(element_energies(data))
+    # the parameter count, recorded at training time: the size of the checkpoint's parameters
+    params, _ = load_params(run_dir, ema=False)
+    assert info["n_parameters"] == sum(np.size(x) for x in jax.tree.leaves(params)) > 0
     assert load_config(run_dir / "config.yaml").training.max_epochs == 6
     # one compilation per batch shape the training loader used, and the count in the log
     config = load_config(BASE)
@@ -357,6 +361,20 @@ def test_sigterm_checkpoints_mid_epoch_exits_cleanly_and_resumes(reference, data
         run_training(run_dir, data, ["training.learning_rate=0.5"])
     summary = run_training(run_dir, data)
     assert summary["status"] == "completed"
+    assert_same_history(ref_dir, run_dir)
+    assert_same_latest_params(ref_dir, run_dir)
+
+
+def test_a_run_written_by_the_dict_loop_resumes_to_the_uninterrupted_run(reference, data, tmp_path):
+    # tests/fixtures/run_v1_interrupted: this file's BASE run as the training loop wrote it
+    # before its host state was typed (LoopState), stopped by SIGTERM at epoch 2, batch 3
+    ref_dir, _ = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run_v1_interrupted", run_dir)
+    assert (checkpoint_meta(run_dir, "latest")["epoch"], checkpoint_meta(run_dir, "latest")["batch"]) == (1, 3)
+    summary = run_training(run_dir, data)
+    assert summary["status"] == "completed" and summary["epochs"] == 6
+    assert "resumed from checkpoint 2: epoch 1 + 3 batches, step 10" in (run_dir / "train.log").read_text()
     assert_same_history(ref_dir, run_dir)
     assert_same_latest_params(ref_dir, run_dir)
 

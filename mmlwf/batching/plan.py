@@ -5,6 +5,11 @@ next one would overflow a budget. Each batch is then padded to the smallest of a
 shapes that holds it (4 by default: the full budget and 1/2, 1/4, 1/8 of it), so a jitted
 step compiles once per shape and never per batch. Every molecule is in exactly one batch.
 Shapes keep one spare graph and one spare atom for padding.
+
+The loader owns the batch shapes: each :class:`~mmlwf.batching.BatchLoader` derives its
+budgets (:func:`derive_budgets`) from the per-molecule sizes it counts once over its split
+(neighbours within its cutoff, the model's pair cutoff in training) and its batch size
+(``training.batch_size``). Nothing else computes or records them (``stats.json`` does not).
 """
 
 from __future__ import annotations
@@ -114,6 +119,8 @@ def derive_budgets(sizes: np.ndarray, batch_size: int, n_shapes: int = 4, seed: 
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if n_shapes < 1:
+        raise ConfigError(f"n_shapes must be >= 1, got {n_shapes}")
     n = sizes.shape[0]
     if n == 0:
         raise ConfigError("no structures to batch")

@@ -51,8 +51,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     from ..steps import stats_step
 
-    stats_step(args.dataset, args.split, args.output, cutoff=args.cutoff, batch_size=args.batch_size,
-               n_shapes=args.n_shapes, tell=TERMINAL)
+    stats_step(args.dataset, args.split, args.output, tell=TERMINAL)
     return 0
 
 
@@ -165,16 +164,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="none, or formula: every conformer of one composition on one side (default %(default)s)")
     p.set_defaults(func=_cmd_split)
 
-    p = sub.add_parser("stats", help="statistics of the training split (element energies, batch budgets ...)")
+    p = sub.add_parser("stats", help="statistics of the training split (element energies, force and ESP RMS ...)")
     p.add_argument("dataset", metavar="DIR")
     p.add_argument("--split", required=True, metavar="SPLIT.npz")
     p.add_argument("-o", "--output", required=True, metavar="STATS.json")
-    p.add_argument("--cutoff", type=float, default=default_of("mmlwf.stats:compute_stats", "cutoff"),
-                   help="model cutoff in Å (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=default_of("mmlwf.stats:compute_stats", "batch_size"),
-                   help="molecules per batch on average (default %(default)s)")
-    p.add_argument("--n-shapes", type=int, default=default_of("mmlwf.stats:compute_stats", "n_shapes"),
-                   help="fixed batch shapes (default %(default)s)")
     p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser("bench", help="measure a part of the pipeline (loader)")

@@ -88,13 +88,15 @@ DEFAULT_SPLIT = SplitSettings()
 
 
 class StatsSettings(Settings):
-    """Statistics of the training split (results/datasets/{name}/stats.json)."""
+    """Statistics of the training split (results/datasets/{name}/stats.json). Deprecated and
+    unused: batch shapes are the training loader's (training.batch_size and the model's
+    cutoff); the keys are accepted so that existing configs still validate."""
 
-    cutoff: float = Field(DEFAULT_CUTOFF, gt=0, description="model cutoff (Angstrom) for neighbour counts and "
-                                                            "pair budgets")
+    cutoff: float = Field(DEFAULT_CUTOFF, gt=0, description="unused (deprecated); the neighbour lists use the "
+                                                            "model's cutoff")
     batch_size: int = Field(TrainingSettings.model_fields["batch_size"].default, ge=1,
-                            description="molecules per batch on average, for the batch budgets")
-    n_shapes: int = Field(4, ge=1, le=8, description="fixed batch shapes (each compiles once)")
+                            description="unused (deprecated); batch budgets follow training.batch_size")
+    n_shapes: int = Field(4, ge=1, le=8, description="unused (deprecated)")
 
 
 class DatasetSettings(Settings):

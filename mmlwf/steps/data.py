@@ -142,15 +142,14 @@ def split_step(packed: str | os.PathLike, out: str | os.PathLike, *, tell: Out =
 
 
 def stats_step(packed: str | os.PathLike, split: str | os.PathLike, out: str | os.PathLike, *,
-               tell: Out = log, **settings: Any) -> Path:
-    """``mmlwf stats`` / rule ``stats``: ``settings`` = :func:`mmlwf.stats.compute_stats`'s
-    (cutoff, batch_size, n_shapes); absent ones keep its defaults."""
+               tell: Out = log) -> Path:
+    """``mmlwf stats`` / rule ``stats``: statistics of the training split (no settings: batch
+    shapes are the training loader's, see :mod:`mmlwf.stats`)."""
     from ..stats import compute_stats, write_stats
 
-    stats = compute_stats(packed, split, **settings)
+    stats = compute_stats(packed, split)
     write_stats(stats, out)
-    tell.info(f"wrote {out}: {stats['n_train']} training structures, "
-              f"{len(stats['batching']['budgets'])} batch shapes")
+    tell.info(f"wrote {out}: {stats['n_train']} training structures")
     return Path(out)
 
 

@@ -1,13 +1,16 @@
-"""Training (DESIGN §7): config, losses, optimisers and schedules, EMA, orbax checkpoints,
-exact resume, NaN guard, per-epoch history and log.
+"""Training: config, losses, optimisers and schedules, EMA, orbax checkpoints, exact resume,
+NaN guard, per-epoch history and log (the loop and the run directory: ``docs/architecture.md``).
 
 Entry point: :func:`train`. Modules: :mod:`.config` (YAML config and overrides),
 :mod:`.losses` (targets, forces, masked losses and metrics), :mod:`.optim` (optimisers,
 schedules, plateau), :mod:`.state` (jitted train/eval steps), :mod:`.checkpoint` (orbax
 latest/best, :func:`load_params`), :mod:`.history` (history.csv, train.log),
 :mod:`.monitor` (XLA compilation count), :mod:`.progress` (what the terminal shows: a bar,
-summary lines), :mod:`.data` (loaders from the workflow's files),
-:mod:`.parallel` (data parallelism over the local devices), :mod:`.engine` (the loop).
+summary lines), :mod:`.data` (loaders from the workflow's files; they own the batch shapes),
+:mod:`.parallel` (data parallelism over the local devices), :mod:`.engine` (the loop),
+:mod:`.setup` (what a run is given and builds before its first step, ``model.json``),
+:mod:`.loop_state` (the loop's host state in the checkpoints), :mod:`.loaders` (what the
+loop needs of a loader), :mod:`.signals` (graceful stops, exit codes).
 """
 
 from .checkpoint import CheckpointStore, checkpoint_meta, load_params

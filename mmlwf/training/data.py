@@ -4,10 +4,17 @@
 :class:`~mmlwf.batching.BatchLoader` s and the element energies :func:`~mmlwf.training.train`
 takes. The training loader shuffles by ``training.seed`` (its order is a function of
 ``(seed, epoch)``, which exact resume relies on); the validation loader keeps one order.
+
+Batch shapes are the loaders': each counts the neighbours of its split's structures once,
+within the model's pair cutoff, and derives its budgets from ``training.batch_size``
+(:func:`~mmlwf.batching.derive_budgets`). ``stats.json`` holds statistics of the data only
+(element energies, RMS values), so one stats file serves every model trained on a dataset
+and the neighbour counting is not done twice.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -41,7 +48,9 @@ def make_loaders(
     every member's valid split once). The neighbour-list cutoff is ``cutoff`` (give the
     model's pair cutoff: with Coulomb it reaches further than ``model.cutoff``), else
     ``model.cutoff`` (default 5.0 Å); the batch size is ``training.batch_size`` and the seed
-    ``training.seed``.
+    ``training.seed``. Each loader counts the neighbours of its split once and derives its
+    batch shapes from them (see the module docstring). ConfigError for a cutoff that is not
+    a positive number.
     """
     paths, split_paths = as_list(dataset), as_list(split)
     if len(paths) != len(split_paths):
@@ -52,6 +61,8 @@ def make_loaders(
     t = config.training
     if cutoff is None:
         cutoff = float(config.model.get("cutoff", DEFAULT_CUTOFF))
+    if not (isinstance(cutoff, (int, float)) and math.isfinite(cutoff) and cutoff > 0):
+        raise ConfigError(f"cutoff must be a positive number of Å, got {cutoff}")
     common = {"batch_size": t.batch_size, "cutoff": cutoff, "seed": t.seed, "prefetch": prefetch,
               "workers": workers, "names": names}
     train_loader = BatchLoader(dss, [sp.train for sp in sps], shuffle=True, weights=weights, **common)

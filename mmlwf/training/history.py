@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import OutputError
 from ..fileio import atomic_write, writing
+from .loop_state import EpochSums
 from .progress import TrainingProgress
 
 #: the per-epoch cost columns of history.csv (see the module doc), after ``wall_time_s``
@@ -56,21 +57,21 @@ def write_history(path: str | os.PathLike, rows: Sequence[dict], columns: Sequen
         fh.write(buf.getvalue())
 
 
-def count_batch(acc: dict, batch: Mapping) -> None:
+def count_batch(acc: EpochSums, batch: Mapping) -> None:
     """Add a training batch's real structures, real atoms and atom slots to the epoch sums
     ``acc`` (kept in the checkpoints: an epoch resumed midway counts all its batches)."""
-    acc["structures"] = acc.get("structures", 0) + int(np.count_nonzero(batch["graph_mask"]))
-    acc["atoms"] = acc.get("atoms", 0) + int(np.count_nonzero(batch["atom_mask"]))
-    acc["slots"] = acc.get("slots", 0) + int(np.shape(batch["atom_mask"])[0])
+    acc.structures += int(np.count_nonzero(batch["graph_mask"]))
+    acc.atoms += int(np.count_nonzero(batch["atom_mask"]))
+    acc.slots += int(np.shape(batch["atom_mask"])[0])
 
 
-def epoch_cost(acc: Mapping, compilations: int) -> dict:
+def epoch_cost(acc: EpochSums, compilations: int) -> dict:
     """The :data:`COST_COLUMNS` of an epoch from its sums ``acc`` (``train_s``: seconds of its
     training loop) and the XLA compilations so far."""
-    seconds, slots = acc.get("train_s", 0.0), acc.get("slots", 0)
-    return {"train_structures_per_s": acc.get("structures", 0) / seconds if seconds > 0 else None,
-            "train_atoms_per_s": acc.get("atoms", 0) / seconds if seconds > 0 else None,
-            "padding_efficiency": acc.get("atoms", 0) / slots if slots else None,
+    seconds, slots = acc.train_s, acc.slots
+    return {"train_structures_per_s": acc.structures / seconds if seconds > 0 else None,
+            "train_atoms_per_s": acc.atoms / seconds if seconds > 0 else None,
+            "padding_efficiency": acc.atoms / slots if slots else None,
             "xla_compilations": int(compilations)}
 
 

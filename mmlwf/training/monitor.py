@@ -47,7 +47,7 @@ class CompileCounter:
         return compilations() - self.start
 
 
-def cache_size(jitted) -> int | None:
+def cache_size(jitted: object) -> int | None:
     """Number of compiled variants (shapes) of a ``jax.jit`` function, when JAX tells."""
     try:
         return int(jitted._cache_size())

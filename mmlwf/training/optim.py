@@ -10,14 +10,20 @@ The schedule counts optimiser updates. The reduce-on-plateau factor is host stat
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import TrainingConfig
 
+if TYPE_CHECKING:
+    import jax
+    import optax
 
-def schedule_fn(cfg: TrainingConfig, updates_per_epoch: int, xp=np):
+
+def schedule_fn(cfg: TrainingConfig, updates_per_epoch: int, xp: Any = np) -> Callable[[Any], Any]:
     """``lr(count)`` of the configured schedule, without the plateau factor.
 
     ``count`` is the number of optimiser updates done before this one. Works with numpy
@@ -49,7 +55,7 @@ def schedule_fn(cfg: TrainingConfig, updates_per_epoch: int, xp=np):
     return lr_at
 
 
-def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int):
+def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int) -> optax.GradientTransformation:
     """The optax transformation for ``cfg`` (see module docstring)."""
     import jax.numpy as jnp
     import optax
@@ -73,7 +79,7 @@ def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int):
     return tx
 
 
-def did_update(tx, opt_state):
+def did_update(tx: optax.GradientTransformation, opt_state: Any) -> jax.Array:
     """Whether the last ``tx.update`` applied an optimiser update (False while accumulating)."""
     import jax.numpy as jnp
     import optax

@@ -1,4 +1,4 @@
-"""Data parallelism over the local devices with ``jax.sharding``.
+"""Data parallelism over the local devices with ``jax.sharding`` (one step over several batches).
 
 With ``training.data_parallel: auto`` (the default) and ``n > 1`` local devices
 (``jax.local_devices()``), :func:`~mmlwf.training.train` runs each optimisation step on up

@@ -1,0 +1,228 @@
+"""Setting a training up: what a run is given (:class:`TrainingJob`), what is built from it
+before the first step (:class:`Prepared`: devices, optimiser, initial state, loss terms,
+jitted steps, history columns) and the run's ``model.json`` (:func:`model_info`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ConfigError
+from ..units import CANONICAL
+from .config import Config
+from .history import COST_COLUMNS, RunLog
+from .loaders import Loader, first_batch, loader_seed
+from .losses import (
+    TERMS,
+    available_terms,
+    batch_sums,
+    metric_columns,
+    model_inputs,
+    prepare_batch,
+    reference_table,
+)
+from .loop_state import json_ready
+from .optim import make_optimizer, schedule_fn
+from .parallel import DataParallel
+from .state import init_state, make_eval_step, make_forward, make_train_step
+
+#: ``on_step(epoch, batches_done)``: called after each train step
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """What one training is given (the arguments of :func:`~mmlwf.training.train`, resolved).
+
+    ``model``: a flax module; ``forward(params, batch)``: its outputs (energies and forces,
+    or an ``esp``); ``element_energies``: ``{Z: eV}`` subtracted from the energy targets
+    (None for a model without an energy output); ``metadata``: extra entries of
+    ``model.json``; ``on_step``: see :data:`StepCallback`.
+    """
+
+    run_dir: Path
+    model: Any
+    config: Config
+    train_loader: Loader
+    valid_loader: Loader | None
+    element_energies: Mapping | None
+    forward: Callable
+    metadata: Mapping | None = None
+    on_step: StepCallback | None = None
+
+    @classmethod
+    def make(cls, run_dir: str | os.PathLike, model: Any, config: Config, train_loader: Loader,
+             valid_loader: Loader | None, element_energies: Mapping | None, forward: Callable | None = None,
+             metadata: Mapping | None = None, on_step: StepCallback | None = None) -> TrainingJob:
+        """A job; ``model`` may be a ``build_model(model_config)`` callable (built from
+        ``config.model``), ``forward`` None (the model kind's own, with the training settings it takes, e.g.
+        DCMNet's ``esp_decay_length``: :func:`~.state.make_forward`)."""
+        if not (hasattr(model, "init") and hasattr(model, "apply")):  # a build_model(config) callable
+            model = model(dict(config.model))
+        return cls(Path(run_dir), model, config, train_loader, valid_loader, element_energies,
+                   forward or make_forward(model, config.training), metadata, on_step)
+
+
+@dataclass
+class Prepared:
+    """What :func:`prepare` builds before the first step.
+
+    ``parallel``: the data-parallel set-up (None: one device); ``steps_per_epoch``: train
+    steps of epoch 0; ``lr_host(updates)``: the schedule on the host (without the plateau
+    factor); ``rng``: the run's PRNG key after the initialisation's; ``outputs``: the model's
+    outputs; ``table``: the reference energies by Z (None without an energy output);
+    ``terms``/``valid_terms``: the loss terms the training/validation data and model have;
+    ``weights``: the terms trained on and their weights; ``state``: the fresh train state
+    (replicated with ``parallel``); ``columns``: of ``history.csv``; ``n_parameters``: of the model.
+    """
+
+    parallel: DataParallel | None
+    steps_per_epoch: int
+    updates_per_epoch: int
+    lr_host: Callable
+    rng: Any
+    outputs: set[str]
+    table: np.ndarray | None
+    terms: tuple[str, ...]
+    valid_terms: tuple[str, ...]
+    weights: dict[str, float]
+    state: dict
+    train_step: Callable
+    eval_step: Callable
+    columns: list[str]
+    n_parameters: int
+
+    @property
+    def n_devices(self) -> int:
+        return 1 if self.parallel is None else self.parallel.n
+
+
+def data_parallel(setting: str) -> DataParallel | None:
+    """The :class:`DataParallel` over the local devices for ``training.data_parallel``, or
+    None (one device: the plain single-device step)."""
+    import jax
+
+    devices = jax.local_devices()
+    if setting == "off" or len(devices) < 2:
+        return None
+    return DataParallel(devices)
+
+
+def count_parameters(variables: Any) -> int:
+    """Number of parameters (array elements) in a model's variables (what a checkpoint's
+    ``params`` holds)."""
+    import jax
+
+    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(variables)))
+
+
+def prepare(job: TrainingJob, log: RunLog) -> Prepared:
+    """Devices, optimiser, initial state, loss terms and jitted steps of ``job`` (notes to ``log``).
+
+    ConfigError for an empty training loader, a model with neither energy nor ESP output, or
+    no loss term left with a positive weight.
+    """
+    import jax
+
+    cfg = job.config.training
+    n_batches = len(job.train_loader)
+    if n_batches == 0:
+        raise ConfigError("the training loader yields no batches (empty training split?)")
+    parallel = data_parallel(cfg.data_parallel)
+    if parallel is not None:
+        n_batches = parallel.steps_per_epoch(job.train_loader)  # steps, not batches
+    updates_per_epoch = max(n_batches // cfg.accumulate, 1)
+    tx = make_optimizer(cfg, updates_per_epoch)
+
+    raw_first = first_batch(job.train_loader)
+    first = prepare_batch(raw_first, None)
+    key = jax.random.PRNGKey(cfg.seed)
+    init_key, rng = jax.random.split(key)
+    variables = jax.jit(job.model.init)(init_key, *model_inputs(first))
+    out = jax.eval_shape(job.forward, variables, first)
+    if "energy" not in out and "esp" not in out:
+        raise ConfigError("the model's output has neither 'energy' nor 'esp'")
+    # element energies are needed only for an energy target (not for an ESP-only model)
+    table = reference_table(job.element_energies) if "energy" in out else None
+    first = prepare_batch(raw_first, table)
+
+    def sums_of(p, b):
+        return batch_sums(job.forward(p, b), b)
+
+    terms = available_terms(jax.eval_shape(sums_of, variables, first))
+    wanted = {t: getattr(cfg, f"{t}_weight") for t in TERMS}
+    weights = {t: w for t, w in wanted.items() if t in terms and w > 0}
+    skipped = [t for t, w in wanted.items() if w > 0 and t not in terms]
+    if not weights:
+        raise ConfigError("no loss term is left: every available term (" + ", ".join(terms) +
+                          ") has weight 0")
+    seed = loader_seed(job.train_loader, cfg.seed)
+    if seed != cfg.seed:
+        log.line(f"note: the training loader's seed ({seed}) is not training.seed ({cfg.seed})")
+    if skipped:
+        log.line(f"loss terms without data or model output, skipped: {', '.join(skipped)}",
+                 terminal=False)  # every default run has some: train.log only
+    valid_terms = terms
+    if job.valid_loader is not None:
+        vfirst = prepare_batch(first_batch(job.valid_loader), table)
+        valid_terms = available_terms(jax.eval_shape(sums_of, variables, vfirst))
+    state = init_state(variables, tx, cfg.ema_decay > 0)
+    if parallel is not None:
+        state = parallel.replicate(state)
+    columns = (["epoch", "step", "train_loss"] + metric_columns(terms, "train")
+               + (["valid_loss"] + metric_columns(valid_terms, "valid") if job.valid_loader is not None else [])
+               + ["learning_rate", "wall_time_s", *COST_COLUMNS])
+    return Prepared(
+        parallel=parallel,
+        steps_per_epoch=n_batches,
+        updates_per_epoch=updates_per_epoch,
+        lr_host=schedule_fn(cfg, updates_per_epoch, np),
+        rng=rng,
+        outputs=set(out),
+        table=table,
+        terms=terms,
+        valid_terms=valid_terms,
+        weights=weights,
+        state=state,
+        train_step=make_train_step(job.forward, tx, weights, cfg.energy_loss == "per_atom", cfg.ema_decay, parallel),
+        eval_step=make_eval_step(job.forward, parallel),
+        columns=columns,
+        n_parameters=count_parameters(variables),
+    )
+
+
+def model_info(config: Config, element_energies: Mapping | None, outputs, metadata: Mapping | None,
+               n_parameters: int | None = None) -> dict:
+    """The content of ``model.json``: enough to rebuild the model and use it.
+
+    ``n_parameters``: the model's parameter count (recorded so that reading a run's size
+    needs no checkpoint and no JAX); omitted when None.
+    """
+    from ase.data import chemical_symbols
+
+    by_z = {str(int(z)): float(e) for z, e in sorted(dict(element_energies or {}).items(), key=lambda kv: int(kv[0]))}
+    info = {
+        "format": "mmlwf-model",
+        "format_version": 1,
+        "mmlwf_version": __version__,
+        "model": dict(config.model),
+        "units": {k: CANONICAL[k] for k in ("length", "energy", "force", "charge", "dipole", "esp")},
+        "energy_reference": "model energy + sum of element_energies of the atoms",
+        "element_energies_by_Z": by_z,
+        "element_energies": {chemical_symbols[int(z)]: e for z, e in by_z.items()},
+        "outputs": sorted(outputs),
+        "ema": config.training.ema_decay > 0,
+        "params": "checkpoints/best (ema_params when ema is true, else params)",
+    }
+    if n_parameters is not None:
+        info["n_parameters"] = int(n_parameters)
+    if metadata:
+        info["metadata"] = dict(metadata)
+    return json_ready(info)
