@@ -1,6 +1,6 @@
 """Training from the workflow's files: ``mmlwf train`` and the ``train`` rule call this.
 
-``packed/`` + ``split.npz`` + ``stats.json`` + a YAML config -> a run directory (DESIGN §10).
+``packed/`` + ``split.npz`` + ``stats.json`` + a YAML config -> a run directory (docs/architecture.md §4).
 Re-running on the same run directory resumes it from its latest checkpoint.
 """
 
