@@ -78,7 +78,7 @@ def _water_dataset(root: Path, n: int = 12):
     write_extxyz(root / "water.extxyz", n=n)
     ds = convert([root / "water.extxyz"], root / "ds")
     split_dataset(ds, root / "split.npz", valid=2, test=2, seed=0)
-    write_stats(compute_stats(ds, root / "split.npz", batch_size=4), root / "stats.json")
+    write_stats(compute_stats(ds, root / "split.npz"), root / "stats.json")
     return ds, root / "split.npz", root / "stats.json"
 
 
