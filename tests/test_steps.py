@@ -87,7 +87,6 @@ def test_label_defaults_have_one_home():
 
 @pytest.mark.parametrize("argv, func", [
     (("split", "ds", "-o", "s.npz"), "mmlwf.split:split_dataset"),
-    (("stats", "ds", "--split", "s.npz", "-o", "st.json"), "mmlwf.stats:compute_stats"),
     (("bench", "loader", "ds"), "mmlwf.bench:bench_loader"),
     (("evaluate", "run", "--data", "ds", "-o", "m.json"), "mmlwf.analysis.evaluate:evaluate_run"),
     (("report", "run", "-o", "r.html"), "mmlwf.analysis.report:write_report"),
