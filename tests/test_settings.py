@@ -267,9 +267,8 @@ def test_the_default_cutoff_and_split_have_one_home():
     import inspect
 
     from mmlwf import cli, split
-    from mmlwf.training import data
 
-    assert PhysNetSettings().cutoff == StatsSettings().cutoff == data.DEFAULT_CUTOFF == DEFAULT_CUTOFF
+    assert PhysNetSettings().cutoff == StatsSettings().cutoff == DEFAULT_CUTOFF
     assert StatsSettings().batch_size == TrainingSettings().batch_size
     params = inspect.signature(split.split_dataset).parameters
     assert {k: params[k].default for k in ("valid", "test", "seed", "group_by")} == DEFAULT_SPLIT.model_dump()

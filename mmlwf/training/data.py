@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from ..batching import BatchLoader
 from ..errors import ConfigError, DataError
 from ..packed import PackedDataset
-from ..settings import DEFAULT_CUTOFF
 from ..split import load_split
 from ..stats import load_stats
 from .config import Config
@@ -46,9 +45,9 @@ def make_loaders(
     ``dataset``/``split``: one of each, or lists of equal length for a weighted mixture
     (``weights``: visits of each training split per epoch, default 1 each; validation covers
     every member's valid split once). The neighbour-list cutoff is ``cutoff`` (give the
-    model's pair cutoff: with Coulomb it reaches further than ``model.cutoff``), else
-    ``model.cutoff`` (default 5.0 Å); the batch size is ``training.batch_size`` and the seed
-    ``training.seed``. Each loader counts the neighbours of its split once and derives its
+    model's pair cutoff: with Coulomb it reaches further than ``model.cutoff``), else the
+    pair cutoff of the model that ``config.model`` describes; the batch size is
+    ``training.batch_size`` and the seed ``training.seed``. Each loader counts the neighbours of its split once and derives its
     batch shapes from them (see the module docstring). ConfigError for a cutoff that is not
     a positive number.
     """
@@ -59,8 +58,11 @@ def make_loaders(
     sps = [load_split(sp, len(ds)) for sp, ds in zip(split_paths, dss)]
     names = [os.fspath(p) for p in paths]
     t = config.training
-    if cutoff is None:
-        cutoff = float(config.model.get("cutoff", DEFAULT_CUTOFF))
+    if cutoff is None:  # the model kind's pair cutoff (PhysNet with Coulomb: beyond model.cutoff)
+        from ..models.registry import kind_of_config
+
+        kind = kind_of_config(config.model)
+        cutoff = float(kind.pair_cutoff(kind.build_model(config.model)))
     if not (isinstance(cutoff, (int, float)) and math.isfinite(cutoff) and cutoff > 0):
         raise ConfigError(f"cutoff must be a positive number of Å, got {cutoff}")
     common = {"batch_size": t.batch_size, "cutoff": cutoff, "seed": t.seed, "prefetch": prefetch,
