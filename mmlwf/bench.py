@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from .settings.data import DEFAULT_CUTOFF
+
 
 def rss_anon_mb(pid: int | str = "self") -> float:
     """Resident anonymous memory (``RssAnon``, mapped file pages excluded) of a process, MB."""
@@ -51,7 +53,7 @@ class PeakAnonMemory:
 def bench_loader(
     dataset: str | os.PathLike,
     *,
-    cutoff: float | None = 5.0,
+    cutoff: float | None = DEFAULT_CUTOFF,
     batch_size: int = 128,
     epochs: int = 2,
     prefetch: int = 4,
