@@ -48,6 +48,7 @@ from .errors import ConfigError, DataError
 from .esp.points import PointSettings, generate, radii
 from .fileio import save_npz_deterministic
 from .packed import PackedWriter, sha256_file
+from .settings.data import LabelSettings as _LabelSection
 from .structure import Structure
 
 CHARGE_METHODS = (None, "mulliken")
@@ -59,9 +60,9 @@ class LabelSettings:
     """Level of theory and what to compute (see the module docstring): the one home of these
     defaults (``label_structures``, ``mmlwf label`` and the workflow's labels use them)."""
 
-    method: str = "HF"
-    basis: str = "6-31g*"
-    charges: str | None = None
+    method: str = _LabelSection.model_fields["method"].default  # declared with the workflow's labels
+    basis: str = _LabelSection.model_fields["basis"].default
+    charges: str | None = _LabelSection.model_fields["charges"].default
     forces: bool = False
     conv_tol: float = 1e-9
 
@@ -218,7 +219,7 @@ def label_structures(
     points: PointSettings | None = None,
     cache_dir: str | os.PathLike | None = None,
     max_structures: int | None = None,
-    stride: int = 1,
+    stride: int = _LabelSection.model_fields["stride"].default,
     charge: int | None = None,
     spin: int | None = None,
     charges: str | None = LabelSettings.charges,

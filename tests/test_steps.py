@@ -24,6 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
 
 
+def _entries(section: str) -> dict:
+    """The properties of one entry of a top-level mapping section (following its ``$ref``)."""
+    entry = SCHEMA["properties"][section]["additionalProperties"]
+    if "$ref" in entry:
+        entry = SCHEMA["$defs"][entry["$ref"].rsplit("/", 1)[-1]]
+    return entry["properties"]
+
+
 def _subparser(name: str) -> argparse.ArgumentParser:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return sub.choices[name]
@@ -67,7 +75,7 @@ def test_convert_options_from_a_datasets_settings():
 
 
 def test_every_dataset_conversion_setting_reaches_convert():
-    datasets = SCHEMA["properties"]["datasets"]["additionalProperties"]["properties"]
+    datasets = _entries("datasets")
     converter = set(datasets) - {"sources", "split", "stats"}
     assert converter <= set(CONVERT_SETTINGS), converter - set(CONVERT_SETTINGS)
 
@@ -80,7 +88,7 @@ def test_label_defaults_have_one_home():
     args = _parse("label", "a.xyz", "-o", "out")
     assert (args.method, args.basis, args.stride) == (lib["method"], lib["basis"], lib["stride"])
     # the workflow config's defaults (filled in by the schema) are the same
-    labels = SCHEMA["properties"]["labels"]["additionalProperties"]["properties"]
+    labels = _entries("labels")
     for key in ("method", "basis", "stride", "max_structures", "charges"):
         assert labels[key]["default"] == lib[key], key
 
