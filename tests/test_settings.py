@@ -267,12 +267,13 @@ def test_the_default_cutoff_and_split_have_one_home():
     import inspect
 
     from mmlwf import cli, split
+    from mmlwf.commands.common import resolve_defaults
 
     assert PhysNetSettings().cutoff == StatsSettings().cutoff == DEFAULT_CUTOFF
     assert StatsSettings().batch_size == TrainingSettings().batch_size
     params = inspect.signature(split.split_dataset).parameters
     assert {k: params[k].default for k in ("valid", "test", "seed", "group_by")} == DEFAULT_SPLIT.model_dump()
-    args = cli.build_parser().parse_args(["split", "ds", "-o", "s.npz"])
+    args = resolve_defaults(cli.build_parser().parse_args(["split", "ds", "-o", "s.npz"]))
     assert {k: getattr(args, k) for k in ("valid", "test", "seed", "group_by")} == DEFAULT_SPLIT.model_dump()
     assert split.GROUP_BY == tuple(SplitSettings.model_fields["group_by"].annotation.__args__)
 
