@@ -68,6 +68,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="the earlier commit (any git revision)")
     ap.add_argument("--reps", type=int, default=5, help="repetitions per tree (default %(default)s)")
+    ap.add_argument("--tolerance", type=float, default=0.05,
+                    help="flag a figure worse than this fraction (default %(default)s)")
     ap.add_argument("name", choices=sorted(FIGURES), help="the benchmark")
     ap.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the benchmark (after --)")
     a = ap.parse_args()
@@ -87,10 +89,10 @@ def main() -> int:
     for fig, (_, kind) in FIGURES[a.name].items():
         before, after = (statistics.median(values[t][fig]) for t in ("before", "after"))
         ratio = after / before
-        better = ratio >= 1 if kind == "rate" else ratio <= 1
+        worse = ratio < 1 - a.tolerance if kind == "rate" else ratio > 1 + a.tolerance
         print(f"  {fig:48s} before {before:10.4g}  after {after:10.4g}  after/before {ratio:.3f}"
-              f"{'' if better else '  (worse)'}")
-        summary["figures"][fig] = {"before": before, "after": after, "ratio": ratio, "kind": kind,
+              f"{f'  (worse by more than {a.tolerance:.0%})' if worse else ''}")
+        summary["figures"][fig] = {"before": before, "after": after, "ratio": ratio, "kind": kind, "worse": worse,
                                    "values": {t: values[t][fig] for t in trees}}
     print(json.dumps(summary))
     return 0
