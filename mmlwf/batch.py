@@ -2,12 +2,17 @@
 
 A batch holds the atoms of several molecules concatenated, directed pair lists ``src -> dst``
 and masks for the padding. Shapes (every axis padded to a fixed budget): ``A`` atoms, ``P``
-pairs, ``B`` graphs (molecules), ``G`` ESP grid points.
+pairs, ``B`` graphs (molecules), ``G`` ESP grid points, ``P2`` long-range pairs.
+
+Two pair lists: ``pairs`` for message passing (within the model's pair cutoff) and, for a
+model whose kind asks for one (:meth:`mmlwf.models.registry.ModelKind.long_pair_cutoff`),
+``long_pairs`` for long-range terms (Coulomb, dispersion): every ordered pair of each
+molecule (cutoff ``math.inf``, ``Pairs.cutoff`` None) or those within a long-range cutoff.
 
 Padding convention (the one every assembler follows; see :func:`empty` and
 :func:`from_molecules`): real graphs, atoms, pairs and grid points come first. The last
 graph (``B - 1``) and the last atom (``A - 1``) are always padding: padding atoms and padding
-grid points belong to graph ``B - 1``; padding pairs point at atom ``A - 1``
+grid points belong to graph ``B - 1``; padding pairs of both lists point at atom ``A - 1``
 (``dst = src = A - 1``). Padding entries hold ``Z = 0``, zeros and ``False`` masks. The models
 mask every padding entry, so what padding slots hold never changes a real prediction.
 
@@ -15,13 +20,15 @@ mask every padding entry, so what padding slots hold never changes a real predic
 importing jax (``jax.jit``, ``jax.device_put`` and ``jax.tree.map`` take them as they are);
 optional fields are ``None``. For code written against the earlier dict batches a batch
 also reads like a mapping of the flat names ``Z R dst src pair_mask atom_graph ...``
-(:data:`KEYS`): ``batch["dst"]``, ``"F" in batch``, ``batch.get("Qtot")``, ``batch.keys()``,
+(:data:`KEYS`; the long-range list as ``long_dst long_src long_pair_mask``):
+``batch["dst"]``, ``"F" in batch``, ``batch.get("Qtot")``, ``batch.keys()``,
 ``dict(batch)``; :func:`as_batch` turns such a dict back into a :class:`GraphBatch`. Iterating
 a batch itself yields its fields, as for any tuple: loop over ``batch.keys()`` for the names.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -48,8 +55,8 @@ class Pairs(NamedTuple):
 class GraphBatch(NamedTuple):
     """A padded batch of molecular graphs (see the module docstring for the padding).
 
-    ``pairs`` is the message-passing pair list; ``long_pairs`` is room for a second, longer
-    list (long-range terms such as Coulomb or dispersion), None while no model asks for one.
+    ``pairs`` is the message-passing pair list; ``long_pairs`` a second, longer list
+    (long-range terms such as Coulomb or dispersion), None unless the model asks for one.
     Targets (``E F D q esp``), the ESP grid and the host-side bookkeeping (``index``,
     ``dataset``, ``shape_id``) are None where a batch has none.
     """
@@ -107,10 +114,11 @@ class GraphBatch(NamedTuple):
         if i is not None:
             value = tuple.__getitem__(self, i)
         else:
-            i = _PAIR_INDEX.get(key)
-            if i is None:
+            at = _PAIR_INDEX.get(key)
+            if at is None:
                 return default
-            value = tuple.__getitem__(tuple.__getitem__(self, _PAIRS_AT), i)
+            pairs = tuple.__getitem__(self, at[0])
+            value = None if pairs is None else tuple.__getitem__(pairs, at[1])
         return default if value is None else value
 
     def __contains__(self, key) -> bool:
@@ -138,15 +146,19 @@ class GraphBatch(NamedTuple):
 _MISSING = object()
 _FIELDS = frozenset(GraphBatch._fields) - {"pairs", "long_pairs"}
 _FIELD_INDEX = {f: i for i, f in enumerate(GraphBatch._fields) if f in _FIELDS}
-_PAIRS_AT = GraphBatch._fields.index("pairs")
-#: flat names of the pair list's fields
+#: flat names of the two pair lists' fields: ``(pair list field, index in Pairs)``
 _PAIR_KEYS = {"dst": "dst", "src": "src", "pair_mask": "mask", "pair_cutoff": "cutoff"}
-_PAIR_INDEX = {k: Pairs._fields.index(f) for k, f in _PAIR_KEYS.items()}
+_LONG_KEYS = {"long_dst": "dst", "long_src": "src", "long_pair_mask": "mask", "long_pair_cutoff": "cutoff"}
+_PAIR_INDEX = {**{k: (GraphBatch._fields.index("pairs"), Pairs._fields.index(f)) for k, f in _PAIR_KEYS.items()},
+               **{k: (GraphBatch._fields.index("long_pairs"), Pairs._fields.index(f)) for k, f in _LONG_KEYS.items()}}
 #: the flat names a batch reads like (the dict batches' keys), in field order
-KEYS: tuple[str, ...] = ("Z", "R", "dst", "src", "pair_mask", "pair_cutoff", "atom_graph", "atom_mask",
-                         "graph_mask") + tuple(f for f in GraphBatch._fields[5:] if f in _FIELDS)
+KEYS: tuple[str, ...] = (("Z", "R", "dst", "src", "pair_mask", "pair_cutoff", "atom_graph", "atom_mask", "graph_mask",
+                          "Qtot", "n_atoms") + tuple(_LONG_KEYS)
+                         + tuple(f for f in GraphBatch._fields[GraphBatch._fields.index("long_pairs") + 1:]))
 #: the model inputs of a batch, as named in a batch, in the order of the models' ``__call__``
 MODEL_INPUTS = ("Z", "R", "dst", "src", "atom_graph", "atom_mask", "pair_mask", "graph_mask", "Qtot")
+#: the long-range pair list's model inputs (keyword inputs, given only when a batch has one)
+LONG_INPUTS = ("long_dst", "long_src", "long_pair_mask")
 #: the ESP grid inputs of a batch
 GRID_INPUTS = ("grid", "grid_graph", "grid_mask")
 #: bookkeeping that stays on the host
@@ -168,7 +180,10 @@ def as_batch(batch: GraphBatch | Mapping[str, Array]) -> GraphBatch:
     if unknown:
         raise KeyError(f"batch has an unknown field {unknown[0]!r} (known: {', '.join(KEYS)})")
     pairs = Pairs(batch["dst"], batch["src"], batch["pair_mask"], batch.get("pair_cutoff"))
-    return GraphBatch(pairs=pairs, **{k: v for k, v in batch.items() if k in _FIELDS})
+    long = None
+    if "long_dst" in batch:
+        long = Pairs(batch["long_dst"], batch["long_src"], batch["long_pair_mask"], batch.get("long_pair_cutoff"))
+    return GraphBatch(pairs=pairs, long_pairs=long, **{k: v for k, v in batch.items() if k in _FIELDS})
 
 
 def from_fields(fields: Mapping[str, Any]) -> GraphBatch:
@@ -188,10 +203,23 @@ def device_fields(batch: GraphBatch) -> GraphBatch:
 # ----------------------------------------------------------------------------- assembly
 
 
+def list_cutoff(cutoff: float | None) -> float | None:
+    """The ``Pairs.cutoff`` of a list made within ``cutoff`` (``math.inf``: None, every pair)."""
+    return None if cutoff is None or math.isinf(cutoff) else float(cutoff)
+
+
+def padding_pairs(n_pairs: int, n_atoms: int, cutoff: float | None = None) -> Pairs:
+    """A pair list of ``n_pairs`` padding pairs of atom ``n_atoms - 1``, to be filled in place."""
+    pad = n_atoms - 1
+    return Pairs(np.full(n_pairs, pad, np.int32), np.full(n_pairs, pad, np.int32), np.zeros(n_pairs, bool), cutoff)
+
+
 def empty(n_graphs: int, n_atoms: int, n_pairs: int, n_grid: int = 0, *, dtype=np.float32,
-          cutoff: float | None = None) -> GraphBatch:
+          cutoff: float | None = None, n_long_pairs: int | None = None,
+          long_cutoff: float | None = None) -> GraphBatch:
     """An all-padding batch of these sizes in the padding convention (``Qtot`` zeros, no
-    targets; with ``n_grid`` an empty grid), to be filled in place."""
+    targets; with ``n_grid`` an empty grid; with ``n_long_pairs`` a long-range pair list of
+    that many padding pairs, reaching ``long_cutoff``), to be filled in place."""
     if n_graphs < 1 or n_atoms < 1:
         raise ValueError(f"a batch needs a padding graph and a padding atom, got {n_graphs} graphs, {n_atoms} atoms")
     pad_atom, pad_graph = n_atoms - 1, n_graphs - 1
@@ -203,9 +231,9 @@ def empty(n_graphs: int, n_atoms: int, n_pairs: int, n_grid: int = 0, *, dtype=n
         Z=np.zeros(n_atoms, np.int32), R=np.zeros((n_atoms, 3), dtype),
         atom_graph=np.full(n_atoms, pad_graph, np.int32), atom_mask=np.zeros(n_atoms, bool),
         graph_mask=np.zeros(n_graphs, bool),
-        pairs=Pairs(np.full(n_pairs, pad_atom, np.int32), np.full(n_pairs, pad_atom, np.int32),
-                    np.zeros(n_pairs, bool), cutoff),
-        Qtot=np.zeros(n_graphs, dtype), n_atoms=np.zeros(n_graphs, np.int32), **grid,
+        pairs=padding_pairs(n_pairs, n_atoms, cutoff),
+        Qtot=np.zeros(n_graphs, dtype), n_atoms=np.zeros(n_graphs, np.int32),
+        long_pairs=None if n_long_pairs is None else padding_pairs(n_long_pairs, n_atoms, list_cutoff(long_cutoff)), **grid,
     )
 
 
@@ -224,14 +252,18 @@ def within_molecules(counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
 
 def from_molecules(molecules: Sequence[Mapping], *, n_graphs: int, n_atoms: int, n_pairs: int, n_grid: int = 0,
                    pairs: tuple[np.ndarray, np.ndarray] | None = None, cutoff: float | None = None,
-                   dtype=np.float32) -> GraphBatch:
+                   long_cutoff: float | None = None, n_long_pairs: int | None = None,
+                   long_pairs: tuple[np.ndarray, np.ndarray] | None = None, dtype=np.float32) -> GraphBatch:
     """One padded batch of ``molecules`` (mappings with ``Z (n,)``, ``R (n, 3)`` Å and
     optionally ``Qtot`` e, ``grid (g, 3)`` Å), in the padding convention.
 
     Pairs: ``pairs = (dst, src)`` over the batch's atom rows as given; otherwise those within
     ``cutoff`` (the loader's neighbour list) or, with ``cutoff`` None, every ordered pair within
-    each molecule. Raises ValueError when the molecules do not fit the sizes (a padding graph
-    and a padding atom are kept).
+    each molecule. The long-range list ``long_pairs`` (None unless ``long_cutoff`` or
+    ``long_pairs`` is given): ``long_pairs = (dst, src)`` as given, otherwise those within
+    ``long_cutoff`` (``math.inf``: every ordered pair), in the loader's order; ``n_long_pairs``
+    slots (default: as many as it has). Raises ValueError when the molecules do not fit the
+    sizes (a padding graph and a padding atom are kept).
     """
     counts = [len(m["Z"]) for m in molecules]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -249,15 +281,26 @@ def from_molecules(molecules: Sequence[Mapping], *, n_graphs: int, n_atoms: int,
         if grid is not None and len(grid):
             b.grid[g:g + len(grid)], b.grid_graph[g:g + len(grid)], b.grid_mask[g:g + len(grid)] = grid, k, True
             g += len(grid)
+    R = np.asarray(b.R[:n_real], np.float64)  # as the loader sees them (the batch's dtype)
     if pairs is None and cutoff is not None:
         from .batching.neighbours import neighbour_pairs
 
-        pairs = neighbour_pairs(np.asarray(b.R[:n_real], np.float64), offsets, cutoff)
-    dst, src = within_molecules(counts) if pairs is None else pairs
-    if len(dst) > n_pairs:
-        raise ValueError(f"{len(dst)} pairs do not fit {n_pairs} pair slots")
-    p = b.pairs
-    p.dst[: len(dst)], p.src[: len(dst)], p.mask[: len(dst)] = dst, src, True
+        pairs = neighbour_pairs(R, offsets, cutoff)
+    if long_pairs is None and long_cutoff is not None:
+        from .batching.neighbours import neighbour_pairs
+
+        long_pairs = neighbour_pairs(R, offsets, long_cutoff)
+    if long_pairs is not None:
+        n_long = len(long_pairs[0]) if n_long_pairs is None else n_long_pairs
+        b = b._replace(long_pairs=padding_pairs(n_long, n_atoms, list_cutoff(long_cutoff)))
+    for p, ij, what in ((b.pairs, within_molecules(counts) if pairs is None else pairs, "pairs"),
+                        (b.long_pairs, long_pairs, "long-range pairs")):
+        if p is None:
+            continue
+        dst, src = ij
+        if len(dst) > len(p.dst):
+            raise ValueError(f"{len(dst)} {what} do not fit {len(p.dst)} slots")
+        p.dst[: len(dst)], p.src[: len(dst)], p.mask[: len(dst)] = dst, src, True
     return b
 
 

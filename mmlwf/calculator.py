@@ -6,9 +6,11 @@ energy): energy (eV), forces (eV/Å), charges (e), dipole (e·Å).
     atoms.calc = calc; atoms.get_potential_energy(); atoms.get_forces()
 
 Isolated molecules only (``pbc`` must be all False). For every new geometry the neighbour
-list is rebuilt within the model's pair cutoff; atoms (with one padding atom) and pairs are
-padded up to the next power of two, so a molecular-dynamics run compiles the single jitted
-energy-and-forces function once per bucket, not per step. The network runs in float32 by
+list is rebuilt within the model's pair cutoff (and, for a model with long-range terms, the
+long-range list within its ``long_pair_cutoff``: every pair of the molecule by default); atoms
+(with one padding atom) and each pair list are padded up to the next power of two, so a
+molecular-dynamics run compiles the single jitted energy-and-forces function once per
+bucket, not per step. The network runs in float32 by
 default; the per-element reference energies are added in float64. ``dtype="float64"`` runs
 the network in float64 (needs ``jax_enable_x64``), e.g. for finite-difference checks.
 
@@ -72,11 +74,12 @@ class MMLWFCalculator(Calculator):
         self.model = trained.model
         self.reference = np.asarray(trained.reference, np.float64)
         self.cutoff = kind.pair_cutoff(self.model)
+        self.long_cutoff = kind.long_pair_cutoff(self.model)  # None: no long-range list
         self.charge = float(charge)
         self.dtype = np.dtype(dtype)
         self.params = jax.tree.map(lambda a: jax.numpy.asarray(a, self.dtype), trained.params)
         self._evaluate = jitted_forward(self.model)
-        self.shapes_compiled: set[tuple[int, int]] = set()  # (atoms, pairs) buckets seen
+        self.shapes_compiled: set[tuple[int, ...]] = set()  # (atoms, pairs[, long pairs]) buckets seen
         props = ["energy", "free_energy", "energies", "forces"]
         if getattr(self.model, "charges", False):
             props += ["charges", "dipole"]
@@ -125,7 +128,8 @@ class MMLWFCalculator(Calculator):
 
     def batch(self, atoms) -> GraphBatch:
         """The padded batch of ``atoms`` (:mod:`mmlwf.batch`: the molecule is graph 0, graph 1
-        and at least the last atom are padding), atoms and pairs padded to power-of-two buckets."""
+        and at least the last atom are padding), atoms and each pair list padded to
+        power-of-two buckets."""
         from .batch import from_molecules
         from .batching.neighbours import neighbour_pairs
 
@@ -134,11 +138,19 @@ class MMLWFCalculator(Calculator):
         if not np.all(np.isfinite(R)):
             raise DataError("non-finite positions", field="R")
         n = Z.shape[0]
-        dst, src = neighbour_pairs(R, np.array([0, n]), self.cutoff)
+        offsets = np.array([0, n])
+        dst, src = neighbour_pairs(R, offsets, self.cutoff)
         n_a, n_p = bucket(n + 1, MIN_ATOMS), bucket(dst.shape[0], MIN_PAIRS)  # + 1: the padding atom
+        shape: tuple[int, ...] = (n_a, n_p)
+        long = {}
+        if self.long_cutoff is not None:
+            pairs = neighbour_pairs(R, offsets, self.long_cutoff)
+            long = {"long_pairs": pairs, "long_cutoff": self.long_cutoff,
+                    "n_long_pairs": bucket(pairs[0].shape[0], MIN_PAIRS)}
+            shape += (long["n_long_pairs"],)
         b = from_molecules([{"Z": Z, "R": R, "Qtot": self.charge}], n_graphs=2, n_atoms=n_a, n_pairs=n_p,
-                           pairs=(dst, src), cutoff=self.cutoff, dtype=self.dtype)
-        self.shapes_compiled.add((n_a, n_p))
+                           pairs=(dst, src), cutoff=self.cutoff, dtype=self.dtype, **long)
+        self.shapes_compiled.add(shape)
         return b
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:

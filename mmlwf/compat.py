@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .batch import GraphBatch, empty
+from .batch import GraphBatch, empty, list_cutoff, padding_pairs
 from .packed import PackedDataset
 
 
@@ -129,12 +129,15 @@ def to_physnet(batch: dict) -> dict:
     return out
 
 
-def to_graph_batch(batch: dict) -> GraphBatch:
+def to_graph_batch(batch: dict, *, long_cutoff: float | None = None) -> GraphBatch:
     """The typed batch (:mod:`mmlwf.batch`) of a padded ``(B, A)`` batch: real atoms first,
     every ordered pair within a molecule (as :func:`to_physnet`), and the padding of the one
     convention (an extra padding graph and atom); ``E``, ``F``, ``Qtot`` and ``D`` carried.
+    ``long_cutoff`` (a model's ``long_pair_cutoff``; None: no list) adds the long-range pair
+    list: the pairs within it, ``math.inf`` every ordered pair of each molecule.
 
-    Sizes: ``B + 1`` graphs, ``sum(N) + 1`` atoms, ``sum(N (N - 1))`` pairs.
+    Sizes: ``B + 1`` graphs, ``sum(N) + 1`` atoms, ``sum(N (N - 1))`` pairs (and at most as
+    many long-range pairs, exactly as many as it holds).
     """
     B, A = batch["Z"].shape
     mask = np.asarray(batch["mask"], bool)
@@ -151,6 +154,13 @@ def to_graph_batch(batch: dict) -> GraphBatch:
     out.graph_mask[:B], out.n_atoms[:B], out.Qtot[:B] = True, counts, batch["Qtot"]
     out.pairs.dst[:], out.pairs.src[:] = slot[flat["dst_idx"][keep]], slot[flat["src_idx"][keep]]
     out.pairs.mask[:] = True
+    if long_cutoff is not None:
+        from .batching.neighbours import neighbour_pairs
+
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        dst, src = neighbour_pairs(np.asarray(out.R[:n_real], np.float64), offsets, long_cutoff)
+        out = out._replace(long_pairs=padding_pairs(dst.shape[0], n_real + 1, list_cutoff(long_cutoff)))
+        out.long_pairs.dst[:], out.long_pairs.src[:], out.long_pairs.mask[:] = dst, src, True
     E = np.zeros(B + 1, np.float64)
     E[:B] = batch["E"]
     F = np.zeros((n_real + 1, 3), np.asarray(batch["F"]).dtype)

@@ -50,6 +50,12 @@ class TrainedModel:
             return float(self.model.pair_cutoff)
         return self.kind.pair_cutoff(self.model)
 
+    @property
+    def long_pair_cutoff(self) -> float | None:
+        """How far the long-range pair list must reach (Å; ``math.inf``: every pair of a
+        molecule), or None when the model takes none (its kind's ``long_pair_cutoff``)."""
+        return self.kind.long_pair_cutoff(self.model)
+
 
 def build_model(model_config: Mapping):
     """The flax module of a ``model:`` section (its kind from ``type``)."""

@@ -36,7 +36,8 @@ def predict(run: TrainedModel, data: PackedDataset | str | os.PathLike, indices=
 
     ds = data if isinstance(data, PackedDataset) else PackedDataset(data)
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices, np.int64)
-    loader = BatchLoader(ds, idx, batch_size=batch_size, cutoff=run.pair_cutoff, shuffle=False)
+    loader = BatchLoader(ds, idx, batch_size=batch_size, cutoff=run.pair_cutoff, long_cutoff=run.long_pair_cutoff,
+                         shuffle=False)
     step = jitted_forward(run.model)
     has_F = "F" in ds.fields
     mol_out: dict[str, dict[int, np.ndarray]] = {"E": {}, "D": {}}  # per structure
@@ -102,7 +103,8 @@ def predict_esp(run: TrainedModel, data: PackedDataset | str | os.PathLike, indi
 
         raise DataError("a DCMNet run needs an ESP dataset", path=ds.path, field=missing[0])
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices, np.int64)
-    loader = BatchLoader(ds, idx, batch_size=batch_size, cutoff=run.pair_cutoff, shuffle=False)
+    loader = BatchLoader(ds, idx, batch_size=batch_size, cutoff=run.pair_cutoff, long_cutoff=run.long_pair_cutoff,
+                         shuffle=False)
     step = jitted_forward(run.model)
     per_atom: dict[str, dict[int, np.ndarray]] = {"dcm_charges": {}, "dcm_positions": {}, "charges": {}}
     esp: dict[int, np.ndarray] = {}

@@ -1,13 +1,16 @@
 """The batch loader: packed datasets -> padded :class:`~mmlwf.batch.GraphBatch` es, prefetched.
 
 Atoms of all molecules in a batch are concatenated, pairs come from a neighbour list within
-the cutoff, and each batch is padded to one of a few fixed budgets. Only the rows a batch
-needs are read from the memory-mapped dataset, so memory follows the batch size.
+the cutoff (and, for a model that asks, a second, long-range list within ``long_cutoff``:
+``math.inf`` for every pair of a molecule), and each batch is padded to one of a few fixed
+budgets. Only the rows a batch needs are read from the memory-mapped dataset, so memory
+follows the batch size.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -16,7 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..packed import PackedDataset
-from ..batch import GraphBatch, Pairs, from_fields
+from ..batch import GraphBatch, Pairs, from_fields, list_cutoff, padding_pairs
 from .gather import fill_batch, gather_rows
 from .neighbours import count_pairs, neighbour_pairs
 from .plan import BatchPlan, Budget, derive_budgets, plan_epoch, size_table
@@ -29,24 +32,31 @@ class _Member:
     name: str
     ds: PackedDataset
     indices: np.ndarray  # molecule indices used from ds
-    sizes: np.ndarray  # (len(indices), 4): graphs, atoms, pairs, grid points
+    sizes: np.ndarray  # (len(indices), 5): graphs, atoms, pairs, grid points, long pairs
     weight: float
     views: dict  # plain ndarray views of the fields used (no memmap overhead per batch)
 
 
-def molecule_sizes(ds: PackedDataset, indices: np.ndarray, cutoff: float | None, chunk: int = 1 << 16) -> np.ndarray:
-    """Per-molecule (1, atoms, pairs within cutoff, grid points) for ``indices``, in chunks."""
+def molecule_sizes(ds: PackedDataset, indices: np.ndarray, cutoff: float | None, chunk: int = 1 << 16, *,
+                   long_cutoff: float | None = None) -> np.ndarray:
+    """Per-molecule (1, atoms, pairs within ``cutoff``, grid points, pairs within
+    ``long_cutoff``) for ``indices`` (:func:`~mmlwf.batching.plan.size_table`), positions
+    read in chunks; a None cutoff counts 0, ``math.inf`` every ordered pair, ``n (n - 1)``."""
     n_atoms = np.asarray(ds.n_atoms[indices])
     pairs = np.zeros(indices.shape[0], np.int64)
-    if cutoff is not None:
+    long = None if long_cutoff is None else np.zeros(indices.shape[0], np.int64)
+    if long is not None and math.isinf(long_cutoff):  # no positions needed
+        long[:] = n_atoms.astype(np.int64) * (n_atoms.astype(np.int64) - 1)
+    by_distance = [(c, out) for c, out in ((cutoff, pairs), (long_cutoff, long)) if c is not None and math.isfinite(c)]
+    if by_distance:
         for s in range(0, indices.shape[0], chunk):
-            part = indices[s : s + chunk]
-            g = ds.gather(part, fields=("R",))
-            pairs[s : s + chunk] = count_pairs(g["R"], g["offsets"], cutoff)
+            g = ds.gather(indices[s : s + chunk], fields=("R",))
+            for c, out in by_distance:
+                out[s : s + chunk] = count_pairs(g["R"], g["offsets"], c)
     grid = None
     if ds.grid_offsets is not None:
         grid = np.asarray(ds.grid_offsets[indices + 1]) - np.asarray(ds.grid_offsets[indices])
-    return size_table(n_atoms, pairs, grid)
+    return size_table(n_atoms, pairs, grid, long)
 
 
 class BatchLoader:
@@ -57,6 +67,10 @@ class BatchLoader:
     one dataset each and carry its number in ``batch.dataset``. Batch arrays are numpy;
     :meth:`epoch` with ``device=True`` moves them to the default JAX device in the
     background thread.
+
+    ``cutoff``: the message-passing pair list (None: none). ``long_cutoff``: the long-range
+    list ``batch.long_pairs`` (None: none, the default; ``math.inf``: every ordered pair of
+    each molecule, with ``Pairs.cutoff`` None), with its own budget.
     """
 
     def __init__(
@@ -66,6 +80,7 @@ class BatchLoader:
         *,
         batch_size: int = 32,
         cutoff: float | None = 5.0,
+        long_cutoff: float | None = None,
         budgets: Sequence[Budget] | None = None,
         n_shapes: int = 4,
         shuffle: bool = True,
@@ -87,6 +102,7 @@ class BatchLoader:
         if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
             raise ConfigError(f"mixture weights must be >= 0 and not all 0, got {weights}")
         self.cutoff = None if cutoff is None else float(cutoff)
+        self.long_cutoff = None if long_cutoff is None else float(long_cutoff)
         self.shuffle = shuffle
         self.seed = int(seed)
         self.prefetch = int(prefetch)
@@ -96,7 +112,8 @@ class BatchLoader:
             idx = np.arange(len(ds), dtype=np.int64) if idx is None else np.asarray(idx, dtype=np.int64)
             if idx.size and (idx.min() < 0 or idx.max() >= len(ds)):  # compiled copies do not check
                 raise IndexError(f"{name}: structure index out of range for {len(ds)} structures")
-            self.members.append(_Member(name, ds, idx, molecule_sizes(ds, idx, self.cutoff), w, {}))
+            sizes = molecule_sizes(ds, idx, self.cutoff, long_cutoff=self.long_cutoff)
+            self.members.append(_Member(name, ds, idx, sizes, w, {}))
         common = set.intersection(*(set(m.ds.fields) for m in self.members))
         self.fields = tuple(f for f in self.members[0].ds.fields if f in common) if fields is None else tuple(fields)
         for m in self.members:
@@ -167,11 +184,9 @@ class BatchLoader:
         if self.cutoff is None:  # no pairs: the same all-padding arrays for every batch (read-only)
             pairs = _no_pairs(b)
         else:
-            pad_atom = b.n_atoms - 1
-            pairs = Pairs(np.full(b.n_pairs, pad_atom, np.int32), np.full(b.n_pairs, pad_atom, np.int32),
-                          np.zeros(b.n_pairs, bool), self.cutoff)
-            n_pairs = neighbour_pairs(out["R"][:n_at], offsets, self.cutoff, pairs.dst, pairs.src)
-            pairs.mask[:n_pairs] = True
+            pairs = _pair_list(out["R"][:n_at], offsets, self.cutoff, b.n_pairs, b.n_atoms)
+        if self.long_cutoff is not None:
+            out["long_pairs"] = _pair_list(out["R"][:n_at], offsets, self.long_cutoff, b.n_long_pairs, b.n_atoms)
         if b.n_grid and ds.grid_offsets is not None and "grid" in self.fields:
             self._assemble_grid(ds, mol, b, out)
         out["pairs"], out["dataset"], out["shape_id"] = pairs, np.int32(k), np.int32(shape_id)
@@ -247,6 +262,14 @@ def _ordered_map(fn, items: Sequence, depth: int, workers: int) -> Iterator:
 _NO_ROWS = np.zeros(0, np.float32)
 _NO_ROWS3 = np.zeros((0, 3), np.float32)
 _NO_VALUES = np.zeros(0, np.float64)
+
+
+def _pair_list(R: np.ndarray, offsets: np.ndarray, cutoff: float, n_pairs: int, n_atoms: int) -> Pairs:
+    """The pairs within ``cutoff`` (``math.inf``: all, ``Pairs.cutoff`` None) of the molecules
+    at ``offsets`` in ``R``, padded to ``n_pairs`` with pairs of atom ``n_atoms - 1``."""
+    pairs = padding_pairs(n_pairs, n_atoms, list_cutoff(cutoff))
+    pairs.mask[: neighbour_pairs(R, offsets, cutoff, pairs.dst, pairs.src)] = True
+    return pairs
 
 
 @functools.lru_cache(maxsize=16)

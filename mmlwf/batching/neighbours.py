@@ -3,10 +3,14 @@
 Pairs never cross molecules. Molecules up to :data:`ALL_PAIRS_MAX_ATOMS` atoms use a
 compiled all-pairs loop (numba); larger ones a k-d tree (scipy), where all pairs would be
 wasteful. Pairs are directed (both ``i -> j`` and ``j -> i``), given as ``dst``/``src``
-atom indices into the concatenated atoms.
+atom indices into the concatenated atoms. A cutoff of ``math.inf`` means every ordered pair
+of each molecule (the long-range list of Coulomb and dispersion): counted from the atom
+counts alone and listed without reading positions, in the order a finite cutoff lists them.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit
@@ -53,6 +57,25 @@ def _fill_small(R, starts, ends, out_start, cutoff2, dst, src, capacity):
     return p
 
 
+@njit(cache=True, nogil=True)
+def _fill_all(starts, ends, dst, src, capacity):
+    """Every pair within each atom range ``[starts[k], ends[k])``, in :func:`_fill_small`'s
+    order. Returns the number written, or -1 past ``capacity``."""
+    p = 0
+    for k in range(starts.shape[0]):
+        a, b = starts[k], ends[k]
+        if p + (b - a) * (b - a - 1) > capacity:
+            return -1
+        for i in range(a, b):
+            for j in range(i + 1, b):
+                dst[p] = i
+                src[p] = j
+                dst[p + 1] = j
+                src[p + 1] = i
+                p += 2
+    return p
+
+
 def _kdtree_pairs(positions: np.ndarray, cutoff: float) -> np.ndarray:
     from scipy.spatial import cKDTree
 
@@ -61,12 +84,15 @@ def _kdtree_pairs(positions: np.ndarray, cutoff: float) -> np.ndarray:
 
 
 def count_pairs(R: np.ndarray, offsets: np.ndarray, cutoff: float, molecules: np.ndarray | None = None) -> np.ndarray:
-    """Directed pairs within ``cutoff`` per molecule (``R`` concatenated, ``offsets (N+1,)``)."""
+    """Directed pairs within ``cutoff`` per molecule (``R`` concatenated, ``offsets (N+1,)``;
+    ``cutoff`` ``math.inf``: ``n (n - 1)``, ``R`` unused)."""
     offsets = np.asarray(offsets, dtype=np.int64)
     if molecules is None:
         molecules = np.arange(offsets.shape[0] - 1, dtype=np.int64)
     molecules = np.asarray(molecules, dtype=np.int64)
     sizes = offsets[molecules + 1] - offsets[molecules]
+    if math.isinf(cutoff):
+        return sizes * (sizes - 1)
     large = sizes > ALL_PAIRS_MAX_ATOMS
     counts = np.zeros(molecules.shape[0], np.int64)
     small = ~large
@@ -85,7 +111,8 @@ def neighbour_pairs(
     dst: np.ndarray | None = None,
     src: np.ndarray | None = None,
 ) -> int | tuple[np.ndarray, np.ndarray]:
-    """Directed pairs within ``cutoff`` of molecules concatenated in ``R`` (``offsets (k+1,)``).
+    """Directed pairs within ``cutoff`` of molecules concatenated in ``R`` (``offsets (k+1,)``;
+    ``cutoff`` ``math.inf``: every ordered pair of each molecule).
 
     Without ``dst``/``src`` returns the two index arrays. With preallocated ``dst``/``src``
     fills them in place and returns the number of pairs (``ValueError`` if they are too short).
@@ -100,7 +127,9 @@ def neighbour_pairs(
     starts, ends = offsets[:-1], offsets[1:]
     large = (ends - starts) > ALL_PAIRS_MAX_ATOMS
     cutoff2 = np.float64(cutoff) ** 2
-    if not large.any():
+    if math.isinf(cutoff):
+        n = _fill_all(starts, ends, dst, src, dst.shape[0])
+    elif not large.any():
         n = _fill_small(R, starts, ends, starts, cutoff2, dst, src, dst.shape[0])
     else:
         small = ~large

@@ -1,4 +1,4 @@
-"""Size-aware batch planning under fixed ``(n_graphs, n_atoms, n_pairs[, n_grid])`` budgets.
+"""Size-aware batch planning under fixed ``(n_graphs, n_atoms, n_pairs[, n_grid, n_long_pairs])`` budgets.
 
 Molecules are taken in a seeded shuffled order and packed greedily into a batch until the
 next one would overflow a budget. Each batch is then padded to the smallest of a few fixed
@@ -8,8 +8,10 @@ Shapes keep one spare graph and one spare atom for padding.
 
 The loader owns the batch shapes: each :class:`~mmlwf.batching.BatchLoader` derives its
 budgets (:func:`derive_budgets`) from the per-molecule sizes it counts once over its split
-(neighbours within its cutoff, the model's pair cutoff in training) and its batch size
-(``training.batch_size``). Nothing else computes or records them (``stats.json`` does not).
+(neighbours within its cutoff, the model's pair cutoff in training, and the pairs of the
+long-range list where the model asks for one) and its batch size (``training.batch_size``).
+Nothing else computes or records them (``stats.json`` does not). A size column that is zero
+for every molecule (no grid, no long-range list) costs the planning nothing.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ class Budget:
     n_atoms: int
     n_pairs: int
     n_grid: int = 0
+    n_long_pairs: int = 0  # the long-range pair list (0: none)
 
-    def fits(self, graphs: int, atoms: int, pairs: int, grid: int = 0) -> bool:
+    def fits(self, graphs: int, atoms: int, pairs: int, grid: int = 0, long_pairs: int = 0) -> bool:
         # one graph and one atom are kept for padding
-        return graphs < self.n_graphs and atoms < self.n_atoms and pairs <= self.n_pairs and grid <= self.n_grid
+        return (graphs < self.n_graphs and atoms < self.n_atoms and pairs <= self.n_pairs and grid <= self.n_grid
+                and long_pairs <= self.n_long_pairs)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +66,7 @@ def _greedy(cum: np.ndarray, limits: np.ndarray) -> np.ndarray:
         if stop <= start:
             first = cum[start + 1] - cum[start]
             raise ConfigError(
-                f"a molecule of size {first.tolist()} (graphs, atoms, pairs, grid) does not fit the "
+                f"a molecule of size {first.tolist()} (graphs, atoms, pairs, grid, long pairs) does not fit the "
                 f"batch budget {limits.tolist()}; raise the batch size"
             )
         bounds.append(stop)
@@ -85,27 +89,37 @@ class BatchPlan:
         return self.order[self.bounds[b] : self.bounds[b + 1]]
 
 
-def size_table(n_atoms: np.ndarray, n_pairs: np.ndarray, n_grid: np.ndarray | None = None) -> np.ndarray:
-    """``(n, 4)`` per-molecule sizes: graphs (1), atoms, pairs, grid points."""
+#: the columns of a size table (and the fields of a :class:`Budget`, in order)
+SIZE_COLUMNS = ("graphs", "atoms", "pairs", "grid", "long_pairs")
+
+
+def size_table(n_atoms: np.ndarray, n_pairs: np.ndarray, n_grid: np.ndarray | None = None,
+               n_long_pairs: np.ndarray | None = None) -> np.ndarray:
+    """``(n, 5)`` per-molecule sizes (:data:`SIZE_COLUMNS`): graphs (1), atoms, pairs, grid
+    points, long-range pairs (zeros where None)."""
     n = n_atoms.shape[0]
-    grid = np.zeros(n, np.int64) if n_grid is None else np.asarray(n_grid, np.int64)
-    return np.stack([np.ones(n, np.int64), np.asarray(n_atoms, np.int64), np.asarray(n_pairs, np.int64), grid], axis=1)
+    zeros = np.zeros(n, np.int64)
+    grid = zeros if n_grid is None else np.asarray(n_grid, np.int64)
+    long = zeros if n_long_pairs is None else np.asarray(n_long_pairs, np.int64)
+    return np.stack([np.ones(n, np.int64), np.asarray(n_atoms, np.int64), np.asarray(n_pairs, np.int64), grid, long],
+                    axis=1)
+
+
+def _limits(b: Budget) -> np.ndarray:
+    """What the real molecules of a batch of shape ``b`` may fill, per size column."""
+    return np.array([b.n_graphs - 1, b.n_atoms - 1, b.n_pairs, b.n_grid, b.n_long_pairs], dtype=np.int64)
 
 
 def plan_epoch(sizes: np.ndarray, budgets: list[Budget], order: np.ndarray) -> BatchPlan:
     """Pack molecules in ``order`` under the largest budget; pad each batch to the smallest fitting shape."""
-    full = max(budgets)
-    limits = np.array([full.n_graphs - 1, full.n_atoms - 1, full.n_pairs, full.n_grid], dtype=np.int64)
-    cum = np.zeros((order.shape[0] + 1, 4), np.int64)
+    cum = np.zeros((order.shape[0] + 1, sizes.shape[1]), np.int64)
     np.cumsum(sizes[order], axis=0, out=cum[1:])
-    bounds = _greedy(cum, limits)
+    bounds = _greedy(cum, _limits(max(budgets)))
     totals = cum[bounds[1:]] - cum[bounds[:-1]]
     ordered = sorted(range(len(budgets)), key=lambda i: budgets[i])
     shape_ids = np.full(totals.shape[0], -1, dtype=np.int64)
     for i in reversed(ordered):  # the smallest shape that fits wins (assigned last)
-        b = budgets[i]
-        ok = (totals[:, 0] < b.n_graphs) & (totals[:, 1] < b.n_atoms) & (totals[:, 2] <= b.n_pairs) & (totals[:, 3] <= b.n_grid)
-        shape_ids[ok] = i
+        shape_ids[np.all(totals <= _limits(budgets[i]), axis=1)] = i
     return BatchPlan(order=order, bounds=bounds, shape_ids=shape_ids)
 
 
@@ -113,9 +127,9 @@ def derive_budgets(sizes: np.ndarray, batch_size: int, n_shapes: int = 4, seed: 
     """Budgets for ``batch_size`` molecules on average, from the per-molecule sizes.
 
     The atom budget holds ``batch_size`` average molecules; the graph budget leaves room
-    for runs of small molecules; the pair (and grid) budget is the 95th percentile of what
-    such batches need, found by planning one shuffled epoch. Smaller shapes are 1/2, 1/4,
-    ... of the full one, for the last batches of an epoch.
+    for runs of small molecules; the pair (grid, long-range pair) budget is the 95th
+    percentile of what such batches need, found by planning one shuffled epoch. Smaller
+    shapes are 1/2, 1/4, ... of the full one, for the last batches of an epoch.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -128,16 +142,18 @@ def derive_budgets(sizes: np.ndarray, batch_size: int, n_shapes: int = 4, seed: 
     biggest = sizes.max(axis=0)
     n_atoms = _round_up(max(batch_size * mean[1], biggest[1]) + 1)
     n_graphs = _round_up(max(n_atoms / max(mean[1], 1) * 1.25, 2) + 1)
-    # pairs and grid points: plan an epoch with them unlimited, keep the 95th percentile
-    open_budget = Budget(n_graphs, n_atoms, np.iinfo(np.int64).max // 4, np.iinfo(np.int64).max // 4)
+    # pairs, grid points and long pairs: plan an epoch with them unlimited, keep the 95th percentile
+    unlimited = np.iinfo(np.int64).max // 4
+    open_budget = Budget(n_graphs, n_atoms, unlimited, unlimited, unlimited)
     order = np.random.default_rng(seed).permutation(n)
     plan = plan_epoch(sizes, [open_budget], order)
-    cum = np.zeros((n + 1, 4), np.int64)
+    cum = np.zeros((n + 1, sizes.shape[1]), np.int64)
     np.cumsum(sizes[order], axis=0, out=cum[1:])
     totals = cum[plan.bounds[1:]] - cum[plan.bounds[:-1]]
     full_rows = totals[:-1] if totals.shape[0] > 1 else totals
     n_pairs = _round_up(max(np.percentile(full_rows[:, 2], 95), biggest[2], 1))
     n_grid = _round_up(max(np.percentile(full_rows[:, 3], 95), biggest[3])) if biggest[3] > 0 else 0
+    n_long = _round_up(max(np.percentile(full_rows[:, 4], 95), biggest[4])) if biggest[4] > 0 else 0
     budgets = []
     for k in range(n_shapes):
         f = 0.5**k
@@ -146,6 +162,7 @@ def derive_budgets(sizes: np.ndarray, batch_size: int, n_shapes: int = 4, seed: 
             n_atoms=max(_round_up(n_atoms * f), int(biggest[1]) + 1),
             n_pairs=max(_round_up(n_pairs * f), int(biggest[2])),
             n_grid=max(_round_up(n_grid * f), int(biggest[3])) if n_grid else 0,
+            n_long_pairs=max(_round_up(n_long * f), int(biggest[4])) if n_long else 0,
         )
         if b not in budgets:
             budgets.append(b)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from ..batch import GRID_INPUTS, MODEL_INPUTS, GraphBatch, as_batch
+from ..batch import GRID_INPUTS, LONG_INPUTS, MODEL_INPUTS, GraphBatch, as_batch
 
 
 def cast_inputs(Z, R, dst, src, atom_graph):
@@ -89,10 +89,16 @@ def variables(params):
 def batch_inputs(batch: GraphBatch | Mapping, *, grid: bool = False) -> dict:
     """The model inputs of a batch as jax arrays, named as in the models' ``__call__``
     (:data:`mmlwf.batch.MODEL_INPUTS`); a missing ``Qtot`` becomes zeros. With ``grid`` also
-    the ESP grid inputs (None where the batch has no grid)."""
+    the ESP grid inputs (None where the batch has no grid). A batch with a long-range pair
+    list adds it as ``long_dst``, ``long_src``, ``long_pair_mask``
+    (:data:`mmlwf.batch.LONG_INPUTS`); without one these keys are absent, so models that do
+    not take them are called as before (the assemblers fill the list only for a model whose
+    kind asks for it)."""
     b = as_batch(batch)
     inputs = {k: jnp.asarray(b[k]) for k in MODEL_INPUTS if k != "Qtot"}
     inputs["Qtot"] = total_charge(b.Qtot, inputs["graph_mask"].shape[0], inputs["R"].dtype)
+    if b.long_pairs is not None:
+        inputs.update(zip(LONG_INPUTS, map(jnp.asarray, b.long_pairs[:3])))
     if grid:
         for k in GRID_INPUTS:
             value = b.get(k)

@@ -16,9 +16,17 @@ of the ``mmlwf.models`` group; both are imported on the first use of the registr
     register(ModelKind(name="pair", settings="mypkg.pair:PairSettings", module="mypkg.pair"))
 
 The implementation module provides ``build_model(config: dict) -> flax module``,
-``model_config(model) -> dict`` and ``pair_cutoff(model) -> float``; the module's call
-signature is that of :func:`mmlwf.training.losses.model_inputs` (what ``train`` initialises
-it with).
+``model_config(model) -> dict`` and ``pair_cutoff(model) -> float`` (how far the
+message-passing pair list reaches, Å); the module's call signature is that of
+:func:`mmlwf.training.losses.model_inputs` (what ``train`` initialises it with).
+
+A model with long-range terms (Coulomb, dispersion) also defines
+``long_pair_cutoff(model) -> float | None``: None for no second list, a distance (Å) for the
+pairs within it, ``math.inf`` for every ordered pair of each molecule. Every batch assembler
+(training loader, calculator, prediction, MD, compat) then fills ``batch.long_pairs`` with its
+own budget, and :func:`mmlwf.models.common.batch_inputs` passes it to the model as the
+keyword inputs ``long_dst``, ``long_src``, ``long_pair_mask``, so that message passing keeps
+its short list. A module without the function gets no second list and no such inputs.
 """
 
 from __future__ import annotations
@@ -58,7 +66,8 @@ class ModelKind:
 
     ``name``: its ``model.type``. ``settings``: the pydantic declaration of its ``model:``
     section (a :class:`~mmlwf.settings.models.ModelSettings` subclass or its reference).
-    ``module``: the implementation module (``build_model``, ``model_config``, ``pair_cutoff``).
+    ``module``: the implementation module (``build_model``, ``model_config``, ``pair_cutoff``,
+    optionally ``long_pair_cutoff``).
     ``forward``: ``f(model, params, batch, **options) -> outputs`` (``energy (B,)`` and
     ``forces (A,3)``, or ``esp``); ``forward_options``: training settings passed to it by name
     (e.g. ``esp_decay_length``). ``predicts_energy``: an energy model (element energies from
@@ -106,6 +115,14 @@ class ModelKind:
     def pair_cutoff(self, model) -> float:
         """The distance (Å) the loader's pair list must reach for ``model``."""
         return float(self.implementation.pair_cutoff(model))
+
+    def long_pair_cutoff(self, model) -> float | None:
+        """How far the long-range pair list must reach for ``model`` (Å; ``math.inf``: every
+        pair of a molecule), or None for no second list (the module defines no
+        ``long_pair_cutoff``, or it returns None)."""
+        fn = getattr(self.implementation, "long_pair_cutoff", None)
+        value = None if fn is None else fn(model)
+        return None if value is None else float(value)
 
     def make_forward(self, model, training=None) -> Callable:
         """``forward(params, batch) -> outputs`` of ``model``; ``training`` (the training

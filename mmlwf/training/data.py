@@ -6,8 +6,8 @@ takes. The training loader shuffles by ``training.seed`` (its order is a functio
 ``(seed, epoch)``, which exact resume relies on); the validation loader keeps one order.
 
 Batch shapes are the loaders': each counts the neighbours of its split's structures once,
-within the model's pair cutoff, and derives its budgets from ``training.batch_size``
-(:func:`~mmlwf.batching.derive_budgets`). ``stats.json`` holds statistics of the data only
+within the model's pair cutoff (and the pairs of its long-range list, for a model with one),
+and derives its budgets from ``training.batch_size`` (:func:`~mmlwf.batching.derive_budgets`). ``stats.json`` holds statistics of the data only
 (element energies, RMS values), so one stats file serves every model trained on a dataset
 and the neighbour counting is not done twice.
 """
@@ -36,6 +36,7 @@ def make_loaders(
     config: Config,
     *,
     cutoff: float | None = None,
+    long_cutoff: float | None = None,
     weights: Sequence[float] | None = None,
     prefetch: int = 4,
     workers: int = 2,
@@ -44,12 +45,13 @@ def make_loaders(
 
     ``dataset``/``split``: one of each, or lists of equal length for a weighted mixture
     (``weights``: visits of each training split per epoch, default 1 each; validation covers
-    every member's valid split once). The neighbour-list cutoff is ``cutoff`` (give the
-    model's pair cutoff: with Coulomb it reaches further than ``model.cutoff``), else the
-    pair cutoff of the model that ``config.model`` describes; the batch size is
-    ``training.batch_size`` and the seed ``training.seed``. Each loader counts the neighbours of its split once and derives its
-    batch shapes from them (see the module docstring). ConfigError for a cutoff that is not
-    a positive number.
+    every member's valid split once). The pair lists reach ``cutoff`` (message passing) and
+    ``long_cutoff`` (the long-range list: None for none, ``math.inf`` for every pair of a
+    molecule): give the model kind's ``pair_cutoff`` and ``long_pair_cutoff``; without
+    ``cutoff`` both are those of the model that ``config.model`` describes. The batch size is
+    ``training.batch_size`` and the seed ``training.seed``. Each loader counts the pairs of its
+    split once and derives its batch shapes from them (see the module docstring).
+    ConfigError for a cutoff that is not a positive number.
     """
     paths, split_paths = as_list(dataset), as_list(split)
     if len(paths) != len(split_paths):
@@ -58,15 +60,18 @@ def make_loaders(
     sps = [load_split(sp, len(ds)) for sp, ds in zip(split_paths, dss)]
     names = [os.fspath(p) for p in paths]
     t = config.training
-    if cutoff is None:  # the model kind's pair cutoff (PhysNet with Coulomb: beyond model.cutoff)
+    if cutoff is None:  # the model kind's pair cutoffs
         from ..models.registry import kind_of_config
 
         kind = kind_of_config(config.model)
-        cutoff = float(kind.pair_cutoff(kind.build_model(config.model)))
+        model = kind.build_model(config.model)
+        cutoff, long_cutoff = float(kind.pair_cutoff(model)), kind.long_pair_cutoff(model)
     if not (isinstance(cutoff, (int, float)) and math.isfinite(cutoff) and cutoff > 0):
         raise ConfigError(f"cutoff must be a positive number of Å, got {cutoff}")
-    common = {"batch_size": t.batch_size, "cutoff": cutoff, "seed": t.seed, "prefetch": prefetch,
-              "workers": workers, "names": names}
+    if long_cutoff is not None and not (isinstance(long_cutoff, (int, float)) and long_cutoff > 0):
+        raise ConfigError(f"long-range cutoff must be a positive number of Å (or inf), got {long_cutoff}")
+    common = {"batch_size": t.batch_size, "cutoff": cutoff, "long_cutoff": long_cutoff, "seed": t.seed,
+              "prefetch": prefetch, "workers": workers, "names": names}
     train_loader = BatchLoader(dss, [sp.train for sp in sps], shuffle=True, weights=weights, **common)
     has_valid = any(sp.valid.size for sp in sps)
     valid_loader = BatchLoader(dss, [sp.valid for sp in sps], shuffle=False, **common) if has_valid else None

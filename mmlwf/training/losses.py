@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..batch import HOST_FIELDS, MODEL_INPUTS, GraphBatch, Pairs, as_batch
+from ..batch import HOST_FIELDS, LONG_INPUTS, MODEL_INPUTS, GraphBatch, Pairs, as_batch
 from ..element_energies import reference_table  # noqa: F401  (re-exported: training's element table)
 from ..errors import DataError
 from ..units import ESP
@@ -91,11 +91,12 @@ def prepare_batch(batch: GraphBatch | Mapping[str, np.ndarray], table: np.ndarra
 
 def model_inputs(batch: GraphBatch | Mapping) -> tuple:
     """The positional model arguments from a (prepared) batch, in the model API's order
-    (:data:`MODEL_ARGS`; a missing ``Qtot`` becomes zeros)."""
+    (:data:`MODEL_ARGS`; a missing ``Qtot`` becomes zeros), followed by the long-range pair
+    list's (:data:`mmlwf.batch.LONG_INPUTS`) where the batch has one."""
     from ..models.common import batch_inputs
 
     inputs = batch_inputs(batch)
-    return tuple(inputs[k] for k in MODEL_ARGS)
+    return tuple(inputs[k] for k in MODEL_ARGS + LONG_INPUTS if k in inputs)
 
 
 def energy_and_forces(apply_fn: Callable, params, batch: Mapping) -> dict:
