@@ -232,8 +232,8 @@ def empty(n_graphs: int, n_atoms: int, n_pairs: int, n_grid: int = 0, *, dtype=n
         atom_graph=np.full(n_atoms, pad_graph, np.int32), atom_mask=np.zeros(n_atoms, bool),
         graph_mask=np.zeros(n_graphs, bool),
         pairs=padding_pairs(n_pairs, n_atoms, cutoff),
-        Qtot=np.zeros(n_graphs, dtype), n_atoms=np.zeros(n_graphs, np.int32),
-        long_pairs=None if n_long_pairs is None else padding_pairs(n_long_pairs, n_atoms, list_cutoff(long_cutoff)), **grid,
+        Qtot=np.zeros(n_graphs, dtype), n_atoms=np.zeros(n_graphs, np.int32), **grid,
+        long_pairs=None if n_long_pairs is None else padding_pairs(n_long_pairs, n_atoms, list_cutoff(long_cutoff)),
     )
 
 

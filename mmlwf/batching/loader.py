@@ -32,16 +32,17 @@ class _Member:
     name: str
     ds: PackedDataset
     indices: np.ndarray  # molecule indices used from ds
-    sizes: np.ndarray  # (len(indices), 5): graphs, atoms, pairs, grid points, long pairs
+    sizes: np.ndarray  # (len(indices), 4 or 5): graphs, atoms, pairs, grid points[, long pairs]
     weight: float
     views: dict  # plain ndarray views of the fields used (no memmap overhead per batch)
 
 
 def molecule_sizes(ds: PackedDataset, indices: np.ndarray, cutoff: float | None, chunk: int = 1 << 16, *,
                    long_cutoff: float | None = None) -> np.ndarray:
-    """Per-molecule (1, atoms, pairs within ``cutoff``, grid points, pairs within
-    ``long_cutoff``) for ``indices`` (:func:`~mmlwf.batching.plan.size_table`), positions
-    read in chunks; a None cutoff counts 0, ``math.inf`` every ordered pair, ``n (n - 1)``."""
+    """Per-molecule (1, atoms, pairs within ``cutoff``, grid points[, pairs within
+    ``long_cutoff``]) for ``indices`` (:func:`~mmlwf.batching.plan.size_table`: no long-range
+    column when ``long_cutoff`` is None), positions read in chunks; a None ``cutoff`` counts
+    0, ``math.inf`` every ordered pair, ``n (n - 1)``."""
     n_atoms = np.asarray(ds.n_atoms[indices])
     pairs = np.zeros(indices.shape[0], np.int64)
     long = None if long_cutoff is None else np.zeros(indices.shape[0], np.int64)

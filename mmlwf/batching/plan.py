@@ -11,7 +11,8 @@ budgets (:func:`derive_budgets`) from the per-molecule sizes it counts once over
 (neighbours within its cutoff, the model's pair cutoff in training, and the pairs of the
 long-range list where the model asks for one) and its batch size (``training.batch_size``).
 Nothing else computes or records them (``stats.json`` does not). A size column that is zero
-for every molecule (no grid, no long-range list) costs the planning nothing.
+for every molecule (no grid) costs the planning nothing, and without a long-range list the
+size table has no column for it.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _greedy(cum: np.ndarray, limits: np.ndarray) -> np.ndarray:
         if stop <= start:
             first = cum[start + 1] - cum[start]
             raise ConfigError(
-                f"a molecule of size {first.tolist()} (graphs, atoms, pairs, grid, long pairs) does not fit the "
+                f"a molecule of size {first.tolist()} ({', '.join(SIZE_COLUMNS[: len(first)])}) does not fit the "
                 f"batch budget {limits.tolist()}; raise the batch size"
             )
         bounds.append(stop)
@@ -95,31 +96,32 @@ SIZE_COLUMNS = ("graphs", "atoms", "pairs", "grid", "long_pairs")
 
 def size_table(n_atoms: np.ndarray, n_pairs: np.ndarray, n_grid: np.ndarray | None = None,
                n_long_pairs: np.ndarray | None = None) -> np.ndarray:
-    """``(n, 5)`` per-molecule sizes (:data:`SIZE_COLUMNS`): graphs (1), atoms, pairs, grid
-    points, long-range pairs (zeros where None)."""
+    """``(n, 4)`` per-molecule sizes (:data:`SIZE_COLUMNS`): graphs (1), atoms, pairs, grid
+    points (zeros where None); ``(n, 5)`` with the long-range pairs where given (without a
+    long-range list the planning does no work for one)."""
     n = n_atoms.shape[0]
-    zeros = np.zeros(n, np.int64)
-    grid = zeros if n_grid is None else np.asarray(n_grid, np.int64)
-    long = zeros if n_long_pairs is None else np.asarray(n_long_pairs, np.int64)
-    return np.stack([np.ones(n, np.int64), np.asarray(n_atoms, np.int64), np.asarray(n_pairs, np.int64), grid, long],
-                    axis=1)
+    grid = np.zeros(n, np.int64) if n_grid is None else np.asarray(n_grid, np.int64)
+    columns = [np.ones(n, np.int64), np.asarray(n_atoms, np.int64), np.asarray(n_pairs, np.int64), grid]
+    if n_long_pairs is not None:
+        columns.append(np.asarray(n_long_pairs, np.int64))
+    return np.stack(columns, axis=1)
 
 
-def _limits(b: Budget) -> np.ndarray:
-    """What the real molecules of a batch of shape ``b`` may fill, per size column."""
-    return np.array([b.n_graphs - 1, b.n_atoms - 1, b.n_pairs, b.n_grid, b.n_long_pairs], dtype=np.int64)
+def _limits(b: Budget, columns: int) -> np.ndarray:
+    """What the real molecules of a batch of shape ``b`` may fill, per size column (the first ``columns``)."""
+    return np.array([b.n_graphs - 1, b.n_atoms - 1, b.n_pairs, b.n_grid, b.n_long_pairs][:columns], dtype=np.int64)
 
 
 def plan_epoch(sizes: np.ndarray, budgets: list[Budget], order: np.ndarray) -> BatchPlan:
     """Pack molecules in ``order`` under the largest budget; pad each batch to the smallest fitting shape."""
     cum = np.zeros((order.shape[0] + 1, sizes.shape[1]), np.int64)
     np.cumsum(sizes[order], axis=0, out=cum[1:])
-    bounds = _greedy(cum, _limits(max(budgets)))
+    bounds = _greedy(cum, _limits(max(budgets), sizes.shape[1]))
     totals = cum[bounds[1:]] - cum[bounds[:-1]]
     ordered = sorted(range(len(budgets)), key=lambda i: budgets[i])
     shape_ids = np.full(totals.shape[0], -1, dtype=np.int64)
     for i in reversed(ordered):  # the smallest shape that fits wins (assigned last)
-        shape_ids[np.all(totals <= _limits(budgets[i]), axis=1)] = i
+        shape_ids[np.all(totals <= _limits(budgets[i], sizes.shape[1]), axis=1)] = i
     return BatchPlan(order=order, bounds=bounds, shape_ids=shape_ids)
 
 
@@ -153,7 +155,8 @@ def derive_budgets(sizes: np.ndarray, batch_size: int, n_shapes: int = 4, seed: 
     full_rows = totals[:-1] if totals.shape[0] > 1 else totals
     n_pairs = _round_up(max(np.percentile(full_rows[:, 2], 95), biggest[2], 1))
     n_grid = _round_up(max(np.percentile(full_rows[:, 3], 95), biggest[3])) if biggest[3] > 0 else 0
-    n_long = _round_up(max(np.percentile(full_rows[:, 4], 95), biggest[4])) if biggest[4] > 0 else 0
+    long = sizes.shape[1] > 4 and biggest[4] > 0
+    n_long = _round_up(max(np.percentile(full_rows[:, 4], 95), biggest[4])) if long else 0
     budgets = []
     for k in range(n_shapes):
         f = 0.5**k
@@ -162,7 +165,7 @@ def derive_budgets(sizes: np.ndarray, batch_size: int, n_shapes: int = 4, seed: 
             n_atoms=max(_round_up(n_atoms * f), int(biggest[1]) + 1),
             n_pairs=max(_round_up(n_pairs * f), int(biggest[2])),
             n_grid=max(_round_up(n_grid * f), int(biggest[3])) if n_grid else 0,
-            n_long_pairs=max(_round_up(n_long * f), int(biggest[4])) if n_long else 0,
+            n_long_pairs=max(_round_up(n_long * f), int(biggest[4])) if long else 0,
         )
         if b not in budgets:
             budgets.append(b)

@@ -7,9 +7,10 @@ takes. The training loader shuffles by ``training.seed`` (its order is a functio
 
 Batch shapes are the loaders': each counts the neighbours of its split's structures once,
 within the model's pair cutoff (and the pairs of its long-range list, for a model with one),
-and derives its budgets from ``training.batch_size`` (:func:`~mmlwf.batching.derive_budgets`). ``stats.json`` holds statistics of the data only
-(element energies, RMS values), so one stats file serves every model trained on a dataset
-and the neighbour counting is not done twice.
+and derives its budgets from ``training.batch_size`` (:func:`~mmlwf.batching.derive_budgets`).
+``stats.json`` holds statistics of the data only (element energies, RMS values), so one
+stats file serves every model trained on a dataset and the neighbour counting is not done
+twice.
 """
 
 from __future__ import annotations

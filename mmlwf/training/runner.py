@@ -63,7 +63,8 @@ def run_training(
                             else element_energies_from_stats(stats[0]))
     forward = kind.make_forward(model, cfg.training)
     train_loader, valid_loader = make_loaders(data, split, cfg, cutoff=kind.pair_cutoff(model),
-                                              long_cutoff=kind.long_pair_cutoff(model), weights=weights, prefetch=prefetch, workers=workers)
+                                              long_cutoff=kind.long_pair_cutoff(model), weights=weights,
+                                              prefetch=prefetch, workers=workers)
     missing = [f for f in kind.dataset_fields if f not in train_loader.fields]
     if missing:
         raise ConfigError(f"model.type {kind.name} needs {kind.dataset_need or 'other data'}: {data} has no "
