@@ -149,6 +149,11 @@ def test_from_molecules_long_list_padding_dict_view_and_device_fields(molecules)
     assert jax.tree.structure(back) == jax.tree.structure(b)
     pad = padding_like(b)
     assert not pad.long_pairs.mask.any() and np.all(pad.long_pairs.dst == 15) and pad.long_pairs.dst.shape == (64,)
+    from mmlwf.batch import padding_pairs
+    from mmlwf.training.parallel import shape_key
+
+    # data-parallel groups only stack batches whose long lists agree too
+    assert shape_key(b) != shape_key(b._replace(long_pairs=padding_pairs(32, 16)))
     dev = device_fields(c)
     assert dev.long_pairs.cutoff is None and dev.long_pairs.dst is c.long_pairs.dst
     # without a long cutoff: no list, and the batch reads as before
