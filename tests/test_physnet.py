@@ -379,7 +379,7 @@ def test_config_round_trip_and_errors():
     with pytest.raises(ValueError, match="feeatures"):
         build_model({"feeatures": 3})
     with pytest.raises(ValueError, match="charges"):
-        build_model({"coulomb": True})
+        build_model({"charges": False, "coulomb": True})
     with pytest.raises(ValueError, match="features"):
         build_model({"features": 2.5})
     with pytest.raises(ValueError, match="dcmnet"):
