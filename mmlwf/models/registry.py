@@ -107,6 +107,14 @@ class ModelKind:
         """The distance (Å) the loader's pair list must reach for ``model``."""
         return float(self.implementation.pair_cutoff(model))
 
+    # -- physnet helper (issue 14): "auto" settings resolved from the training data
+    def resolve_settings(self, config: Mapping, facts: Mapping) -> tuple[dict, str | None]:
+        """``(config, note)``: the ``model:`` section with settings that depend on the training
+        data decided from ``facts`` (:func:`mmlwf.training.data.data_facts`), and a line saying
+        how (None when the module has no ``resolve_settings``: ``config`` as given)."""
+        fn = getattr(self.implementation, "resolve_settings", None)
+        return (dict(config), None) if fn is None else fn(config, facts)
+
     def make_forward(self, model, training=None) -> Callable:
         """``forward(params, batch) -> outputs`` of ``model``; ``training`` (the training
         settings) gives the values of :attr:`forward_options` (without it, the forward's own
