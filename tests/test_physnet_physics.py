@@ -181,8 +181,8 @@ def test_forces_exact_with_every_term_float64(x64, lr_cut):
         for c in range(3):
             e = [float(np.sum(f(batch, R0.at[i, c].add(s * h))["energy"])) for s in (1, -1)]
             fd[i, c] = -(e[0] - e[1]) / (2 * h)
-    print("max |F - F_fd|", np.abs(F[real] - fd[real]).max(), "max |F|", np.abs(F[real]).max())
-    np.testing.assert_allclose(F[real], fd[real], rtol=0, atol=1e-6 * np.abs(F[real]).max())
+    # |F| reaches ~170 eV/Å (the compressed O-H's ZBL); the difference is ~3e-7 eV/Å
+    np.testing.assert_allclose(F[real], fd[real], rtol=0, atol=1e-8 * np.abs(F[real]).max())
 
 
 def _terms_matter(model, params, batch):
