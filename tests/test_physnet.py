@@ -4,6 +4,7 @@ charge conservation, isolated atoms, finite gradients, and the configuration rou
 from __future__ import annotations
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmlwf.batching import BatchLoader, Budget
+from mmlwf.models.physnet import long_pair_cutoff
 from mmlwf.models import (
     PhysNet,
     build_model,
@@ -362,7 +364,9 @@ def test_config_round_trip_and_errors():
     cfg = json.loads(json.dumps(model_config(model)))
     assert build_model(cfg) == model
     assert cfg["features"] == 32 and cfg["max_degree"] == 2 and cfg["coulomb"] is True
-    assert pair_cutoff(model) == 10.0 and pair_cutoff(build_model({"cutoff": 4.5})) == 4.5
+    assert pair_cutoff(model) == 4.5 and pair_cutoff(build_model({"cutoff": 4.5})) == 4.5  # message passing only
+    assert long_pair_cutoff(model) == math.inf and long_pair_cutoff(build_model({"cutoff": 4.5})) is None
+    assert long_pair_cutoff(build_model({"charges": True, "coulomb": True, "coulomb_cutoff": 9.0})) == 9.0
     assert isinstance(build_model({}), PhysNet)
     tiny = build_model({"features": 4, "num_iterations": 1, "num_basis_functions": 4, "num_residual": 0})
     batch = {"Z": np.array([8, 1, 0]), "R": np.eye(3, dtype=np.float32), "dst": np.array([0, 1, 2]),
@@ -375,7 +379,7 @@ def test_config_round_trip_and_errors():
     with pytest.raises(ValueError, match="feeatures"):
         build_model({"feeatures": 3})
     with pytest.raises(ValueError, match="charges"):
-        build_model({"coulomb": True})
+        build_model({"charges": False, "coulomb": True})
     with pytest.raises(ValueError, match="features"):
         build_model({"features": 2.5})
     with pytest.raises(ValueError, match="dcmnet"):

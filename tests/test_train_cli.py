@@ -1,6 +1,7 @@
 """``mmlwf train`` on real data: a run directory, a falling loss, resume, bad settings."""
 
 import csv
+import json
 
 import pytest
 
@@ -33,6 +34,11 @@ def test_loss_goes_down_on_real_data_and_resume_continues(ethanol, tmp_path, cap
     for name in ("config.yaml", "model.json", "train.log"):
         assert (run / name).exists()
     assert "XLA compilations" in (run / "train.log").read_text()
+    # rMD17 has no dipoles, charges or dispersion: the "auto" physics resolved off, said and stored
+    assert ("physics: charges+Coulomb off (data have neither dipoles nor atomic charges), D3 off (dataset does "
+            "not include dispersion)") in (run / "train.log").read_text()
+    model = json.loads((run / "model.json").read_text())["model"]
+    assert (model["charges"], model["coulomb"], model["dispersion"]) == (False, False, False)
     # the same command with more epochs continues the run where it stopped
     assert _train(ethanol, run, "--set", "training.max_epochs=6") == 0
     rows = list(csv.DictReader(open(run / "history.csv")))

@@ -50,7 +50,7 @@ CASES = {
         config(experiments={"tiny": {**EXPERIMENT, "model": {"type": "physnet", "features": -5}}}),
         "config 'experiments.tiny.model.features': must be >= 1, got -5"),
     "model-rule": (
-        config(experiments={"tiny": {**EXPERIMENT, "model": {"coulomb": True}}}),
+        config(experiments={"tiny": {**EXPERIMENT, "model": {"charges": False, "coulomb": True}}}),
         "config 'experiments.tiny.model.coulomb': needs charges: set charges: true"),
 }
 

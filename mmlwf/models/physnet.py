@@ -1,4 +1,5 @@
-"""PhysNet in flax.linen + e3x: energies, forces, charges and dipoles.
+"""PhysNet (Unke & Meuwly, JCTC 15, 3678 (2019)) in flax.linen + e3x: energies, forces,
+charges and dipoles.
 
 The model works on one padded graph batch (:mod:`mmlwf.batch`): atoms of all molecules concatenated,
 directed pairs ``src -> dst`` from a neighbour list, and masks for the padding atoms, pairs
@@ -6,22 +7,29 @@ and graphs. Each of ``num_iterations`` modules refines the atomic features by a 
 pass over the cutoff graph (radial basis times a smooth cutoff; with ``max_degree >= 1`` the
 basis also carries spherical harmonics and the features become equivariant), residual
 blocks, and an output block whose scalar part gives an atomic energy (and charge)
-contribution. Optional physics terms: atomic charges corrected to the molecule's total
-charge, the dipole from those charges, a damped Coulomb term between them switched off
-smoothly at ``coulomb_cutoff``, and a ZBL repulsion switched off smoothly at ``cutoff``.
+contribution. Physics terms (:mod:`mmlwf.physics`): atomic charges corrected to the
+molecule's total charge (optionally with a per-element scale), the dipole from those
+charges, PhysNet's shielded Coulomb energy between them, D3(BJ) dispersion with trained
+damping parameters, and a short-range ZBL repulsion. ``charges``, ``coulomb`` and
+``dispersion`` may be ``"auto"`` in a config: :func:`resolve_settings` decides them from the
+training data when training starts; a model built without data (:func:`build_model`) has
+an ``"auto"`` term off. The output ``nh_penalty (A,)`` is each atom's share of PhysNet's
+non-hierarchicality penalty (a loss term, :mod:`mmlwf.training.losses`).
+
+Two pair lists: message passing uses the short one (``pair_cutoff``, the cutoff); Coulomb
+and dispersion use the long one (``long_dst``/``long_src``/``long_pair_mask``, all pairs
+within ``long_pair_cutoff``), falling back to the short one when a batch has none.
 
 The energy returned is relative to the per-element reference energies from ``stats.json``,
 which are added outside the model in float64. Forces are the exact negative gradient of the
 energy: :func:`energy_and_forces`.
-
-The loader's pair list must reach ``pair_cutoff(model)``: the message passing ignores
-pairs beyond ``cutoff`` (their radial functions are 0), but the Coulomb term needs every
-pair within ``coulomb_cutoff``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import e3x
@@ -30,8 +38,10 @@ import jax
 import jax.numpy as jnp
 
 from ..batch import MODEL_INPUTS, GraphBatch
-from ..constants import BOHR, COULOMB_CONSTANT
+from ..physics.coulomb import coulomb_atomic_energies
+from ..physics.zbl import zbl_atomic_energies
 from ..settings import PhysNetSettings
+from ..settings.models import DEFAULT_NUM_BASIS
 from .common import (
     batch_inputs,
     cast_inputs,
@@ -43,22 +53,15 @@ from .common import (
     total_charge,
     variables,
 )
-from .pairs import pair_basis
+from .pairs import pair_basis, pair_distances
 from .settings import build, check, field_defaults, settings_of
 
 #: inputs of :meth:`PhysNet.__call__`, in order, as named in a batch
 INPUT_KEYS = MODEL_INPUTS
-
-# ZBL universal screening function: sum_k c_k exp(-d_k r / a)
-_ZBL_C = (0.18175, 0.50986, 0.28022, 0.02817)
-_ZBL_D = (3.19980, 0.94229, 0.40290, 0.20162)
-
-
-def _switch(x):
-    """PhysNet's polynomial switch: 1 at x <= 0, 0 at x >= 1, C2-smooth in between."""
-    x = jnp.clip(x, 0.0, 1.0)
-    x3 = x * x * x
-    return 1.0 - 6.0 * x3 * x * x + 15.0 * x3 * x - 10.0 * x3
+#: the physics switches that may be "auto" in a config (off in a module built without data)
+SWITCHES = ("charges", "coulomb", "dispersion")
+#: PhysNet's guard in the non-hierarchicality ratio
+_NH_EPS = 1e-7
 
 
 class _Residual(nn.Module):
@@ -75,11 +78,12 @@ class _Residual(nn.Module):
         return e3x.nn.add(x, y)
 
 
-_DEFAULTS = field_defaults(PhysNetSettings)  # declared in mmlwf.settings.models
+_DEFAULTS = {k: (False if v == "auto" else v)  # declared in mmlwf.settings.models; "auto" is off without data
+             for k, v in field_defaults(PhysNetSettings).items()}
 
 
 class PhysNet(nn.Module):
-    """PhysNet-style message-passing network (invariant for ``max_degree=0``, else equivariant).
+    """PhysNet message-passing network (invariant for ``max_degree=0``, else equivariant).
 
     Fields are the model configuration (see :func:`build_model` / :func:`model_config`).
     """
@@ -87,14 +91,18 @@ class PhysNet(nn.Module):
     features: int = _DEFAULTS["features"]
     max_degree: int = _DEFAULTS["max_degree"]
     num_iterations: int = _DEFAULTS["num_iterations"]
-    num_basis_functions: int = _DEFAULTS["num_basis_functions"]
+    basis: str = _DEFAULTS["basis"]
+    num_basis_functions: int | None = _DEFAULTS["num_basis_functions"]
     cutoff: float = _DEFAULTS["cutoff"]
     num_residual: int = _DEFAULTS["num_residual"]
     max_atomic_number: int = _DEFAULTS["max_atomic_number"]
     charges: bool = _DEFAULTS["charges"]
+    charge_scale: bool = _DEFAULTS["charge_scale"]
     coulomb: bool = _DEFAULTS["coulomb"]
+    coulomb_cutoff: float | None = _DEFAULTS["coulomb_cutoff"]
+    dispersion: bool = _DEFAULTS["dispersion"]
+    dispersion_functional: str = _DEFAULTS["dispersion_functional"]
     repulsion: bool = _DEFAULTS["repulsion"]
-    coulomb_cutoff: float = _DEFAULTS["coulomb_cutoff"]
 
     @property
     def pair_cutoff(self) -> float:
@@ -102,7 +110,8 @@ class PhysNet(nn.Module):
         return pair_cutoff(self)
 
     @nn.compact
-    def __call__(self, Z, R, dst, src, atom_graph, atom_mask, pair_mask, graph_mask, Qtot=None) -> dict:
+    def __call__(self, Z, R, dst, src, atom_graph, atom_mask, pair_mask, graph_mask, Qtot=None,
+                 long_dst=None, long_src=None, long_pair_mask=None) -> dict:
         _check_fields(self)
         n_atoms = Z.shape[0]
         n_graphs = graph_mask.shape[0]
@@ -110,14 +119,17 @@ class PhysNet(nn.Module):
         gm, am, pm = masks(graph_mask, atom_mask, pair_mask, atom_graph, dst, src, dtype)
 
         # -- geometry (masked pairs get a constant displacement: no NaN in gradients)
-        r, basis = pair_basis(R, dst, src, pm, cutoff=self.cutoff, num_basis_functions=self.num_basis_functions,
-                              max_degree=self.max_degree)
+        n_basis = self.num_basis_functions or DEFAULT_NUM_BASIS[self.basis]
+        r, basis = pair_basis(R, dst, src, pm, cutoff=self.cutoff, num_basis_functions=n_basis,
+                              max_degree=self.max_degree, basis=self.basis)
 
         # -- modules
         F = self.features
         n_out = 2 if self.charges else 1
         x = e3x.nn.Embed(num_embeddings=self.max_atomic_number + 1, features=F, name="embed")(Z).astype(dtype)
         out = jnp.zeros((n_atoms, n_out), dtype)
+        nh = jnp.zeros(n_atoms, dtype)  # non-hierarchicality: sum over modules t > 0 of mean_k o_tk^2 / (o_tk^2 + o_t-1,k^2)
+        last2 = None
         for t in range(self.num_iterations):
             # interaction: messages from neighbours plus a self term
             a = e3x.nn.shifted_softplus(x)
@@ -137,57 +149,52 @@ class PhysNet(nn.Module):
             for k in range(self.num_residual):
                 o = _Residual(F, name=f"output_residual_{t}_{k}")(o)
             o = e3x.nn.shifted_softplus(o)
-            o = e3x.nn.Dense(n_out, kernel_init=nn.initializers.zeros, name=f"output_{t}")(o)
-            out = out + o[:, 0, 0, :]
+            o = e3x.nn.Dense(n_out, kernel_init=nn.initializers.zeros, name=f"output_{t}")(o)[:, 0, 0, :]
+            out = out + o
+            o2 = o * o
+            if last2 is not None:
+                nh = nh + jnp.mean(o2 / (o2 + last2 + _NH_EPS), axis=-1)
+            last2 = o2
 
         # per-element scale and shift of the atomic energies (start: 1 and 0)
         e_scale = self.param("energy_scale", nn.initializers.ones, (self.max_atomic_number + 1,))
         e_shift = self.param("energy_shift", nn.initializers.zeros, (self.max_atomic_number + 1,))
         atomic = (out[:, 0] * e_scale[Z] + e_shift[Z]) * am
 
+        # -- the long pair list of Coulomb and dispersion (the short one when the batch has none)
+        if self.coulomb or self.dispersion:
+            if long_dst is None:
+                l_dst, l_src, l_w, l_r = dst, src, pm, r
+            else:
+                l_dst, l_src = long_dst.astype(jnp.int32), long_src.astype(jnp.int32)
+                l_w = long_pair_mask.astype(dtype) * am[l_dst] * am[l_src]
+                l_r, _ = pair_distances(R, l_dst, l_src, l_w)
+
         results: dict[str, Any] = {}
         n_real = graph_sums(am, atom_graph, n_graphs)
         if self.charges:
-            q_shift = self.param("charge_shift", nn.initializers.zeros, (self.max_atomic_number + 1,))
-            q = (out[:, 1] + q_shift[Z]) * am
+            q = out[:, 1]
+            if self.charge_scale:
+                q = q * self.param("charge_scale", nn.initializers.ones, (self.max_atomic_number + 1,))[Z]
+            q = (q + self.param("charge_shift", nn.initializers.zeros, (self.max_atomic_number + 1,))[Z]) * am
             q = correct_total_charge(q, total_charge(Qtot, n_graphs, dtype), atom_graph, am, gm, n_real)
             results["charges"] = q
             results["dipole"] = centroid_dipole(q, R, R, atom_graph, am, gm, n_real)
             if self.coulomb:
-                atomic = atomic + _coulomb_atomic(q, r, pm, dst, src, n_atoms, self.cutoff, self.coulomb_cutoff)
+                atomic = atomic + coulomb_atomic_energies(q, l_r, l_dst, l_src, l_w, n_atoms, sr_cut=self.cutoff,
+                                                          lr_cut=self.coulomb_cutoff)
+        if self.dispersion:
+            from ..physics.d3 import D3Dispersion  # helper module of its own (contract 3)
+
+            atomic = atomic + D3Dispersion(self.dispersion_functional, name="dispersion")(
+                Z, l_r, l_dst, l_src, l_w, n_atoms).astype(dtype) * am
         if self.repulsion:
-            atomic = atomic + _zbl_atomic(Z, r, pm, dst, src, n_atoms, self.cutoff)
+            atomic = atomic + zbl_atomic_energies(Z, r, dst, src, pm, n_atoms)
 
         results["atomic_energies"] = atomic
         results["energy"] = graph_sums(atomic, atom_graph, n_graphs) * gm
+        results["nh_penalty"] = nh * am
         return results
-
-
-def _coulomb_atomic(q, r, pm, dst, src, n_atoms, cutoff, coulomb_cutoff):
-    """Per-atom share of the damped, shifted-force Coulomb energy (PhysNet eq. 12).
-
-    ``chi(r) = s(r) / sqrt(r^2 + 1) + (1 - s(r)) (1/r + r/rc^2 - 2/rc)`` with ``s`` switching
-    from the damped to the bare form between 0 and ``cutoff/2``; value and slope are 0 at
-    ``rc = coulomb_cutoff``. Each directed pair carries half of the pair energy.
-    """
-    rc = coulomb_cutoff
-    s = _switch(2.0 * r / cutoff)
-    damped = 1.0 / jnp.sqrt(r * r + 1.0)
-    bare = 1.0 / r + r / (rc * rc) - 2.0 / rc
-    chi = jnp.where(r < rc, s * damped + (1.0 - s) * bare, 0.0)
-    e_pair = 0.5 * COULOMB_CONSTANT * q[dst] * q[src] * chi * pm
-    return jax.ops.segment_sum(e_pair, dst, num_segments=n_atoms)
-
-
-def _zbl_atomic(Z, r, pm, dst, src, n_atoms, cutoff):
-    """Per-atom share of a ZBL universal repulsion, smoothly switched off at ``cutoff``."""
-    zd = Z[dst].astype(r.dtype)
-    zs = Z[src].astype(r.dtype)
-    a = 0.8854 * BOHR / (zd**0.23 + zs**0.23 + (zd == 0) + (zs == 0))  # padding pairs (Z=0): a stays finite
-    x = r / a
-    phi = sum(c * jnp.exp(-d * x) for c, d in zip(_ZBL_C, _ZBL_D))
-    e_pair = 0.5 * COULOMB_CONSTANT * zd * zs / r * phi * e3x.nn.smooth_cutoff(r, cutoff=cutoff) * pm
-    return jax.ops.segment_sum(e_pair, dst, num_segments=n_atoms)
 
 
 # -- forces
@@ -195,7 +202,8 @@ def _zbl_atomic(Z, r, pm, dst, src, n_atoms, cutoff):
 
 def energy_and_forces(model: PhysNet, params, batch: GraphBatch | Mapping) -> dict:
     """Energies ``(B,)``, forces ``(A,3)`` = -dE/dR (0 on padding atoms), atomic energies
-    ``(A,)``, and charges ``(A,)`` / dipoles ``(B,3)`` when the model predicts them, with one
+    ``(A,)``, the non-hierarchicality penalty ``nh_penalty (A,)``, and charges ``(A,)`` /
+    dipoles ``(B,3)`` when the model predicts them, with one
     ``jax.value_and_grad`` w.r.t. the positions (of the sum of the real graphs' energies).
 
     Jit-compatible: ``jax.jit(lambda p, b: energy_and_forces(model, p, b))``.
@@ -211,7 +219,7 @@ def energy_and_forces(model: PhysNet, params, batch: GraphBatch | Mapping) -> di
 
     (_, out), grad = jax.value_and_grad(total_energy, has_aux=True)(inputs["R"])
     result = {"energy": out["energy"], "forces": jnp.where(atom_mask[:, None], -grad, 0.0)}
-    for key in ("atomic_energies", "charges", "dipole"):
+    for key in ("atomic_energies", "charges", "dipole", "nh_penalty"):
         if key in out:
             result[key] = out[key]
     return result
@@ -225,18 +233,69 @@ def _check_fields(m) -> None:
 
 
 def pair_cutoff(model: PhysNet) -> float:
-    """How far the neighbour list must reach: ``coulomb_cutoff`` with Coulomb, else ``cutoff``."""
-    if model.coulomb:
-        return float(max(model.cutoff, model.coulomb_cutoff))
+    """How far the message-passing neighbour list must reach: ``cutoff``."""
     return float(model.cutoff)
 
 
+def long_pair_cutoff(model: PhysNet) -> float | None:
+    """How far the long pair list of Coulomb and dispersion must reach: None without either,
+    ``coulomb_cutoff`` when set, else ``math.inf`` (every pair of a molecule)."""
+    if not (model.coulomb or model.dispersion):
+        return None
+    return math.inf if model.coulomb_cutoff is None else float(model.coulomb_cutoff)
+
+
+def resolve_settings(config: Mapping, facts: Mapping | None = None) -> tuple[dict, str]:
+    """``(config, note)``: ``config`` (a ``model:`` section) with ``charges``, ``coulomb`` and
+    ``dispersion`` as booleans, and a line saying what was decided and why.
+
+    ``"auto"`` (the default) resolves from ``facts`` about the training data (None: none):
+    charges on when ``facts["dipoles"]`` or ``facts["atomic_charges"]`` (or when ``coulomb``
+    is set true); Coulomb on when the charges are; dispersion on when
+    ``facts["includes_dispersion"]`` (every training dataset's reference includes dispersion).
+    ConfigError for a bad config.
+    """
+    cfg = dict(config)
+    s = SimpleNamespace(**build(PhysNetSettings, dict, cfg))  # the checked fields (ConfigError naming a bad key)
+    facts = dict(facts or {})
+    why_q = ("data have dipoles" if facts.get("dipoles") else "data have atomic charges"
+             if facts.get("atomic_charges") else "data have neither dipoles nor atomic charges")
+    charges = s.charges if s.charges != "auto" else bool(facts.get("dipoles") or facts.get("atomic_charges")
+                                                          or s.coulomb is True)
+    coulomb = s.coulomb if s.coulomb != "auto" else charges
+    dispersion = s.dispersion if s.dispersion != "auto" else bool(facts.get("includes_dispersion"))
+    onoff = {True: "on", False: "off"}
+    why = {"charges": "set" if s.charges != "auto" else "needed by Coulomb" if s.coulomb is True else why_q,
+           "coulomb": (why_q if s.charges == "auto" else "with the charges") if s.coulomb == "auto" else "set",
+           "dispersion": ("set" if s.dispersion != "auto" else "every dataset includes dispersion" if dispersion
+                          else "dataset does not include dispersion")}
+    if charges == coulomb and why["charges"] == why["coulomb"]:
+        head = f"charges+Coulomb {onoff[charges]} ({why['charges']})"
+    else:
+        head = f"charges {onoff[charges]} ({why['charges']}), Coulomb {onoff[coulomb]} ({why['coulomb']})"
+    note = f"physics: {head}, D3 {onoff[dispersion]} ({why['dispersion']})"
+    return {**cfg, "charges": charges, "coulomb": coulomb, "dispersion": dispersion}, note
+
+
 def build_model(config: Mapping) -> PhysNet:
-    """A :class:`PhysNet` from a dict of its fields; ``type`` may be ``"physnet"``.
+    """A :class:`PhysNet` from a dict of its fields; ``type`` may be ``"physnet"``; a physics
+    switch left ``"auto"`` (or absent) is off (no training data to decide it:
+    :func:`resolve_settings`).
 
     Unknown keys and bad values raise ``ValueError`` naming the key.
     """
-    return build(PhysNetSettings, PhysNet, config)
+    cfg = dict(config)
+    for key in SWITCHES:
+        if cfg.get(key, "auto") == "auto":
+            cfg[key] = key == "charges" and cfg.get("coulomb") is True
+    model = build(PhysNetSettings, PhysNet, cfg)
+    if model.dispersion:
+        try:
+            from ..physics.d3 import damping_parameters
+        except ImportError:  # the dispersion module is not installed: the model fails when called
+            return model
+        damping_parameters(model.dispersion_functional)  # ConfigError naming an unknown functional
+    return model
 
 
 def model_config(model: PhysNet) -> dict:

@@ -124,6 +124,13 @@ class ModelKind:
         value = None if fn is None else fn(model)
         return None if value is None else float(value)
 
+    def resolve_settings(self, config: Mapping, facts: Mapping) -> tuple[dict, str | None]:
+        """``(config, note)``: the ``model:`` section with settings that depend on the training
+        data decided from ``facts`` (:func:`mmlwf.training.data.data_facts`), and a line saying
+        how (None when the module has no ``resolve_settings``: ``config`` as given)."""
+        fn = getattr(self.implementation, "resolve_settings", None)
+        return (dict(config), None) if fn is None else fn(config, facts)
+
     def make_forward(self, model, training=None) -> Callable:
         """``forward(params, batch) -> outputs`` of ``model``; ``training`` (the training
         settings) gives the values of :attr:`forward_options` (without it, the forward's own

@@ -33,8 +33,19 @@ class ModelSettings(Settings):
         return self.model_dump(exclude={"type"})
 
 
+#: the values of a physics switch: on, off, or "auto" (resolved from the training data)
+Switch = StrictBool | Literal["auto"]
+#: PhysNet's radial bases: e3x's reciprocal Bernstein polynomials, or the original's exp-normal functions
+BASES = ("bernstein", "exp_normal")
+#: radial basis functions of each basis when ``num_basis_functions`` is null (exp_normal: the original's 64)
+DEFAULT_NUM_BASIS = {"bernstein": 16, "exp_normal": 64}
+
+
 class PhysNetSettings(ModelSettings):
-    """PhysNet: energy and forces; optionally atomic charges, the dipole, Coulomb and ZBL terms."""
+    """PhysNet (Unke & Meuwly, JCTC 15, 3678 (2019)): energy and forces; atomic charges, the
+    dipole, PhysNet's shielded Coulomb term and D3(BJ) dispersion, each on, off or "auto"
+    (resolved once when training starts, from the training data); optionally a short-range
+    ZBL repulsion."""
 
     label: ClassVar[str] = "PhysNet"
 
@@ -43,25 +54,38 @@ class PhysNetSettings(ModelSettings):
     max_degree: int = Field(0, ge=0, description="largest degree of the features; 0 = invariant, "
                                                  ">= 1 = equivariant (spherical harmonics in the basis)")
     num_iterations: int = Field(3, ge=1, description="message-passing modules")
-    num_basis_functions: int = Field(16, ge=1, description="radial basis functions")
-    cutoff: float = Field(DEFAULT_CUTOFF, gt=0, description="cutoff of the message passing (A); also where the ZBL "
-                                                 "repulsion is switched off")
+    basis: Literal[BASES] = Field("bernstein", description="radial basis: bernstein (e3x's reciprocal Bernstein "
+                                  "polynomials times e3x's smooth cutoff) or exp_normal (the original's "
+                                  "exp(-beta (exp(-r) - mu_k)^2) times its polynomial cutoff)")
+    num_basis_functions: int | None = Field(None, ge=1, description="radial basis functions; null = 16 for "
+                                            "bernstein, 64 for exp_normal (the original's)")
+    cutoff: float = Field(DEFAULT_CUTOFF, gt=0, description="cutoff of the message passing (A); Coulomb switches "
+                          "from the shielded to the bare 1/r kernel between 0 and cutoff/2")
     num_residual: int = Field(2, ge=0, description="residual blocks in each interaction and each output block")
     max_atomic_number: int = Field(MAX_Z, ge=1, description="largest atomic number the embedding holds")
-    charges: StrictBool = Field(False, description="also predict atomic charges (corrected to the molecule's "
-                                                   "total charge) and the dipole they give")
-    coulomb: StrictBool = Field(False, description="add a damped Coulomb energy between the atomic charges "
-                                                   "(needs charges)")
-    repulsion: StrictBool = Field(False, description="add a ZBL universal repulsion")
-    coulomb_cutoff: float = Field(10.0, gt=0, description="where the Coulomb term is switched off (A); with "
-                                                          "coulomb, more than cutoff/2")
+    charges: Switch = Field("auto", description="also predict atomic charges (corrected to the molecule's total "
+                            "charge) and the dipole they give; auto = on when the training data carry dipoles "
+                            "D or atomic charges q")
+    charge_scale: StrictBool = Field(False, description="a trained per-element scale of the atomic charges (the "
+                                     "original's Qscale; the per-element shift is always there)")
+    coulomb: Switch = Field("auto", description="add PhysNet's shielded Coulomb energy between the atomic charges "
+                            "(needs charges); auto = on when charges are")
+    coulomb_cutoff: float | None = Field(None, gt=0, description="long-range cutoff of Coulomb and dispersion (A): "
+                                         "null = none, every pair of a molecule (isolated molecules); a number = "
+                                         "PhysNet's shifted kernel, 0 with slope 0 at this distance (large systems)")
+    dispersion: Switch = Field("auto", description="add D3(BJ) dispersion with trained s6, s8, a1, a2; auto = on "
+                               "when every training dataset's reference energies include dispersion")
+    dispersion_functional: str = Field("hf", description="the functional whose D3(BJ) damping parameters start the "
+                                       "training (hf: the original's start values)")
+    repulsion: StrictBool = Field(False, description="add a ZBL universal repulsion, fully on below half the sum "
+                                  "of the covalent radii, switched off smoothly by three quarters of it")
 
     @model_validator(mode="after")
     def _consistent(self) -> PhysNetSettings:
-        if self.coulomb and not self.charges:
+        if self.coulomb is True and self.charges is False:
             raise SettingError("coulomb", "needs charges: set charges: true")
-        if self.coulomb and not self.coulomb_cutoff > self.cutoff / 2:
-            raise SettingError("coulomb_cutoff", f"must exceed cutoff/2 ({self.cutoff / 2:g}), where the damping "
+        if self.coulomb_cutoff is not None and not self.coulomb_cutoff > self.cutoff / 2:
+            raise SettingError("coulomb_cutoff", f"must exceed cutoff/2 ({self.cutoff / 2:g}), where the shielding "
                                                  f"of the Coulomb term ends, got {self.coulomb_cutoff!r}")
         return self
 

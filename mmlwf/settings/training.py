@@ -62,6 +62,10 @@ class TrainingSettings(Settings):
                                            "the molecule: each point weighs exp(-d / esp_decay_length), d its "
                                            "distance (A) to the nearest atom, loss = sum w dV^2 / sum w; "
                                            "null = uniform")
+    nh_weight: float = Field(0.01, ge=0, description="weight of PhysNet's non-hierarchicality penalty (the "
+                             "original's nhlambda, 0.01): the mean over atoms and outputs of o_t^2 / (o_t^2 + "
+                             "o_t-1^2) summed over modules t > 0, o_t a module's atomic energy (and charge) "
+                             "contribution; used when the model gives one (PhysNet with num_iterations > 1)")
     energy_loss: Literal[ENERGY_LOSSES] = Field("per_molecule", description="per_atom: the energy error "
                                                 "divided by the atom count")
     # -- length and stopping

@@ -61,11 +61,12 @@ def make_loaders(
     sps = [load_split(sp, len(ds)) for sp, ds in zip(split_paths, dss)]
     names = [os.fspath(p) for p in paths]
     t = config.training
-    if cutoff is None:  # the model kind's pair cutoffs
+    if cutoff is None:  # the model kind's pair cutoffs, its "auto" settings resolved from these data
         from ..models.registry import kind_of_config
 
         kind = kind_of_config(config.model)
-        model = kind.build_model(config.model)
+        resolved, _ = kind.resolve_settings(config.model, data_facts(dss))
+        model = kind.build_model(resolved)
         cutoff, long_cutoff = float(kind.pair_cutoff(model)), kind.long_pair_cutoff(model)
     if not (isinstance(cutoff, (int, float)) and math.isfinite(cutoff) and cutoff > 0):
         raise ConfigError(f"cutoff must be a positive number of Å, got {cutoff}")
@@ -77,6 +78,18 @@ def make_loaders(
     has_valid = any(sp.valid.size for sp in sps)
     valid_loader = BatchLoader(dss, [sp.valid for sp in sps], shuffle=False, **common) if has_valid else None
     return train_loader, valid_loader
+
+
+def data_facts(datasets: Sequence[PackedDataset]) -> dict[str, bool]:
+    """What the training data say about the model's "auto" settings
+    (:meth:`~mmlwf.models.registry.ModelKind.resolve_settings`): ``dipoles``/``atomic_charges``,
+    some dataset carries dipoles ``D``/atomic charges ``q``; ``includes_dispersion``, every
+    dataset's reference energies include dispersion (its manifest says so; False when it does
+    not record it)."""
+    return {"dipoles": any("D" in ds.fields for ds in datasets),
+            "atomic_charges": any("q" in ds.fields for ds in datasets),
+            "includes_dispersion": bool(datasets) and all(getattr(ds, "includes_dispersion", False)
+                                                          for ds in datasets)}
 
 
 def joint_element_energies(

@@ -28,6 +28,8 @@ from ..units import ESP
 
 #: the loss terms, the batch target each needs and the model output it compares with
 TERMS = ("energy", "forces", "dipole", "charge", "mono", "esp")
+#: regularising loss terms of a model output alone (no target, no metric), by their weight's setting
+PENALTIES = {"nh": "nh_weight"}
 #: columns of the metrics (name, unit suffix for history.csv)
 METRIC_UNITS = {"energy": "eV", "forces": "eV_per_A", "dipole": "eA", "charge": "e", "mono": "e",
                 "esp": "kcal_per_mol_e"}
@@ -124,7 +126,9 @@ def energy_and_forces(apply_fn: Callable, params, batch: Mapping) -> dict:
 def batch_sums(out: Mapping, batch: Mapping) -> dict:
     """Masked error sums of one batch: ``<term>_sse``, ``<term>_sae`` and ``<term>_n`` (the
     count each is divided by) for every term the batch and the predictions support, plus
-    ``energy_atom_sse``/``energy_atom_sae`` (errors divided by the molecule's atom count)."""
+    ``energy_atom_sse``/``energy_atom_sae`` (errors divided by the molecule's atom count) and,
+    for a model with a ``nh_penalty (A,)`` output, ``nh_loss_sse``/``nh_loss_n`` (its sum and
+    the real atoms: the loss term ``nh``, PhysNet's non-hierarchicality penalty)."""
     import jax
     import jax.numpy as jnp
 
@@ -151,6 +155,9 @@ def batch_sums(out: Mapping, batch: Mapping) -> dict:
         add("charge", (Q - batch["Qtot"]) * gm, jnp.sum(gm))
     if "charges" in out and "q" in batch:
         add("mono", (out["charges"] - batch["q"]) * am, jnp.sum(am))
+    if "nh_penalty" in out:  # PhysNet's non-hierarchicality penalty: its mean over the real atoms
+        sums["nh_loss_sse"] = jnp.sum(out["nh_penalty"] * am)
+        sums["nh_loss_n"] = jnp.sum(am)
     if "esp" in out and "esp" in batch:
         gpm = batch["grid_mask"].astype(jnp.float32) * gm[batch["grid_graph"]]
         dV = (out["esp"] - batch["esp"]) * gpm

@@ -12,8 +12,9 @@ from typing import Mapping, Sequence
 
 from ..errors import ConfigError
 from ..integrity import check_provenance, verify_in_background
-from .config import load_config
-from .data import as_list, element_energies_from_stats, joint_element_energies, make_loaders
+from ..packed import PackedDataset
+from .config import Config, load_config
+from .data import as_list, data_facts, element_energies_from_stats, joint_element_energies, make_loaders
 from .engine import train
 
 
@@ -49,7 +50,9 @@ def run_training(
 
     cfg = load_config(config, overrides)
     kind = kind_of_config(cfg.model)
-    try:
+    try:  # "auto" model settings (PhysNet's physics) decided once, here, from the training data
+        resolved, physics = kind.resolve_settings(cfg.model, data_facts([PackedDataset(p) for p in data]))
+        cfg = Config(resolved, cfg.training)
         model = kind.build_model(cfg.model)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None
@@ -77,7 +80,7 @@ def run_training(
         valid_loader=valid_loader,
         element_energies=element_energies,
         forward=forward,
-        metadata={"dataset": str(data[0]), "dataset_digest": digests[0], "split": str(split[0]),
+        metadata={**({"physics": physics} if physics else {}), "dataset": str(data[0]), "dataset_digest": digests[0], "split": str(split[0]),
                   "stats": None if stats is None else str(stats[0]),
                   **({"mixture": [{"dataset": str(d), "dataset_digest": g, "split": str(s), "weight": float(w)}
                                   for d, g, s, w in zip(data, digests, split, weights or [1.0] * len(data))]}

@@ -20,6 +20,7 @@ from .config import Config
 from .history import COST_COLUMNS, RunLog
 from .loaders import Loader, first_batch, loader_seed
 from .losses import (
+    PENALTIES,
     TERMS,
     available_terms,
     batch_sums,
@@ -156,13 +157,18 @@ def prepare(job: TrainingJob, log: RunLog) -> Prepared:
     def sums_of(p, b):
         return batch_sums(job.forward(p, b), b)
 
-    terms = available_terms(jax.eval_shape(sums_of, variables, first))
+    sum_shapes = jax.eval_shape(sums_of, variables, first)
+    terms = available_terms(sum_shapes)
     wanted = {t: getattr(cfg, f"{t}_weight") for t in TERMS}
     weights = {t: w for t, w in wanted.items() if t in terms and w > 0}
     skipped = [t for t, w in wanted.items() if w > 0 and t not in terms]
     if not weights:
         raise ConfigError("no loss term is left: every available term (" + ", ".join(terms) +
                           ") has weight 0")
+    weights.update({t: getattr(cfg, w) for t, w in PENALTIES.items()
+                    if f"{t}_loss_sse" in sum_shapes and getattr(cfg, w) > 0})
+    if job.metadata and job.metadata.get("physics"):
+        log.line(str(job.metadata["physics"]))  # how the model's "auto" physics switches were resolved
     seed = loader_seed(job.train_loader, cfg.seed)
     if seed != cfg.seed:
         log.line(f"note: the training loader's seed ({seed}) is not training.seed ({cfg.seed})")
