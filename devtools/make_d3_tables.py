@@ -48,8 +48,7 @@ def logical_lines(text: str) -> list[str]:
     for line in text.splitlines():
         line = line.split("!", 1)[0].rstrip()
         stripped = line.lstrip()
-        if stripped.startswith("&"):
-            stripped = stripped[1:]
+        stripped = stripped.removeprefix("&")
         current += stripped if current else line
         if current.endswith("&"):
             current = current[:-1]
@@ -124,7 +123,7 @@ def damping_parameters(text: str) -> dict[str, tuple[float, float, float, float]
         if m:
             for name in re.findall(r'"([^"]+)"', m.group(1)):
                 names.setdefault(m.group(2), []).append(name)
-    defaults = dict(s6=1.0, s8=1.0, a1=0.4, a2=5.0)
+    defaults = {"s6": 1.0, "s8": 1.0, "a1": 0.4, "a2": 5.0}  # d3_param's defaults
     body = lines[lines.index(next(l for l in lines if "subroutine get_rational_damping" in l)):]
     body = body[:next(i for i, l in enumerate(body) if "end subroutine get_rational_damping" in l)]
     table: dict[str, tuple[float, float, float, float]] = {}

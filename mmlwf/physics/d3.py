@@ -21,6 +21,7 @@ Inputs in Å, energies in eV: converted to bohr and hartree with :mod:`ase.units
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import flax.linen as nn
 import jax
@@ -79,6 +80,7 @@ def _cutoff_bohr(cutoff: float | None, default: float) -> float:
     return default if cutoff is None else float(cutoff) / BOHR
 
 
+@partial(jax.jit, static_argnames=("n_atoms", "cutoff", "cn_cutoff"))
 def d3_atomic_energies(
     Z: jax.Array,
     r: jax.Array,
@@ -103,11 +105,12 @@ def d3_atomic_energies(
     ``cn_cutoff`` (Å) limit the pairs of the energy and of the coordination numbers (None:
     simple-dftd3's 60 and 40 bohr). Returns (A,) eV; their sum is the dispersion energy.
     Differentiable in ``r`` and the parameters; padding pairs and coincident atoms give
-    zero, finite gradients.
+    zero, finite gradients. Jitted (``n_atoms`` and the cutoffs static).
     """
     t = d3_tables()
-    dtype = jnp.result_type(r.dtype, jnp.float32)
-    r_b = jnp.asarray(r, dtype) / BOHR  # (P,) bohr
+    r = jnp.asarray(r)
+    dtype = r.dtype if jnp.issubdtype(r.dtype, jnp.floating) else jnp.result_type(float)
+    r_b = r.astype(dtype) / BOHR  # (P,) bohr
     r2 = r_b * r_b
     real = pair_weight != 0
     cn_cut = _cutoff_bohr(cn_cutoff, CN_CUTOFF_BOHR)
@@ -172,7 +175,8 @@ class D3Dispersion(nn.Module):
 
     @nn.compact
     def __call__(self, Z, r, dst, src, pair_weight, n_atoms: int) -> jax.Array:
-        dtype = jnp.result_type(r.dtype, jnp.float32)
+        r = jnp.asarray(r)
+        dtype = r.dtype if jnp.issubdtype(r.dtype, jnp.floating) else jnp.result_type(float)
         params = {
             name: jax.nn.softplus(
                 self.param(f"{name}_raw", lambda _, v=value: jnp.asarray(_inverse_softplus(v), dtype))

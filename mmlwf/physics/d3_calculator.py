@@ -7,20 +7,22 @@ Grimme et al., JCP 132, 154104 (2010); JCC 32, 1456 (2011); computed by
 
 from __future__ import annotations
 
+from functools import partial
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
 from ..errors import DataError
-from .d3 import damping_parameters, d3_atomic_energies
+from .d3 import d3_atomic_energies, damping_parameters
 from .d3_tables import d3_tables
 
 
+@partial(jax.jit, static_argnames="cutoff")
 def _energy_and_forces(Z, R, dst, src, params, cutoff):
-    """(A,) atomic energies (eV) and (A, 3) forces (eV/Å), float64, jitted per size."""
-    import jax
-    import jax.numpy as jnp
-
+    """(A,) atomic energies (eV) and (A, 3) forces (eV/Å), compiled once per molecule size."""
     def energies(R):
         vec = R[dst] - R[src]
         r = jnp.sqrt(jnp.sum(vec * vec, axis=-1))
@@ -41,14 +43,13 @@ class D3Calculator(Calculator):
     (``pbc`` must be off). Results: ``energy`` (= ``free_energy``), ``energies``, ``forces``.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces"]
+    implemented_properties = ("energy", "free_energy", "energies", "forces")
 
     def __init__(self, functional: str = "pbe0", cutoff: float | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.functional = functional
         self.params = damping_parameters(functional)  # ConfigError for an unknown name
         self.cutoff = cutoff
-        self._jitted = None
 
     def check_atoms(self, atoms) -> np.ndarray:
         """The atomic numbers of ``atoms``, or a one-line DataError (pbc, element without D3)."""
@@ -65,8 +66,6 @@ class D3Calculator(Calculator):
         return Z
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
-        import jax
-
         super().calculate(atoms, properties, system_changes)
         Z = self.check_atoms(self.atoms)
         R = np.asarray(self.atoms.positions, np.float64)
@@ -74,10 +73,8 @@ class D3Calculator(Calculator):
             raise DataError("non-finite positions", field="R")
         n = Z.shape[0]
         dst, src = np.nonzero(~np.eye(n, dtype=bool))  # every ordered pair of the molecule
-        with jax.enable_x64(True):
-            if self._jitted is None:
-                self._jitted = jax.jit(_energy_and_forces, static_argnames="cutoff")
-            e, f = self._jitted(Z, R, dst, src, self.params, cutoff=self.cutoff)
+        with jax.enable_x64(True):  # float64 always: agreement with the reference
+            e, f = _energy_and_forces(Z, R, dst, src, self.params, cutoff=self.cutoff)
             e, f = np.asarray(e, np.float64), np.asarray(f, np.float64)
         energy = float(e.sum())
         self.results = {"energy": energy, "free_energy": energy, "energies": e, "forces": f}

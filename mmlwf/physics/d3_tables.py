@@ -54,9 +54,8 @@ def _full_c6(triangle: np.ndarray, max_z: int) -> np.ndarray:
 @lru_cache(maxsize=1)
 def d3_tables() -> D3Tables:
     """The tables of the installed package (read once)."""
-    with resources.files(__package__).joinpath(TABLE_FILE).open("rb") as fh:
-        with np.load(fh, allow_pickle=False) as data:
-            raw = {key: data[key] for key in data.files}
+    with resources.files(__package__).joinpath(TABLE_FILE).open("rb") as fh, np.load(fh, allow_pickle=False) as data:
+        raw = {key: data[key] for key in data.files}
     max_z = int(raw["number_of_references"].shape[0])
     pad = lambda a, value=0.0: np.concatenate([np.full((1, *a.shape[1:]), value, a.dtype), a])
     return D3Tables(
