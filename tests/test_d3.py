@@ -119,6 +119,20 @@ def test_cutoffs_of_coordination_numbers_and_pairs_are_the_references():
     assert_matches(np.array([8, 1, 1] * 3), R, "pbe0", "distant waters")
 
 
+def test_crowded_atom_whose_reference_weights_would_underflow_matches_dftd3():
+    """A carbon with 24 hydrogens at 1.1 Å: CN ~ 24, 20 above carbon's largest reference CN, so
+    exp(-4 ΔCN²) underflows for every reference unless normalised as simple-dftd3 does."""
+    k = np.arange(24) + 0.5
+    theta, phi = np.arccos(1 - 2 * k / 24), np.pi * (1 + 5**0.5) * k
+    shell = 1.1 * np.stack([np.cos(phi) * np.sin(theta), np.sin(phi) * np.sin(theta), np.cos(theta)], 1)
+    R = np.concatenate([np.zeros((1, 3)), shell])
+    assert_matches(np.array([6] + [1] * 24), R, "pbe0", "crowded carbon")
+    f32 = d3_atomic_energies(np.array([6] + [1] * 24), np.linalg.norm(shell, axis=1).astype(np.float32),
+                             np.zeros(24, int), np.arange(1, 25), np.ones(24, np.float32), 25,
+                             **damping_parameters("pbe0"))
+    assert np.all(np.isfinite(f32))
+
+
 def test_damping_parameters_are_the_references():
     """The stored values equal the dftd3 package's own parameter file, and every stored name
     gives the reference's energy (so the whole table of names and values is right)."""
