@@ -196,3 +196,13 @@ def test_model_json_carries_the_references_and_their_origin(ethanol, tmp_path):
     info = json.loads((tmp_path / "run" / "model.json").read_text())
     assert info["element_energies"] == {s: ETHANOL_E0[s] for s in ("H", "C", "O")}
     assert info["metadata"]["element_energies_source"]["kind"] == "isolated_atoms"
+
+
+def test_the_workflow_config_check_names_a_misspelt_choice():
+    from mmlwf.workflow_config import resolve_workflow_config
+
+    config = {"datasets": {"d": {"sources": ["a.xyz"], "stats": {"element_energies": "fitt"}}}}
+    with pytest.raises(ConfigError, match=r"config 'datasets\.d\.stats\.element_energies': 'fitt' .*did you mean 'fit'"):
+        resolve_workflow_config(config)
+    config["datasets"]["d"]["stats"]["element_energies"] = {"H": -13.57}
+    assert resolve_workflow_config(config)["datasets"]["d"]["stats"]["element_energies"] == {"H": -13.57}
