@@ -15,7 +15,9 @@ default; the per-element reference energies are added in float64. ``dtype="float
 the network in float64 (needs ``jax_enable_x64``), e.g. for finite-difference checks.
 
 Properties: ``energy``/``free_energy`` (eV, absolute: model + element references),
-``energies`` (per atom, eV), ``forces`` (eV/Å, -dE/dR), and for models with charges
+``energies`` (per atom, eV: the element's reference energy plus the atom's contribution; with
+isolated-atom references, ``model.json`` ``metadata.element_energies_source``, the contribution
+``energies - E_atom(Z)`` is the atom's share of the atomisation energy), ``forces`` (eV/Å, -dE/dR), and for models with charges
 ``charges`` (e, summing to ``charge``) and ``dipole`` (e·Å, about the centroid of the atoms,
 which for a neutral molecule is the same about any origin).
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import threading
 from dataclasses import dataclass, field, replace
@@ -9,7 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from . import __version__
+from .dipoles import DEFAULT_DIPOLE_REFERENCE, DIPOLE_REFERENCES, STORED_DIPOLE_REFERENCE, dipoles_about_centroid
 from .errors import ConfigError, DataError
+
+#: whether a source's energies include dispersion unless stated (or recorded by a packed source)
+DEFAULT_DISPERSION = False
 
 if TYPE_CHECKING:  # the readers and the writer are imported on use: the CLI imports this module to build its parser
     from .esp.points import PointSettings
@@ -28,7 +33,9 @@ class ConvertOptions:
     ``mmlwf convert`` (made from these fields) and, for the workflow, a dataset's settings.
 
     Units left None are the format's documented defaults (or what the file states). The ESP
-    fields apply to the formats ``cube``, ``esp-grid`` and ``dcmnet-npz``.
+    fields apply to the formats ``cube``, ``esp-grid`` and ``dcmnet-npz``. ``dispersion`` and
+    ``dipole_reference`` left None are what a packed source records, else
+    :data:`DEFAULT_DISPERSION` and :data:`~mmlwf.dipoles.DEFAULT_DIPOLE_REFERENCE`.
     """
 
     fmt: str | None = _option(
@@ -42,6 +49,14 @@ class ConvertOptions:
     keys: Mapping[str, str] | Iterable[str] | None = _option(
         None, "--key", "map a canonical field (R Z N E F D Qtot q) to the source's name; repeatable",
         action="append", metavar="CANONICAL=SOURCE")
+    dispersion: bool | None = _option(
+        None, "--dispersion", "whether the reference energies include dispersion (D3, GFN2-xTB: yes; HF, plain "
+        "DFT: no); recorded in the manifest. Default: no (a packed source: its record), since D3 added to a "
+        "reference without dispersion gives a wrong long-range tail", action=argparse.BooleanOptionalAction)
+    dipole_reference: str | None = _option(
+        None, "--dipole-reference", f"the point the sources' dipoles are about ({', '.join(DIPOLE_REFERENCES)}); "
+        f"they are stored about the centroid of the atoms, D_c = D_p - Qtot (c - p). Default: "
+        f"{DEFAULT_DIPOLE_REFERENCE} (a packed source: its record)", choices=DIPOLE_REFERENCES, metavar="P")
     chunk_atoms: int = _option(1 << 20, "--chunk-atoms", "atoms buffered before each write (bounds memory)",
                                type=int, metavar="N")
     esp_unit: str | None = _option(None, "--esp-unit", "V, Hartree/e, kcal/mol/e (default Hartree/e for all three)",
@@ -114,6 +129,10 @@ def convert(
                 raise ConfigError(f"{flag} applies to {wanted} sources, not {src.path} (format {src.format})")
         units = src.units.replace(energy=energy_unit, length=length_unit, dipole=dipole_unit, esp=esp_unit)
         opened.append((src, units))
+    includes_dispersion = _reference_fact(opened, "includes_dispersion", "--dispersion", o.dispersion,
+                                          DEFAULT_DISPERSION)
+    if o.dipole_reference is not None and o.dipole_reference not in DIPOLE_REFERENCES:
+        raise ConfigError(f"dipole reference {o.dipole_reference!r} is not one of {', '.join(DIPOLE_REFERENCES)}")
     records = []
     bar = _progress(progress)
     # the sources' SHA-256 (a second read of each file) is computed beside the conversion
@@ -123,7 +142,9 @@ def convert(
             for k, (src, units) in enumerate(opened):
                 where = str(src.path)
                 before = writer.n_molecules
-                _convert_source(src, units, writer, where, bar)
+                point = _reference_fact([(src, units)], "dipole_reference", "--dipole-reference", o.dipole_reference,
+                                        DEFAULT_DIPOLE_REFERENCE)
+                _convert_source(src, units, point, writer, where, bar)
                 count = writer.n_molecules - before
                 if count == 0:
                     raise DataError("empty: no structures in this file", path=where)
@@ -136,9 +157,12 @@ def convert(
                         "units": units.as_dict(),
                         "n_molecules": count,
                         "first_index": before,
+                        "dipole_reference": point,
                     }
                 )
             writer.close(
+                includes_dispersion=bool(includes_dispersion),
+                dipole_reference=STORED_DIPOLE_REFERENCE,
                 sources=records,
                 converter={
                     "mmlwf_version": __version__,
@@ -148,6 +172,8 @@ def convert(
                     "dipole_unit": dipole_unit,
                     "esp_unit": esp_unit,
                     "keys": key_map,
+                    "dispersion": o.dispersion,
+                    "dipole_reference": o.dipole_reference,
                     **_esp_settings(density, geometry, esp_values, points, total_charge),
                 },
             )
@@ -158,8 +184,46 @@ def convert(
     return Path(out)
 
 
-def _convert_source(src, units, writer: PackedWriter, where: str, bar) -> None:
-    """Check, convert and append every structure of ``src``.
+def _reference_fact(opened, key: str, flag: str, given, default):
+    """The value of a reference fact (``includes_dispersion``, ``dipole_reference``) for the
+    ``opened`` sources: ``given`` (the option) unless None, else what the sources record (they
+    must agree), else ``default``. ConfigError when a source's record contradicts ``given``."""
+    recorded = {str(src.path): src.recorded[key] for src, _ in opened if key in src.recorded}
+    for path, value in recorded.items():
+        if given is not None and value != given:
+            raise ConfigError(f"{flag} {given} contradicts {path}, which records {key} = {value}")
+    if given is not None:
+        return given
+    values = set(recorded.values())
+    if len(values) > 1:
+        raise ConfigError(f"the sources disagree on {key} ({recorded}); convert them separately")
+    if values and len(recorded) < len(opened):
+        raise ConfigError(f"{', '.join(recorded)} record(s) {key} = {values.pop()} and the other sources do not: "
+                          f"state it with {flag}")
+    return values.pop() if values else default
+
+
+def _with_centroid_dipoles(s, point: str):
+    """A canonical structure or block with its dipoles moved from ``point`` to the centroid
+    (:func:`~mmlwf.dipoles.dipoles_about_centroid`; the same arithmetic for both, so that the
+    bytes stored do not depend on the path)."""
+    import numpy as np
+
+    from .structure import Structure
+
+    if s.D is None or point == STORED_DIPOLE_REFERENCE:
+        return s
+    if isinstance(s, Structure):
+        s.D = dipoles_about_centroid(s.D[None], np.array([s.Qtot], np.float64), s.Z, s.R,
+                                     np.array([s.n_atoms]), point)[0]
+    else:
+        s.D = dipoles_about_centroid(s.D, s.Qtot, s.Z, s.R, s.n_atoms, point)
+    return s
+
+
+def _convert_source(src, units, point: str, writer: PackedWriter, where: str, bar) -> None:
+    """Check, convert (units, dipoles about the centroid from ``point``) and append every
+    structure of ``src``.
 
     Readers of array formats hand out blocks of structures: a block whose structures all
     pass the checks goes to the writer at once; any other block goes structure by structure
@@ -169,18 +233,19 @@ def _convert_source(src, units, writer: PackedWriter, where: str, bar) -> None:
     blocks = src.blocks()
     if blocks is None:
         for s in src:
-            writer.add(s.checked(where, require_energy=src.requires_energy).to_canonical(units), where=where)
+            s = s.checked(where, require_energy=src.requires_energy).to_canonical(units)
+            writer.add(_with_centroid_dipoles(s, point), where=where)
             if bar is not None:
                 bar.update(1)
         return
     for block in blocks:
         if block.is_clean():
-            writer.add_block(block.to_canonical(units), where=where)
+            writer.add_block(_with_centroid_dipoles(block.to_canonical(units), point), where=where)
             n = len(block)
         else:
             n = 0
             for s in block.structures():
-                writer.add(s.checked(where).to_canonical(units), where=where)
+                writer.add(_with_centroid_dipoles(s.checked(where).to_canonical(units), point), where=where)
                 n += 1
         if bar is not None:
             bar.update(n)

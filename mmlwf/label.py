@@ -13,13 +13,14 @@ reads geometries from ``sources`` (any format ``mmlwf convert`` reads; every ``s
 structure, at most ``max_structures`` of them), runs one SCF per
 structure (``method``: ``"HF"`` or any pyscf DFT functional name, e.g. ``"B3LYP"``; restricted
 for closed shells, unrestricted otherwise), and writes a packed dataset at ``output`` with,
-in canonical units: ``E`` SCF energy (eV), ``D`` dipole (e·Å, about the origin, as pyscf's
-``dip_moment``), ``grid`` (Å) and ``esp`` (V) on points chosen by
+in canonical units: ``E`` SCF energy (eV), ``D`` dipole (e·Å; pyscf's ``dip_moment`` is about
+the origin, stored about the centroid of the atoms as every packed dataset's, :mod:`mmlwf.dipoles`), ``grid`` (Å) and ``esp`` (V) on points chosen by
 :mod:`mmlwf.esp.points` (default: the 1.4-2.0 vdW shell on a 0.5 Å cubic grid; in
 ``density`` mode the SCF density's 1e-4..1e-3 e/Bohr^3 window), optionally ``q``
 (``charges="mulliken"``, e) and ``F`` (``forces=True``, eV/Å). The total charge is
 ``charge`` if given, else the structure's ``Qtot``; ``spin`` (2S) defaults to the lowest
-allowed (0 or 1).
+allowed (0 or 1). The manifest records ``includes_dispersion: false`` (HF and pyscf's DFT here
+have no dispersion correction) and ``dipole_reference: centroid``.
 
 With ``cache_dir``, every structure's result is kept in ``cache_dir/<key>.npz`` (written
 atomically), ``key`` a SHA-256 of Z, R, charge, spin, method, basis, point settings and
@@ -44,6 +45,7 @@ import numpy as np
 from ase import units as U
 
 from . import __version__
+from .dipoles import STORED_DIPOLE_REFERENCE, dipoles_about_centroid
 from .errors import ConfigError, DataError
 from .esp.points import PointSettings, generate, radii
 from .fileio import save_npz_deterministic
@@ -285,6 +287,8 @@ def label_structures(
                 if bar is not None:
                     bar.update(1)
             writer.close(
+                includes_dispersion=False,
+                dipole_reference=STORED_DIPOLE_REFERENCE,
                 sources=[{"path": str(p), "name": Path(p).name, "sha256": sha256_file(p)} for p in sources],
                 labeller={"mmlwf_version": __version__, "pyscf_version": _pyscf_version(),
                           **asdict(settings), "charge": charge, "spin": spin, "points": points.as_dict(),
@@ -311,8 +315,11 @@ def _set_threads(n: int | None) -> int | None:
 def _structure(s: Structure, charge: int, labels: Mapping[str, np.ndarray], index: int, where: str) -> Structure:
     if labels["grid"].shape[0] == 0:
         raise DataError("no ESP point selected (point settings too strict?)", path=where, field="grid", index=s.index)
+    # the cache keeps pyscf's dipole about the origin; the dataset stores it about the centroid
+    D = dipoles_about_centroid(np.asarray(labels["D"])[None], np.array([float(charge)]), s.Z, s.R,
+                               np.array([len(s.Z)]), "origin")[0]
     return Structure(
-        Z=s.Z, R=s.R, E=float(labels["E"]), Qtot=float(charge), D=labels["D"],
+        Z=s.Z, R=s.R, E=float(labels["E"]), Qtot=float(charge), D=D,
         q=labels.get("q"), F=labels.get("F"), grid=labels["grid"], esp=labels["esp"], index=index,
     ).checked(where)
 

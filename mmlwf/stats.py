@@ -1,9 +1,11 @@
 """``mmlwf stats``: statistics of the training split that the models use.
 
-Per-element reference energies by ridge-regularised least squares of the energies on the
-element counts and the residual energy spread per atom (when the dataset has energies), force
-RMS, ESP grid points per molecule and ESP RMS (when it has an ESP) and the atom-count
-histogram. Computed from the training split only, streaming over the data in chunks.
+Per-element reference energies as the user chooses them (:mod:`mmlwf.element_energies`:
+isolated-atom energies from a file or the config, or a least-squares fit on the element
+counts), stored with their origin (``element_energies_source``), and the residual energy
+spread per atom about them (when the dataset has energies), force RMS, ESP grid points per
+molecule and ESP RMS (when it has an ESP) and the atom-count histogram. Computed from the
+training split only, streaming over the data in chunks.
 
 Batch shapes are not statistics of the data: they belong to the loader. The training's
 loaders count the neighbours of every structure within the model's pair cutoff and derive
@@ -16,19 +18,25 @@ in the loader.
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from ase.data import chemical_symbols
 
 from . import __version__
+from .element_energies import (AUTO, DEFAULT, DEFAULT_RIDGE, FIT, check_choice, covering, fit_element_energies,
+                               fit_rank, source_record, symbols_to_z, undetermined_message)
 from .errors import DataError
 from .fileio import atomic_write
 from .integrity import check_made_from, dataset_digest
 from .packed import MANIFEST, PackedDataset
 from .constants import Z_TABLE_SIZE
 from .split import load_split
+
+log = logging.getLogger(__name__)
 
 
 def element_counts(ds: PackedDataset, indices: np.ndarray, elements: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
@@ -59,26 +67,86 @@ def _element_lookup(ds: PackedDataset, elements: np.ndarray):
     return lookup
 
 
-def fit_element_energies(counts: np.ndarray, energies: np.ndarray, ridge: float = 1e-8) -> np.ndarray:
-    """Per-element energies ``e`` minimising ``|counts @ e - E|^2 + ridge * n * |e|^2``.
+def isolated_atom_energies(path: str | os.PathLike, fmt: str | None = None) -> dict[int, float]:
+    """``{Z: eV}`` from a file of isolated atoms (any format ``mmlwf convert`` reads, in its
+    default units): each structure one atom with an energy, one structure per element.
+    A one-line DataError naming the file, field and structure index otherwise."""
+    from .io import open_source
 
-    The small ridge keeps the fit defined when compositions are collinear (a single molecule
-    type: then only the sum over its composition is determined, and the ridge picks the
-    minimum-norm split).
-    """
-    n = counts.shape[0]
-    A = counts.T @ counts + ridge * max(n, 1) * np.eye(counts.shape[1])
-    return np.linalg.solve(A, counts.T @ energies)
+    src = open_source(path, fmt)
+    where = str(src.path)
+    energies: dict[int, float] = {}
+    first: dict[int, int] = {}
+    for s in src:
+        s = s.checked(where).to_canonical(src.units)
+        if s.n_atoms != 1:
+            raise DataError(f"{s.n_atoms} atoms; an isolated-atom file holds one atom per "
+                            "structure", path=where, field="Z", index=s.index)
+        z = int(s.Z[0])
+        if z in energies:
+            raise DataError(f"element Z = {z} again (first at structure {first[z]}): give one "
+                            "isolated atom per element", path=where, field="Z", index=s.index)
+        energies[z], first[z] = float(s.E), s.index
+    if not energies:
+        raise DataError("empty: no isolated atoms in this file", path=where)
+    return energies
+
+
+def choose_element_energies(
+    choice: str | os.PathLike | Mapping[str, float],
+    elements: np.ndarray,
+    counts: np.ndarray,
+    energies: np.ndarray,
+    *,
+    ridge: float = DEFAULT_RIDGE,
+    where: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, dict]:
+    """``(e_ref (k,), element_energies_source)`` for the ``elements (k,)`` of the training
+    data with element ``counts (n, k)`` and ``energies (n,)`` eV, by ``choice`` (see
+    :mod:`mmlwf.element_energies`). ``fit`` on compositions that do not determine the
+    references is a one-line DataError (naming ``where``, the dataset); ``auto`` warns and
+    records ``determined: false``."""
+    if isinstance(choice, os.PathLike):
+        choice = os.fspath(choice)
+    choice = check_choice(choice)
+    if isinstance(choice, Mapping):
+        table = covering(symbols_to_z(choice), elements, "config", field="stats.element_energies")
+        return np.array([table[int(z)] for z in elements]), source_record("config")
+    if choice not in (FIT, AUTO):
+        from .packed import sha256_file
+
+        if not Path(choice).is_file():
+            raise DataError("isolated-atom energies: no such file", path=choice)
+        table = covering(isolated_atom_energies(choice), elements, choice)
+        return (np.array([table[int(z)] for z in elements]),
+                source_record("isolated_atoms", file=str(choice), sha256=sha256_file(choice)))
+    rank = fit_rank(counts)
+    determined = rank == elements.size
+    if not determined:
+        if choice == FIT:
+            raise DataError(f"element energies fit refused: {undetermined_message(rank, elements)}",
+                            path=where, field="element_energies")
+        log.warning("%s: element energies: %s. Using the fit's minimum-norm split (auto): the model's per-atom "
+                    "energies and its totals for other compositions mean nothing", where,
+                    undetermined_message(rank, elements))
+    return (fit_element_energies(counts, energies, ridge),
+            source_record("fit", requested=choice, ridge=float(ridge), rank=rank, n_elements=int(elements.size),
+                          determined=determined))
 
 
 def compute_stats(
     dataset: str | os.PathLike,
     split: str | os.PathLike,
     *,
-    ridge: float = 1e-8,
+    element_energies: str | os.PathLike | Mapping[str, float] = DEFAULT,
+    ridge: float = DEFAULT_RIDGE,
     chunk: int = 1 << 16,
 ) -> dict:
-    """Statistics of the training subset of ``dataset`` (see module docstring); JSON-ready."""
+    """Statistics of the training subset of ``dataset`` (see module docstring); JSON-ready.
+
+    ``element_energies``: a file of isolated atoms, ``{symbol: eV}``, ``fit`` or ``auto``
+    (:func:`choose_element_energies`); ``energy_residual_per_atom`` is about these references.
+    """
     ds = PackedDataset(dataset)
     digest = dataset_digest(dataset)
     made = load_split(split, len(ds))
@@ -100,11 +168,12 @@ def compute_stats(
     if "E" in ds.fields:
         counts = element_counts(ds, train, elements, chunk)
         E = np.asarray(ds.arrays["E"][train], np.float64)
-        e_ref = fit_element_energies(counts, E, ridge)
+        e_ref, source = choose_element_energies(element_energies, elements, counts, E, ridge=ridge, where=dataset)
         resid_per_atom = (E - counts @ e_ref) / n_atoms
         out.update({
             "element_energies": {chemical_symbols[z]: float(e) for z, e in zip(elements, e_ref)},
             "element_energies_by_Z": {str(int(z)): float(e) for z, e in zip(elements, e_ref)},
+            "element_energies_source": source,
             "energy_residual_per_atom": {
                 "mean": float(resid_per_atom.mean()),
                 "std": float(resid_per_atom.std()),

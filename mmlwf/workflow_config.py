@@ -45,6 +45,7 @@ from .settings import (
     DatasetSettings,
     SettingError,
     SplitSettings,
+    StatsSettings,
     TrainingSettings,
     WorkflowSettings,
     defaults,
@@ -249,6 +250,8 @@ def _resolved(cfg: dict, schema: Mapping | str | Path | None) -> dict:
         else:
             ds["split"] = _check_split(split, f"datasets.{name}.split")
         _check_units(ds, f"datasets.{name}")
+        # element energies: a keyword, numbers per element or a file name, checked before it becomes a path
+        _declared(functools.partial(parse, StatsSettings), ds.get("stats") or {}, f"datasets.{name}.stats")
         datasets[name] = ds
     experiments = dict(cfg.get("experiments") or {})
     for name in list(experiments):

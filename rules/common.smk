@@ -5,6 +5,7 @@ import sys
 # mmlwf from this repository, also where it is not installed
 sys.path.insert(0, workflow.basedir)
 
+from mmlwf.element_energies import KEYWORDS as ELEMENT_ENERGY_KEYWORDS
 from mmlwf.errors import ConfigError
 from mmlwf.steps.data import CONVERT_SETTINGS
 from mmlwf.workflow_config import NAME_PATTERN, resolve_workflow_config
@@ -129,3 +130,19 @@ def label_settings(wildcards):
     return {
         k: v for k, v in config["labels"][wildcards.label].items() if k != "sources"
     }
+
+
+def dataset_element_energies(wildcards):
+    """Params: the dataset's element reference energies (a file, numbers per element, fit or auto)."""
+    return dataset_config(wildcards)["stats"]["element_energies"]
+
+
+def dataset_isolated_atoms(wildcards):
+    """Input function: the dataset's isolated-atom file, when its element energies name one
+    (checked to be a file name, not a misspelt keyword, with the config)."""
+    choice = dataset_element_energies(wildcards)
+    return (
+        [choice]
+        if isinstance(choice, str) and choice not in ELEMENT_ENERGY_KEYWORDS
+        else []
+    )

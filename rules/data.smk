@@ -60,10 +60,12 @@ rule split:
         "../scripts/split.py"
 
 
+# A file of isolated atoms is an input: changing it re-runs the statistics (and the trainings).
 rule stats:
     input:
         packed="results/datasets/{dataset}/packed",
         split="results/datasets/{dataset}/split.npz",
+        isolated_atoms=dataset_isolated_atoms,
     output:
         stats="results/datasets/{dataset}/stats.json",
     log:
@@ -75,6 +77,8 @@ rule stats:
     threads: 1
     resources:
         mem_mb=1000,
+    params:
+        element_energies=dataset_element_energies,
     script:
         "../scripts/stats.py"
 

@@ -9,4 +9,8 @@ from mmlwf.demo import generate_demo_data
 from mmlwf.workflow import log_to
 
 with log_to(snakemake.log[0]):
-    generate_demo_data(snakemake.output.extxyz, **snakemake.params.settings)
+    generate_demo_data(
+        snakemake.output.extxyz,
+        isolated_atoms=snakemake.output.isolated_atoms,
+        **snakemake.params.settings,
+    )

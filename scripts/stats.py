@@ -9,4 +9,9 @@ from mmlwf.steps import stats_step
 from mmlwf.workflow import log_to
 
 with log_to(snakemake.log[0]):
-    stats_step(snakemake.input.packed, snakemake.input.split, snakemake.output.stats)
+    stats_step(
+        snakemake.input.packed,
+        snakemake.input.split,
+        snakemake.output.stats,
+        element_energies=snakemake.params.element_energies,
+    )

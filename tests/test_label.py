@@ -180,6 +180,33 @@ def test_charge_from_the_data(tmp_path):
     assert ds.arrays["Qtot"].tolist() == [0.0, -1.0]
 
 
+def test_charged_dipoles_are_stored_about_the_centroid_and_no_dispersion_is_recorded(tmp_path):
+    """pyscf gives dipoles about the origin; the dataset stores them about the centroid, where
+    pyscf's own dipole about that point agrees, and a translated OH- stores the same dipole."""
+    import ase.io
+    from pyscf import scf
+
+    from mmlwf.label import build_molecule
+
+    R = WATER[:2] + [1.0, -2.0, 3.0]
+    paths = []
+    for k, shift in enumerate((0.0, 5.0)):
+        oh = Atoms("OH", positions=R + shift)
+        oh.info["charge"] = -1
+        ase.io.write(tmp_path / f"oh{k}.xyz", oh, format="extxyz")
+        paths.append(tmp_path / f"oh{k}.xyz")
+    ds = PackedDataset(label_structures(paths, tmp_path / "ds", points=FEW, **FAST))
+    assert ds.manifest["includes_dispersion"] is False and ds.dipole_reference == "centroid"
+    mf = scf.RHF(build_molecule(np.array([8, 1]), R, "sto-3g", -1, 0))
+    mf.verbose = 0
+    mf.kernel()
+    about_centroid = mf.dip_moment(unit="AU", origin=R.mean(axis=0) / U.Bohr, verbose=0) * U.Bohr
+    about_origin = mf.dip_moment(unit="AU", verbose=0) * U.Bohr
+    assert np.abs(about_origin - about_centroid).max() > 1.0  # charged: the point matters
+    np.testing.assert_allclose(ds.arrays["D"][0], about_centroid, atol=1e-4)
+    np.testing.assert_allclose(ds.arrays["D"][1], about_centroid, atol=1e-4)
+
+
 def test_label_cli_and_bad_input(tmp_path, capsys):
     src = _waters(tmp_path / "w.xyz", n=2)
     code = main(["label", str(src), "-o", str(tmp_path / "ds"), "--basis", "sto-3g", "--spacing", "0.8",

@@ -51,7 +51,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     from ..steps import stats_step
 
-    stats_step(args.dataset, args.split, args.output, tell=TERMINAL)
+    stats_step(args.dataset, args.split, args.output, element_energies=args.element_energies, tell=TERMINAL)
     return 0
 
 
@@ -168,6 +168,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", metavar="DIR")
     p.add_argument("--split", required=True, metavar="SPLIT.npz")
     p.add_argument("-o", "--output", required=True, metavar="STATS.json")
+    p.add_argument("--element-energies", metavar="FILE|fit|auto",
+                   default=default_of("mmlwf.stats:compute_stats", "element_energies"),
+                   help="per-element reference energies: a file of isolated atoms (any format convert reads, one "
+                   "atom per structure, one per element), fit (least squares on the element counts, refused when "
+                   "the training compositions do not determine them) or auto (fit, warned about where they are not "
+                   "determined) (default %(default)s)")
     p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser("bench", help="measure a part of the pipeline (loader)")

@@ -54,6 +54,9 @@ class Source:
     requires_energy: bool = True
     #: whether the dipole-magnitude warning was given (once per source)
     _warned_magnitude: bool = False
+    #: reference facts the source records itself (a packed dataset's manifest:
+    #: ``includes_dispersion``, ``dipole_reference``); the converter's options state them otherwise
+    recorded: Mapping[str, object] = {}
 
     def __init__(self, path: str | os.PathLike, keys: Mapping[str, str] | None = None) -> None:
         self.path = Path(path)

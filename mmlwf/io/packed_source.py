@@ -12,6 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..dipoles import STORED_DIPOLE_REFERENCE
 from ..packed import PackedDataset
 from ..structure import Structure
 from ..units import SourceUnits
@@ -31,6 +32,11 @@ class PackedSource(Source):
             raise self.fail("a packed dataset is a directory (made by mmlwf convert or mmlwf label)")
         self.ds = PackedDataset(self.path)
         self.requires_energy = "E" in self.ds.fields
+        # a packed dataset's dipoles are what the models compare with, about the centroid
+        # (datasets written before the point was recorded included): re-conversion keeps them
+        manifest = self.ds.manifest or {}
+        self.recorded = {"dipole_reference": manifest.get("dipole_reference", STORED_DIPOLE_REFERENCE),
+                         **{k: manifest[k] for k in ("includes_dispersion",) if k in manifest}}
 
     @property
     def units(self) -> SourceUnits:

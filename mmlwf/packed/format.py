@@ -11,7 +11,7 @@ file                   dtype     shape       unit             content
 ``n_atoms.npy``        int64     ``(N,)``                     ``diff(offsets)``
 ``E.f64``              float64   ``(N,)``    eV               energy (absent in ESP-only data)
 ``Qtot.f64``           float64   ``(N,)``    e                total charge
-``D.f32``              float32   ``(N, 3)``  e·Å              dipole (optional)
+``D.f32``              float32   ``(N, 3)``  e·Å              dipole about the centroid (optional)
 ``Z_pack.int32``       int32     ``(A,)``                     atomic numbers, 1-118
 ``R_pack.f32``         float32   ``(A, 3)``  Å                positions
 ``F_pack.f32``         float32   ``(A, 3)``  eV/Å             forces (optional)
@@ -37,7 +37,10 @@ Required (:data:`REQUIRED`): ``offsets``, ``n_atoms``, ``Z``, ``R``; mmlwf alway
 atomic numbers present, ascending), ``units`` (the canonical units) and ``fields``: per
 stored field its ``file``, ``dtype``, ``shape``, ``per`` (``molecule``, ``atom``, ``grid`` or
 ``offsets``), ``unit`` and ``sha256`` (SHA-256 of the array's data bytes, after the header
-of a ``.npy`` file: :func:`array_checksum`). Writers may add keys (e.g. the source).
+of a ``.npy`` file: :func:`array_checksum`), and the reference facts ``includes_dispersion``
+(whether the energies include dispersion; absent = false) and ``dipole_reference`` (the point
+``D`` is about: ``centroid``, :mod:`mmlwf.dipoles`; absent = as the source gave them). Writers
+may add keys (e.g. the source).
 
 ``mmlwf-packed.json`` (:data:`MARKER`) marks a dataset mmlwf wrote and records its digest
 (:mod:`mmlwf.integrity`): a dataset whose manifest is lost is then refused, not mistaken for

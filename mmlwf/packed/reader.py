@@ -85,6 +85,18 @@ class PackedDataset:
             return list(self.manifest["elements"])
         return sorted(int(z) for z in np.unique(self.arrays["Z"]))
 
+    @property
+    def includes_dispersion(self) -> bool:
+        """Whether the reference energies include dispersion (the manifest's
+        ``includes_dispersion``; False for datasets that do not record it, the documented default)."""
+        return bool((self.manifest or {}).get("includes_dispersion", False))
+
+    @property
+    def dipole_reference(self) -> str | None:
+        """The point the stored dipoles ``D`` are about (``centroid`` for datasets written since it
+        is recorded; None where the manifest does not say: they are stored as the source gave them)."""
+        return (self.manifest or {}).get("dipole_reference")
+
     def __len__(self) -> int:
         return self.n_molecules
 

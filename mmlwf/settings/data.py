@@ -9,8 +9,12 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from annotated_types import MinLen
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from .. import element_energies as _ee
+from ..convert import DEFAULT_DISPERSION
+from ..dipoles import DEFAULT_DIPOLE_REFERENCE, DIPOLE_REFERENCES
+from ..errors import ConfigError
 from ..esp.points import MODES
 from ..io import ESP_FORMATS, FORMATS
 from ..io.keys import CANONICAL_KEYS
@@ -88,15 +92,30 @@ DEFAULT_SPLIT = SplitSettings()
 
 
 class StatsSettings(Settings):
-    """Statistics of the training split (results/datasets/{name}/stats.json). Deprecated and
-    unused: batch shapes are the training loader's (training.batch_size and the model's
-    cutoff); the keys are accepted so that existing configs still validate."""
+    """Statistics of the training split (results/datasets/{name}/stats.json) and the per-element
+    reference energies that models' energies are relative to. ``cutoff``, ``batch_size`` and
+    ``n_shapes`` are deprecated and unused (batch shapes are the training loader's: training.batch_size
+    and the model's cutoff); they are accepted so that existing configs still validate."""
 
+    element_energies: str | dict[str, float] = Field(
+        _ee.DEFAULT, description="per-element reference energies: a file of isolated atoms (any format convert "
+        "reads, one atom per structure, one per element; the references are then atomisation-referenced), "
+        "numbers per element symbol in eV ({H: -13.57, C: -1025.3}), fit (least squares on the element counts; "
+        "refused when the training compositions do not determine them, e.g. one molecule), or auto (fit, with a "
+        "warning where the compositions do not determine them)")
     cutoff: float = Field(DEFAULT_CUTOFF, gt=0, description="unused (deprecated); the neighbour lists use the "
                                                             "model's cutoff")
     batch_size: int = Field(TrainingSettings.model_fields["batch_size"].default, ge=1,
                             description="unused (deprecated); batch budgets follow training.batch_size")
     n_shapes: int = Field(4, ge=1, le=8, description="unused (deprecated)")
+
+    @field_validator("element_energies", mode="before")
+    @classmethod
+    def _element_energies(cls, value):
+        try:
+            return _ee.check_choice(value, "")
+        except ConfigError as exc:
+            raise SettingError("element_energies", str(exc).removeprefix(": ")) from None
 
 
 class DatasetSettings(Settings):
@@ -126,8 +145,18 @@ class DatasetSettings(Settings):
     split: str | SplitSettings = Field("default", description="the train/valid/test split "
                                        "(results/datasets/{name}/split.npz): the name of an entry of `splits`, "
                                        "or the settings themselves")
+    dispersion: bool | None = Field(
+        None, description=f"whether the reference energies include dispersion (DFT-D3, GFN2-xTB: true; HF or "
+        f"plain DFT: false); null = what a packed source records, else {str(DEFAULT_DISPERSION).lower()}. Models "
+        "add D3 only when true, since D3 added to a reference without dispersion gives a wrong long-range tail")
+    dipole_reference: Literal[(None, *DIPOLE_REFERENCES)] = Field(
+        None, description="the point the sources' dipoles are taken about (origin, as pyscf and tblite give them; "
+        f"centroid; center_of_mass); null = what a packed source records, else {DEFAULT_DIPOLE_REFERENCE}. "
+        "Stored dipoles are about the centroid of the atoms, converted as D_c = D_p - Qtot (c - p), which "
+        "changes charged molecules only")
     stats: StatsSettings = Field(StatsSettings(), description="statistics of the training split "
-                                                              "(results/datasets/{name}/stats.json)")
+                                                              "(results/datasets/{name}/stats.json) and the "
+                                                              "element reference energies")
 
 
 class LabelSettings(Settings):

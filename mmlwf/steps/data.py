@@ -142,14 +142,19 @@ def split_step(packed: str | os.PathLike, out: str | os.PathLike, *, tell: Out =
 
 
 def stats_step(packed: str | os.PathLike, split: str | os.PathLike, out: str | os.PathLike, *,
-               tell: Out = log) -> Path:
-    """``mmlwf stats`` / rule ``stats``: statistics of the training split (no settings: batch
-    shapes are the training loader's, see :mod:`mmlwf.stats`)."""
+               element_energies: str | os.PathLike | Mapping[str, float] | None = None, tell: Out = log) -> Path:
+    """``mmlwf stats`` / rule ``stats``: statistics of the training split and the element
+    reference energies ``element_energies`` (a file of isolated atoms, ``{symbol: eV}``, ``fit``
+    or ``auto``; None: :func:`mmlwf.stats.compute_stats`'s default). Batch shapes are the
+    training loader's, see :mod:`mmlwf.stats`."""
     from ..stats import compute_stats, write_stats
 
-    stats = compute_stats(packed, split)
+    kwargs = {} if element_energies is None else {"element_energies": element_energies}
+    stats = compute_stats(packed, split, **kwargs)
     write_stats(stats, out)
-    tell.info(f"wrote {out}: {stats['n_train']} training structures")
+    source = stats.get("element_energies_source")
+    where = "" if source is None else f"; element energies: {source['kind']}"
+    tell.info(f"wrote {out}: {stats['n_train']} training structures{where}")
     return Path(out)
 
 

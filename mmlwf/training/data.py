@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 
 from ..batching import BatchLoader
+from ..element_energies import AUTO, DEFAULT_RIDGE, FIT, merge_references
 from ..errors import ConfigError, DataError
 from ..packed import PackedDataset
 from ..split import load_split
@@ -93,21 +94,50 @@ def data_facts(datasets: Sequence[PackedDataset]) -> dict[str, bool]:
 
 
 def joint_element_energies(
-    datasets: Sequence[str | os.PathLike], splits: Sequence[str | os.PathLike], ridge: float = 1e-8
-) -> dict[str, float]:
-    """``{"Z": eV}`` fitted on the union of the training splits of ``datasets`` (a mixture's
-    one set of reference energies: the members must share a level of theory)."""
+    datasets: Sequence[str | os.PathLike], splits: Sequence[str | os.PathLike], ridge: float = DEFAULT_RIDGE,
+    choice: str = AUTO,
+) -> tuple[dict[str, float], dict]:
+    """``({"Z": eV}, element_energies_source)`` fitted on the union of the training splits of
+    ``datasets`` (a mixture's one set of reference energies: the members must share a level of
+    theory); ``choice`` ``fit`` refuses compositions that do not determine them, ``auto`` warns
+    (:func:`mmlwf.stats.choose_element_energies`)."""
     import numpy as np
 
-    from ..stats import element_counts, fit_element_energies
+    from ..stats import choose_element_energies, element_counts
 
     dss = [PackedDataset(p) for p in datasets]
     trains = [load_split(sp, len(ds)).train for sp, ds in zip(splits, dss)]
     elements = np.asarray(sorted({int(z) for ds in dss for z in ds.elements}), np.int64)
     counts = np.concatenate([element_counts(ds, tr, elements) for ds, tr in zip(dss, trains)])
     energies = np.concatenate([np.asarray(ds.arrays["E"][tr], np.float64) for ds, tr in zip(dss, trains)])
-    e_ref = fit_element_energies(counts, energies, ridge)
-    return {str(int(z)): float(e) for z, e in zip(elements, e_ref)}
+    e_ref, source = choose_element_energies(choice, elements, counts, energies, ridge=ridge,
+                                            where=", ".join(os.fspath(d) for d in datasets))
+    return {str(int(z)): float(e) for z, e in zip(elements, e_ref)}, {**source, "mixture": True}
+
+
+def mixture_element_energies(
+    datasets: Sequence[str | os.PathLike], splits: Sequence[str | os.PathLike],
+    stats: Sequence[str | os.PathLike] | None,
+) -> tuple[dict[str, float], dict]:
+    """A mixture's ``({"Z": eV}, element_energies_source)``: the members' isolated-atom or
+    config references when every member's ``stats.json`` has them (they must agree), else a
+    fit on the union of the training splits (refused when a member asked for ``fit`` and the
+    union's compositions do not determine it; see :func:`mmlwf.element_energies.merge_references`)."""
+    if stats is None:
+        return joint_element_energies(datasets, splits)
+    members = [(os.fspath(d), element_energies_from_stats(st), load_stats(st).get("element_energies_source"))
+               for d, st in zip(datasets, stats)]
+    merged = merge_references(members)
+    if merged is not None:
+        return merged
+    requested = {(source or {}).get("requested", AUTO) for _, _, source in members}
+    return joint_element_energies(datasets, splits, choice=FIT if FIT in requested else AUTO)
+
+
+def element_energies_source(stats: str | os.PathLike) -> dict | None:
+    """Where the element energies of a ``stats.json`` come from (``element_energies_source``;
+    None for stats files written before it was recorded: a fit)."""
+    return load_stats(stats).get("element_energies_source")
 
 
 def element_energies_from_stats(stats: str | os.PathLike) -> dict[str, float]:

@@ -14,7 +14,8 @@ from ..errors import ConfigError
 from ..integrity import check_provenance, verify_in_background
 from ..packed import PackedDataset
 from .config import Config, load_config
-from .data import as_list, data_facts, element_energies_from_stats, joint_element_energies, make_loaders
+from .data import (as_list, data_facts, element_energies_from_stats, element_energies_source, make_loaders,
+                   mixture_element_energies)
 from .engine import train
 
 
@@ -39,7 +40,9 @@ def run_training(
     needs ``stats`` for the element energies, ``dcmnet`` an ESP dataset (``stats`` unused,
     may be None). A weighted mixture: lists of datasets,
     splits and stats with ``weights`` (each training split visited ``weight`` times per
-    epoch); its element energies are fitted on the union of the training splits.
+    epoch); its element energies are the members' isolated-atom references (which must agree)
+    or else fitted on the union of the training splits. ``model.json`` records where the
+    element energies come from (``metadata.element_energies_source``).
     ``progress``, ``verbose``, ``summary_every``: what the terminal shows (:mod:`.progress`).
     """
     data, split = as_list(data), as_list(split)
@@ -60,10 +63,12 @@ def run_training(
         raise ConfigError(f"model.type {kind.name} needs the training statistics (--stats STATS.json)")
     digests = [v.digest for v in verifying.result()]  # a mismatch stops here: nothing written yet
     check_provenance(data, split, stats, digests)
-    element_energies = None
+    element_energies = source = None
     if kind.predicts_energy:
-        element_energies = (joint_element_energies(data, split) if mixture
-                            else element_energies_from_stats(stats[0]))
+        if mixture:
+            element_energies, source = mixture_element_energies(data, split, stats)
+        else:
+            element_energies, source = element_energies_from_stats(stats[0]), element_energies_source(stats[0])
     forward = kind.make_forward(model, cfg.training)
     train_loader, valid_loader = make_loaders(data, split, cfg, cutoff=kind.pair_cutoff(model),
                                               long_cutoff=kind.long_pair_cutoff(model), weights=weights,
@@ -80,8 +85,10 @@ def run_training(
         valid_loader=valid_loader,
         element_energies=element_energies,
         forward=forward,
-        metadata={**({"physics": physics} if physics else {}), "dataset": str(data[0]), "dataset_digest": digests[0], "split": str(split[0]),
+        metadata={**({"physics": physics} if physics else {}), "dataset": str(data[0]),
+                  "dataset_digest": digests[0], "split": str(split[0]),
                   "stats": None if stats is None else str(stats[0]),
+                  **({"element_energies_source": source} if source is not None else {}),
                   **({"mixture": [{"dataset": str(d), "dataset_digest": g, "split": str(s), "weight": float(w)}
                                   for d, g, s, w in zip(data, digests, split, weights or [1.0] * len(data))]}
                      if mixture else {})},
