@@ -270,4 +270,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mmlwf.errors import ConfigError, DataError
+
+    try:
+        sys.exit(main())
+    except (ConfigError, DataError) as exc:  # a setting this checkout does not know, bad data: one line
+        sys.exit(f"physics_demo: {exc}")
