@@ -6,8 +6,10 @@
 
 1. Demo data as the workflow makes it (:func:`mmlwf.demo.generate_demo_data` with the ``demo:``
    settings of the repository's ``config.yaml``: GFN2-xTB through tblite, energies, forces,
-   charges and dipoles; the reference includes dispersion, D4 in GFN2-xTB), converted, split
-   as the config's ``splits.default`` and given statistics with the library API.
+   charges and dipoles; the reference includes dispersion, D4 in GFN2-xTB), converted with the
+   settings of ``datasets.demo`` that this checkout's converter knows, split as the config's
+   ``splits.default``, element energies from the teacher's isolated atoms where this checkout's
+   demo makes them (else its default), all through the library API.
 2. The demo experiment's PhysNet (``experiments.demo_physnet`` of ``config.yaml``; ``--model-json``
    and ``--training-json`` add or replace keys) trained twice for the same wall time
    (``training.max_time_min = --minutes``): physics on (``charges``, ``coulomb`` and, where this
@@ -28,8 +30,8 @@ its interaction energy is exactly zero beyond the cutoff. The last line printed 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
+import inspect
 import json
 import shutil
 import sys
@@ -58,25 +60,31 @@ def physics_switches(on: bool) -> dict[str, bool]:
     return {k: on for k in PHYSICS if k in PhysNetSettings.model_fields}
 
 
-def demo_dataset(work: Path, demo: dict) -> Path:
-    """The demo data of ``demo`` (generate_demo_data's arguments) converted under ``work``;
-    the reference's dispersion recorded where this checkout's converter can record it."""
-    from mmlwf.convert import ConvertOptions, convert
+def demo_dataset(work: Path, demo: dict, dataset: dict) -> tuple[Path, Path | None]:
+    """The demo data of ``demo`` (generate_demo_data's arguments) converted under ``work`` with
+    the conversion settings of the workflow's dataset entry ``dataset`` (those this checkout's
+    converter knows: e.g. that the reference includes dispersion, where its dipoles are taken
+    about). Returns the packed dataset and, where this checkout's demo makes them, the file of
+    the teacher's isolated atoms."""
+    from mmlwf.convert import convert
     from mmlwf.demo import generate_demo_data
+    from mmlwf.steps.data import CONVERT_SETTINGS, convert_options
 
     tag = hashlib.sha256(json.dumps(demo, sort_keys=True).encode()).hexdigest()[:10]
     xyz = work / f"demo_{tag}.extxyz"
-    if not xyz.exists():
+    atoms = work / f"demo_{tag}_isolated_atoms.extxyz"
+    makes_atoms = "isolated_atoms" in inspect.signature(generate_demo_data).parameters
+    if not xyz.exists() or (makes_atoms and not atoms.exists()):
         t0 = time.perf_counter()
-        generate_demo_data(xyz, **demo)
+        generate_demo_data(xyz, **demo, **({"isolated_atoms": atoms} if makes_atoms else {}))
         print(f"demo data: {xyz.name} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    settings = {k: v for k, v in dataset.items() if k in CONVERT_SETTINGS}
+    ignored = sorted(set(dataset) - set(settings) - {"sources", "split", "stats"})
+    print(f"conversion settings: {json.dumps(settings)}" + (f" (not this checkout's: {', '.join(ignored)})"
+                                                            if ignored else ""))
     packed = work / f"demo_{tag}"
-    fields = {f.name for f in dataclasses.fields(ConvertOptions)}
-    extra = {"dispersion": True} if "dispersion" in fields else {}
-    print("conversion: reference includes dispersion "
-          + ("recorded (ConvertOptions.dispersion=True)" if extra else "not recordable by this checkout"))
-    convert([xyz], packed, fmt="extxyz", overwrite=True, **extra)
-    return packed
+    convert([xyz], packed, convert_options(settings), overwrite=True)
+    return packed, atoms if makes_atoms else None
 
 
 def train_model(name: str, model: dict, training: dict, packed: Path, split: Path, stats: Path, work: Path,
@@ -197,7 +205,7 @@ def main(argv=None) -> int:
     from mmlwf.calculator import MMLWFCalculator
     from mmlwf.demo import make_teacher
     from mmlwf.split import split_dataset
-    from mmlwf.stats import compute_stats, write_stats
+    from transfer_totals import make_stats  # benchmarks/ is on sys.path as the script's folder
 
     cfg = workflow_config()
     demo = dict(cfg["demo"])
@@ -208,10 +216,11 @@ def main(argv=None) -> int:
     base_model = {**experiment["model"], **smoke_model, **json.loads(args.model_json)}
     training = {**experiment.get("training", {}), **json.loads(args.training_json)}
 
-    packed = demo_dataset(work, demo)
+    packed, atoms = demo_dataset(work, demo, cfg["datasets"]["demo"])
     split = work / "split.npz"
     split_dataset(packed, split, **(cfg.get("splits", {}).get("default") or {}))
-    write_stats(compute_stats(packed, split), work / "stats.json")
+    how = make_stats(None if atoms is None else str(atoms), packed, split, work / "stats.json")
+    print(f"element energies: {how}")
 
     on, off = physics_switches(True), physics_switches(False)
     missing = [k for k in PHYSICS if k not in on]
