@@ -2,12 +2,34 @@
 
     python benchmarks/accuracy_rmd17.py                  # 30 minutes, evaluated every 5
     python benchmarks/accuracy_rmd17.py --minutes 2 --segments 2 --features 16   # quick look
+    python benchmarks/accuracy_rmd17.py --smoke          # 0.5 minutes, one evaluation, 16 features
+    python benchmarks/accuracy_rmd17.py --element-energies ../shared/data/mlff/ethanol_isolated_atoms.xyz \
+        --model-json '{"basis": "exp_normal"}'           # other element energies, any model key
 
 Trains PhysNet on ``rmd17_ethanol_train_1000.xyz`` (950 train / 50 valid) in segments of
 ``minutes / segments`` (each segment resumes the run directory), and after each segment
 evaluates the best (EMA) parameters on the disjoint ``rmd17_ethanol_test_1000.xyz``: energy
 and force MAE (meV, meV/Å) against minutes of training. Target on the development machine:
 force MAE <= 40 meV/Å and energy MAE <= 10 meV.
+
+``--element-energies FILE|fit``: the element reference energies (a file of isolated atoms, e.g.
+``ethanol_isolated_atoms.xyz``, or the least-squares fit); without it, the checkout's default.
+On a checkout whose ``compute_stats`` has no such option the file's energies are written into
+``stats.json`` (see ``benchmarks/transfer_totals.py``). ``--model-json``/``--training-json``
+add or replace keys of the model and training settings (a key the checkout does not know is
+its one-line settings error).
+
+Before/after at the same budget (e.g. around an issue): run this script from this checkout
+against the other commit's package, which ``PYTHONPATH`` puts before the installed one (the
+first line printed names the package it imported)::
+
+    git worktree add --detach ../mmlwf-before <commit>
+    PYTHONPATH=../mmlwf-before python benchmarks/accuracy_rmd17.py --minutes 10 --segments 2
+    python benchmarks/accuracy_rmd17.py --minutes 10 --segments 2
+    git worktree remove ../mmlwf-before
+
+Run both on the same otherwise idle machine, one after the other; a model key only the newer
+commit knows goes in the second command only.
 """
 
 from __future__ import annotations
@@ -32,18 +54,28 @@ def main() -> int:
     ap.add_argument("--max-degree", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--element-energies", default=None, metavar="FILE|fit",
+                    help="element reference energies: a file of isolated atoms or 'fit' (default: the checkout's)")
+    ap.add_argument("--model-json", default="{}", help="model keys added or replaced (JSON)")
+    ap.add_argument("--training-json", default="{}", help="training keys added or replaced (JSON)")
+    ap.add_argument("--smoke", action="store_true", help="smoke size: --minutes 0.5 --segments 1 --features 16")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the run here (default: a temporary folder)")
     args = ap.parse_args()
+    if args.smoke:
+        args.minutes, args.segments, args.features = 0.5, 1, 16
     train_xyz, test_xyz = DATA / "rmd17_ethanol_train_1000.xyz", DATA / "rmd17_ethanol_test_1000.xyz"
     if not (train_xyz.exists() and test_xyz.exists()):
         print(f"needs {train_xyz} and {test_xyz}", file=sys.stderr)
         return 2
 
+    import mmlwf
     from mmlwf.analysis import energy_force_metrics, load_run, predict
     from mmlwf.convert import convert
     from mmlwf.split import split_dataset
-    from mmlwf.stats import compute_stats, write_stats
     from mmlwf.training.runner import run_training
+    from transfer_totals import make_stats  # benchmarks/ is on sys.path as the script's folder
+
+    print(f"mmlwf {mmlwf.__version__} from {Path(mmlwf.__file__).parent}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="mmlwf-acc-") as tmp:
         work = args.workdir or Path(tmp)
@@ -54,12 +86,14 @@ def main() -> int:
         if not test_ds.exists():
             convert([test_xyz], test_ds)
         split_dataset(train_ds, work / "split.npz", valid=50, test=0, seed=0)
-        write_stats(compute_stats(train_ds, work / "split.npz"), work / "stats.json")
+        how = make_stats(args.element_energies, train_ds, work / "split.npz", work / "stats.json")
+        print(f"element energies: {how}", flush=True)
         config = {
             "model": {"type": "physnet", "cutoff": 5.0, "features": args.features, "max_degree": args.max_degree,
-                      "num_iterations": args.iterations},
+                      "num_iterations": args.iterations, **json.loads(args.model_json)},
             "training": {"batch_size": args.batch_size, "learning_rate": args.learning_rate, "max_epochs": 1_000_000,
-                         "schedule": "plateau", "ema_decay": 0.99, "seed": 0, "early_stopping_patience": 1_000_000},
+                         "schedule": "plateau", "ema_decay": 0.99, "seed": 0, "early_stopping_patience": 1_000_000,
+                         **json.loads(args.training_json)},
         }
         curve = []
         trained_s = 0.0
@@ -68,6 +102,10 @@ def main() -> int:
             t0 = time.perf_counter()
             summary = run_training(config, train_ds, work / "split.npz", work / "stats.json", work / "run",
                                    overrides=[f"training.max_time_min={segment}"], progress=False)
+            if summary["best_epoch"] is None and k == args.segments - 1:  # budget spent compiling: one epoch more
+                print(f"no epoch within {args.minutes:g} min; finishing epoch {summary['epochs'] + 1} beyond it")
+                summary = run_training(config, train_ds, work / "split.npz", work / "stats.json", work / "run",
+                                       overrides=[f"training.max_epochs={summary['epochs'] + 1}"], progress=False)
             trained_s += time.perf_counter() - t0
             if summary["best_epoch"] is None:  # no epoch finished yet (compilation takes a while)
                 continue
@@ -81,9 +119,15 @@ def main() -> int:
         last = curve[-1]
         ok = last["forces_mae_meV_per_A"] <= 40 and last["energy_mae_meV"] <= 10
         print(f"target (force MAE <= 40 meV/Å, energy MAE <= 10 meV): {'PASS' if ok else 'FAIL'}")
-        print(json.dumps({"benchmark": "accuracy_rmd17", "config": config, "curve": curve, "pass": ok}))
+        print(json.dumps({"benchmark": "accuracy_rmd17", "mmlwf": str(Path(mmlwf.__file__).parent),
+                          "element_energies": how, "config": config, "curve": curve, "pass": ok}))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mmlwf.errors import ConfigError, DataError
+
+    try:
+        sys.exit(main())
+    except (ConfigError, DataError) as exc:  # a setting this checkout does not know, bad data: one line
+        sys.exit(f"accuracy_rmd17: {exc}")
