@@ -129,6 +129,8 @@ def test_constants_agree_with_ase_units():
     assert constants.BOHR == pytest.approx(units.Bohr, rel=1e-9)
     assert constants.Z_TABLE_SIZE == constants.MAX_Z + 1 == 119 and constants.Z_RANGE == "1-118"
     from mmlwf.analysis import esp_fit
-    from mmlwf.models import dcmnet, physnet
+    from mmlwf.models import dcmnet
+    from mmlwf.physics import coulomb
 
-    assert physnet.COULOMB_CONSTANT is dcmnet.COULOMB_CONSTANT is esp_fit.COULOMB_CONSTANT
+    assert coulomb.COULOMB_CONSTANT is dcmnet.COULOMB_CONSTANT is esp_fit.COULOMB_CONSTANT
+

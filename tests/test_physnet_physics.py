@@ -17,6 +17,7 @@ from ase.data import covalent_radii
 
 from mmlwf.batch import from_molecules, within_molecules
 from mmlwf.constants import COULOMB_CONSTANT
+from mmlwf.errors import ConfigError
 from mmlwf.models import physnet
 from mmlwf.models.pairs import exp_normal
 from mmlwf.models.registry import get
@@ -322,3 +323,11 @@ def test_dispersion_adds_d3_over_the_long_pairs(x64):
     np.testing.assert_allclose(out["energy"] - base["energy"], per_graph * batch["graph_mask"], rtol=1e-6,
                                atol=1e-12)
     assert np.abs(per_graph).max() > 1e-3
+
+
+def test_dispersion_refuses_elements_without_d3_reference_data():
+    facts = {"elements": [1, 6, 104], "includes_dispersion": True}
+    with pytest.raises(ConfigError, match="Z = 104"):
+        physnet.resolve_settings({"type": "physnet"}, facts)
+    resolved, note = physnet.resolve_settings({"type": "physnet", "dispersion": False}, facts)
+    assert resolved["dispersion"] is False and "D3 off (set)" in note

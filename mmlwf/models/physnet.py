@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ..errors import ConfigError
 from ..batch import MODEL_INPUTS, GraphBatch
 from ..physics.coulomb import coulomb_atomic_energies
 from ..physics.zbl import zbl_atomic_energies
@@ -274,6 +275,13 @@ def resolve_settings(config: Mapping, facts: Mapping | None = None) -> tuple[dic
     else:
         head = f"charges {onoff[charges]} ({why['charges']}), Coulomb {onoff[coulomb]} ({why['coulomb']})"
     note = f"physics: {head}, D3 {onoff[dispersion]} ({why['dispersion']})"
+    if dispersion and facts.get("elements"):
+        from ..physics.d3_tables import d3_tables
+
+        beyond = [z for z in facts["elements"] if z > d3_tables().max_z]
+        if beyond:
+            raise ConfigError(f"model.dispersion: D3 has no reference data for Z = {beyond[0]} "
+                              f"(it covers Z 1-{d3_tables().max_z}); set dispersion: false")
     return {**cfg, "charges": charges, "coulomb": coulomb, "dispersion": dispersion}, note
 
 

@@ -81,13 +81,14 @@ def make_loaders(
     return train_loader, valid_loader
 
 
-def data_facts(datasets: Sequence[PackedDataset]) -> dict[str, bool]:
+def data_facts(datasets: Sequence[PackedDataset]) -> dict:
     """What the training data say about the model's "auto" settings
     (:meth:`~mmlwf.models.registry.ModelKind.resolve_settings`): ``dipoles``/``atomic_charges``,
     some dataset carries dipoles ``D``/atomic charges ``q``; ``includes_dispersion``, every
     dataset's reference energies include dispersion (its manifest says so; False when it does
-    not record it)."""
-    return {"dipoles": any("D" in ds.fields for ds in datasets),
+    not record it); ``elements``, the sorted atomic numbers of all datasets."""
+    return {"elements": sorted({int(z) for ds in datasets for z in ds.elements}),
+            "dipoles": any("D" in ds.fields for ds in datasets),
             "atomic_charges": any("q" in ds.fields for ds in datasets),
             "includes_dispersion": bool(datasets) and all(getattr(ds, "includes_dispersion", False)
                                                           for ds in datasets)}
