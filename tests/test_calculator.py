@@ -218,7 +218,7 @@ def test_padding_buckets_and_one_compilation_over_moves(run_dir):
     for step in range(5):
         atoms.positions = atoms.positions + 0.01 * step
         atoms.get_forces()
-    assert calc.shapes_compiled == {(16, 128)}  # 9 atoms, 72 pairs within 6 Å
+    assert calc.shapes_compiled == {(16, 128, 128)}  # 9 atoms; pairs within the cutoff and all 72 pairs (Coulomb), each padded to 128
     assert_padding_convention(calc.batch(atoms))  # the loader's: graph 1 and the last atom are padding
     if hasattr(calc._evaluate, "_cache_size"):  # shared by this model's calculators
         assert calc._evaluate._cache_size() == 1

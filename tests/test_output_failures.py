@@ -138,7 +138,7 @@ def _failure_line(err: str) -> str:
     assert lines and "Traceback" not in err, err
     assert lines[-1].startswith("mmlwf ") and ": error: " in lines[-1], err
     for earlier in lines[:-1]:
-        assert earlier.startswith(("new run in ", "training: ", "epoch ")), err  # the training's notes
+        assert earlier.startswith(("new run in ", "physics: ", "training: ", "epoch ")), err  # the training's notes
     return lines[-1]
 
 

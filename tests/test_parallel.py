@@ -258,7 +258,7 @@ def test_two_device_step_equals_one_device_on_the_union(two_devices):
 def test_physnet_under_shard_map(two_devices):
     _, res = two_devices
     r = res["step"]["physnet"]
-    assert r["terms"] == ["charge_n", "dipole_n", "energy_n", "forces_n"]
+    assert r["terms"] == ["charge_n", "dipole_n", "energy_n", "forces_n", "nh_loss_n"]
     assert r["finite"] and r["errors"] > 0
     assert r["sums"] < RTOL and r["padded_sums"] < RTOL
 
