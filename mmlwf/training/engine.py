@@ -55,7 +55,7 @@ from .history import RunLog, count_batch, epoch_cost, format_metrics, write_hist
 from .loaders import Batch, Loader, epoch_batches
 from .loop_state import META_VERSION, EpochSums, LoopState, json_ready
 from .losses import loss_from_sums, metrics_from_sums, prepare_batch
-from .monitor import CompileCounter, cache_size
+from .monitor import CompileCounter
 from .parallel import DataParallel
 from .progress import TrainingProgress, summary_line
 from ..rundir import RunDir
@@ -284,16 +284,16 @@ class _Run:
             "best_loss": self.s.best_loss,
             "last": dict(hist[-1]) if hist else None,
             "compilations": self.compiles.count,
-            "train_step_shapes": cache_size(self.p.train_step),
-            "eval_step_shapes": cache_size(self.p.eval_step),
+            "train_step_shapes": self.p.train_step.shapes,
+            "eval_step_shapes": self.p.eval_step.shapes,
             "devices": self.p.n_devices,
             "wall_time_s": self.wall(),
             "run_dir": str(self.job.run_dir),
         }
 
     def compile_note(self) -> str:
-        return (f"XLA compilations: {self.compiles.count} (train step: {cache_size(self.p.train_step)} shapes, "
-                f"eval step: {cache_size(self.p.eval_step)} shapes)")
+        return (f"XLA compilations: {self.compiles.count} (train step: {self.p.train_step.shapes} shapes, "
+                f"eval step: {self.p.eval_step.shapes} shapes)")
 
     # -- the loop
     def run(self) -> dict:

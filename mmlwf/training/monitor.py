@@ -3,13 +3,15 @@
 JAX reports every backend (XLA) compilation as the monitoring event
 ``/jax/core/compile/backend_compile_duration``. One listener, registered on first use,
 counts them for the whole process; :class:`CompileCounter` reads the count at its start and
-reports the difference. The jitted step functions also report how many shapes they were
-compiled for (their cache size), which is what "compiles once per batch shape" means.
+reports the difference. :func:`jit_counting_shapes` jits a step function and counts the
+distinct argument shapes it was traced for, which is what "compiles once per batch shape" means
+(counted by tracing, not read from JAX's dispatch cache, whose entries a long process may evict).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 _EVENT = "/jax/core/compile/backend_compile_duration"
 _lock = threading.Lock()
@@ -47,9 +49,33 @@ class CompileCounter:
         return compilations() - self.start
 
 
-def cache_size(jitted: object) -> int | None:
-    """Number of compiled variants (shapes) of a ``jax.jit`` function, when JAX tells."""
-    try:
-        return int(jitted._cache_size())
-    except Exception:  # noqa: BLE001 (private API: absent in some versions)
-        return None
+class ShapeCountingJit:
+    """A ``jax.jit`` function that records the shapes and dtypes of the arguments of every trace.
+
+    Calls go straight to the jitted function; ``shapes`` is the number of distinct argument
+    signatures traced so far (a retrace for the same shapes counts once)."""
+
+    def __init__(self, fn: Callable, **jit_kwargs) -> None:
+        import jax
+
+        self._signatures: set = set()
+
+        def traced(*args):
+            leaves, tree = jax.tree.flatten(args)
+            self._signatures.add((tree, tuple((tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", type(x))))
+                                              for x in leaves)))
+            return fn(*args)
+
+        self._jitted = jax.jit(traced, **jit_kwargs)
+
+    def __call__(self, *args):
+        return self._jitted(*args)
+
+    @property
+    def shapes(self) -> int:
+        return len(self._signatures)
+
+
+def jit_counting_shapes(fn: Callable, **jit_kwargs) -> ShapeCountingJit:
+    """``jax.jit(fn, **jit_kwargs)`` that counts the argument shapes it was traced for."""
+    return ShapeCountingJit(fn, **jit_kwargs)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 
 from .losses import batch_sums, energy_and_forces, loss_from_sums
+from .monitor import jit_counting_shapes
 from .optim import did_update
 
 
@@ -111,8 +112,8 @@ def make_train_step(forward: Callable, tx, weights: Mapping[str, float], per_ato
         return new, {"loss": loss, "grad_norm": grad_norm, "ok": ok, **sums}
 
     if parallel is None:
-        return jax.jit(step, donate_argnums=(0,))
-    return jax.jit(step, donate_argnums=(0,), out_shardings=parallel.replicated)
+        return jit_counting_shapes(step, donate_argnums=(0,))
+    return jit_counting_shapes(step, donate_argnums=(0,), out_shardings=parallel.replicated)
 
 
 def make_eval_step(forward: Callable, parallel=None):
@@ -121,9 +122,9 @@ def make_eval_step(forward: Callable, parallel=None):
     import jax
 
     if parallel is not None:
-        return jax.jit(parallel.global_sums(forward, batch_sums), out_shardings=parallel.replicated)
+        return jit_counting_shapes(parallel.global_sums(forward, batch_sums), out_shardings=parallel.replicated)
 
     def step(params, batch):
         return batch_sums(forward(params, batch), batch)
 
-    return jax.jit(step)
+    return jit_counting_shapes(step)
