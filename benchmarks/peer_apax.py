@@ -124,9 +124,13 @@ def main() -> int:
     venv = args.apax_venv.expanduser()
     versions = apax.ensure_venv(venv)
 
+    import importlib.metadata
+
     import mmlwf
 
-    print(f"mmlwf {mmlwf.__version__} from {Path(mmlwf.__file__).parent}; apax {versions['apax']} in "
+    ours_versions = {p: importlib.metadata.version(p) for p in ("jax", "jaxlib", "flax", "numpy")}
+    print(f"mmlwf {mmlwf.__version__} from {Path(mmlwf.__file__).parent} "
+          f"({', '.join(f'{k} {v}' for k, v in ours_versions.items())}); apax {versions['apax']} in "
           f"{venv} ({', '.join(f'{k} {v}' for k, v in versions.items() if k != 'apax')}); "
           f"cores {cores}", flush=True)
     budget_s = 60 * args.minutes
@@ -180,7 +184,7 @@ def main() -> int:
     print("  (MAE ratio < 1: mmlwf more accurate; structures/s ratio > 1: mmlwf faster)")
     print(json.dumps({"benchmark": "peer_apax", "molecule": args.molecule, "minutes": args.minutes,
                       "smoke": args.smoke, "cores": cores, "n_train": n_train, "n_valid": n_valid,
-                      "mmlwf": {**ours, "config": config, "element_energies": data["element_energies"]},
+                      "mmlwf": {**ours, "versions": ours_versions, "config": config, "element_energies": data["element_energies"]},
                       "apax": {**theirs, "versions": versions, "config": apax_cfg,
                                "calibration": {"epochs": cal_epochs, "wall_s": cal["wall_s"], "epoch_s": cal["epoch_s"],
                                                "steady_epoch_s": epoch_s, "fixed_s": fixed_s}},
