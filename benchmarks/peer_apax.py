@@ -146,10 +146,11 @@ def main() -> int:
 
         config = physnet_config(**physnet)
         print(f"\nmmlwf: {args.minutes:g} min, config {json.dumps(config)}", flush=True)
-        t0 = time.perf_counter()
+        t0, load_before = time.perf_counter(), os.getloadavg()[0]
         curve = train_and_test(config, data, work / "mmlwf_run", args.minutes, 1)
         ours = {**curve[-1], **mmlwf_speed(work / "mmlwf_run", n_train, 60 * curve[-1]["minutes"]),
-                "train_wall_s": 60 * curve[-1]["minutes"], "total_wall_s": time.perf_counter() - t0}
+                "train_wall_s": 60 * curve[-1]["minutes"], "total_wall_s": time.perf_counter() - t0,
+                "load_avg_before_after": [load_before, os.getloadavg()[0]]}
 
         train_xyz = write_frames(frames, split.train, work / "apax_train.xyz")
         valid_xyz = write_frames(frames, split.valid, work / "apax_valid.xyz")
@@ -161,12 +162,13 @@ def main() -> int:
               f" -> n_epochs {n_epochs} for {args.minutes:g} min", flush=True)
         apax_cfg = apax.apax_config(train_xyz, valid_xyz, n_train, n_valid, n_epochs, work / "apax_models")
         print(f"apax: config {json.dumps(apax_cfg)}", flush=True)
-        t0 = time.perf_counter()
+        t0, load_before = time.perf_counter(), os.getloadavg()[0]
         run = apax.train(venv, apax_cfg, work / "apax_run")
         pred = apax.predict(venv, run["model_dir"], test_xyz, work / "apax_test.npz")
         ref = reference(test_xyz)
         theirs = {**errors({**ref, "E_pred": pred["E"], "F_pred": pred["F"]}), **apax_speed(run, n_train),
-                  "train_wall_s": run["wall_s"], "total_wall_s": time.perf_counter() - t0}
+                  "train_wall_s": run["wall_s"], "total_wall_s": time.perf_counter() - t0,
+                  "load_avg_before_after": [load_before, os.getloadavg()[0]]}
 
     rows = [("test energy MAE (meV)", "energy_mae_meV", "{:.2f}"),
             ("test force MAE (meV/Å)", "forces_mae_meV_per_A", "{:.2f}"),
@@ -182,6 +184,8 @@ def main() -> int:
         cell = [fmt.format(d[key]) if d.get(key) is not None else "-" for d in (ours, theirs)]
         print(f"  {label:26s} {cell[0]:>10s} {cell[1]:>10s} {ratios[key] or float('nan'):11.3f}")
     print("  (MAE ratio < 1: mmlwf more accurate; structures/s ratio > 1: mmlwf faster)")
+    print(f"  1-min load average before/after training: mmlwf {ours['load_avg_before_after']}, "
+          f"apax {theirs['load_avg_before_after']} (more than {len(cores)}: the cores were shared)")
     print(json.dumps({"benchmark": "peer_apax", "molecule": args.molecule, "minutes": args.minutes,
                       "smoke": args.smoke, "cores": cores, "n_train": n_train, "n_valid": n_valid,
                       "mmlwf": {**ours, "versions": ours_versions, "config": config, "element_energies": data["element_energies"]},
