@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -121,7 +122,7 @@ def epochs_for(budget_s: float, calibration: dict, n_epochs_calibration: int) ->
     steady epoch time (median of its epochs after the first) and the rest of its wall time
     (start-up, first-epoch compilation and neighbour lists) as a fixed cost. Returns
     ``(epochs, steady epoch s, fixed s)``; one epoch at least."""
-    steady = sorted(calibration["epoch_s"][1:])[(len(calibration["epoch_s"]) - 1) // 2]
+    steady = statistics.median(calibration["epoch_s"][1:])
     fixed = calibration["wall_s"] - n_epochs_calibration * steady
     return max(1, int((budget_s - fixed) // steady)), steady, fixed
 
@@ -130,6 +131,9 @@ def predict(venv: Path, model_dir: Path, frames_xyz: Path, out: Path) -> dict:
     """Energies (eV) and forces (eV/Å) of every frame of ``frames_xyz`` by apax's best checkpoint."""
     import numpy as np
 
-    subprocess.run([venv_python(venv), "-c", PREDICT, str(model_dir), str(frames_xyz), str(out)], check=True)
+    done = subprocess.run([venv_python(venv), "-c", PREDICT, str(model_dir), str(frames_xyz), str(out)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"apax prediction failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     with np.load(out, allow_pickle=False) as z:
         return {"E": z["E"], "F": z["F"]}
