@@ -45,15 +45,78 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "mlff"
 
 
+#: this benchmark's PhysNet settings beyond the project's defaults (``--smoke``: 16 features)
+PHYSNET = {"features": 64, "iterations": 3, "max_degree": 0, "batch_size": 16, "learning_rate": 1e-3}
+
+
+def physnet_config(features: int, iterations: int, max_degree: int, batch_size: int, learning_rate: float,
+                   model: dict | None = None, training: dict | None = None) -> dict:
+    """The run config: the project's defaults plus this benchmark's settings (and ``model``/``training`` keys)."""
+    return {
+        "model": {"type": "physnet", "cutoff": 5.0, "features": features, "max_degree": max_degree,
+                  "num_iterations": iterations, **(model or {})},
+        "training": {"batch_size": batch_size, "learning_rate": learning_rate, "max_epochs": 1_000_000,
+                     "schedule": "plateau", "ema_decay": 0.99, "seed": 0, "early_stopping_patience": 1_000_000,
+                     **(training or {})},
+    }
+
+
+def prepare(work: Path, train_xyz: Path, test_xyz: Path, element_energies: str | None = None) -> dict:
+    """Packed ``work/train`` and ``work/test``, the 950/50 ``work/split.npz`` (seed 0) and
+    ``work/stats.json``; returns their paths, the split and how the element energies were made."""
+    from mmlwf.convert import convert
+    from mmlwf.split import split_dataset
+    from transfer_totals import make_stats  # benchmarks/ is on sys.path as the script's folder
+
+    train_ds, test_ds = work / "train", work / "test"
+    if not train_ds.exists():
+        convert([train_xyz], train_ds)
+    if not test_ds.exists():
+        convert([test_xyz], test_ds)
+    split = split_dataset(train_ds, work / "split.npz", valid=50, test=0, seed=0)
+    how = make_stats(element_energies, train_ds, work / "split.npz", work / "stats.json")
+    return {"train": train_ds, "test": test_ds, "split_npz": work / "split.npz", "stats": work / "stats.json",
+            "split": split, "element_energies": how}
+
+
+def train_and_test(config: dict, data: dict, run_dir: Path, minutes: float, segments: int) -> list[dict]:
+    """Train ``config`` for ``minutes`` in ``segments`` (each resumes ``run_dir``); after each, the
+    test error of the best (EMA) parameters: one row per segment that finished an epoch."""
+    from mmlwf.analysis import energy_force_metrics, load_run, predict
+    from mmlwf.training.runner import run_training
+
+    args = (config, data["train"], data["split_npz"], data["stats"], run_dir)
+    curve = []
+    trained_s = 0.0
+    for k in range(segments):
+        t0 = time.perf_counter()
+        summary = run_training(*args, overrides=[f"training.max_time_min={minutes / segments}"], progress=False)
+        if summary["best_epoch"] is None and k == segments - 1:  # budget spent compiling: one epoch more
+            print(f"no epoch within {minutes:g} min; finishing epoch {summary['epochs'] + 1} beyond it")
+            summary = run_training(*args, overrides=[f"training.max_epochs={summary['epochs'] + 1}"], progress=False)
+        trained_s += time.perf_counter() - t0
+        if summary["best_epoch"] is None:  # no epoch finished yet (compilation takes a while)
+            continue
+        m = energy_force_metrics(predict(load_run(run_dir), data["test"]))
+        row = {"minutes": trained_s / 60, "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
+               "energy_mae_meV": 1000 * m["energy_mae_eV"], "forces_mae_meV_per_A": 1000 * m["forces_mae_eV_per_A"],
+               "energy_rmse_meV": 1000 * m["energy_rmse_eV"], "forces_rmse_meV_per_A": 1000 * m["forces_rmse_eV_per_A"],
+               "n_test": m["n_structures"]}
+        curve.append(row)
+        print(f"{row['minutes']:6.1f} min  epoch {row['epochs']:5d}  test energy MAE {row['energy_mae_meV']:8.2f} meV"
+              f"  force MAE {row['forces_mae_meV_per_A']:8.2f} meV/Å", flush=True)
+    return curve
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0, help="training time budget (default %(default)s)")
     ap.add_argument("--segments", type=int, default=6, help="evaluations on the test set (default %(default)s)")
-    ap.add_argument("--features", type=int, default=64)
-    ap.add_argument("--iterations", type=int, default=3)
-    ap.add_argument("--max-degree", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--features", type=int, default=PHYSNET["features"])
+    ap.add_argument("--iterations", type=int, default=PHYSNET["iterations"])
+    ap.add_argument("--max-degree", type=int, default=PHYSNET["max_degree"])
+    ap.add_argument("--batch-size", type=int, default=PHYSNET["batch_size"])
+    ap.add_argument("--learning-rate", type=float, default=PHYSNET["learning_rate"])
     ap.add_argument("--element-energies", default=None, metavar="FILE|fit",
                     help="element reference energies: a file of isolated atoms or 'fit' (default: the checkout's)")
     ap.add_argument("--model-json", default="{}", help="model keys added or replaced (JSON)")
@@ -69,53 +132,18 @@ def main() -> int:
         return 2
 
     import mmlwf
-    from mmlwf.analysis import energy_force_metrics, load_run, predict
-    from mmlwf.convert import convert
-    from mmlwf.split import split_dataset
-    from mmlwf.training.runner import run_training
-    from transfer_totals import make_stats  # benchmarks/ is on sys.path as the script's folder
 
     print(f"mmlwf {mmlwf.__version__} from {Path(mmlwf.__file__).parent}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="mmlwf-acc-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        train_ds, test_ds = work / "train", work / "test"
-        if not train_ds.exists():
-            convert([train_xyz], train_ds)
-        if not test_ds.exists():
-            convert([test_xyz], test_ds)
-        split_dataset(train_ds, work / "split.npz", valid=50, test=0, seed=0)
-        how = make_stats(args.element_energies, train_ds, work / "split.npz", work / "stats.json")
+        data = prepare(work, train_xyz, test_xyz, args.element_energies)
+        how = data["element_energies"]
         print(f"element energies: {how}", flush=True)
-        config = {
-            "model": {"type": "physnet", "cutoff": 5.0, "features": args.features, "max_degree": args.max_degree,
-                      "num_iterations": args.iterations, **json.loads(args.model_json)},
-            "training": {"batch_size": args.batch_size, "learning_rate": args.learning_rate, "max_epochs": 1_000_000,
-                         "schedule": "plateau", "ema_decay": 0.99, "seed": 0, "early_stopping_patience": 1_000_000,
-                         **json.loads(args.training_json)},
-        }
-        curve = []
-        trained_s = 0.0
-        segment = args.minutes / args.segments
-        for k in range(args.segments):
-            t0 = time.perf_counter()
-            summary = run_training(config, train_ds, work / "split.npz", work / "stats.json", work / "run",
-                                   overrides=[f"training.max_time_min={segment}"], progress=False)
-            if summary["best_epoch"] is None and k == args.segments - 1:  # budget spent compiling: one epoch more
-                print(f"no epoch within {args.minutes:g} min; finishing epoch {summary['epochs'] + 1} beyond it")
-                summary = run_training(config, train_ds, work / "split.npz", work / "stats.json", work / "run",
-                                       overrides=[f"training.max_epochs={summary['epochs'] + 1}"], progress=False)
-            trained_s += time.perf_counter() - t0
-            if summary["best_epoch"] is None:  # no epoch finished yet (compilation takes a while)
-                continue
-            m = energy_force_metrics(predict(load_run(work / "run"), test_ds))
-            row = {"minutes": trained_s / 60, "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
-                   "energy_mae_meV": 1000 * m["energy_mae_eV"], "forces_mae_meV_per_A": 1000 * m["forces_mae_eV_per_A"],
-                   "energy_rmse_meV": 1000 * m["energy_rmse_eV"], "forces_rmse_meV_per_A": 1000 * m["forces_rmse_eV_per_A"]}
-            curve.append(row)
-            print(f"{row['minutes']:6.1f} min  epoch {row['epochs']:5d}  test energy MAE {row['energy_mae_meV']:8.2f} meV"
-                  f"  force MAE {row['forces_mae_meV_per_A']:8.2f} meV/Å", flush=True)
+        config = physnet_config(args.features, args.iterations, args.max_degree, args.batch_size, args.learning_rate,
+                                json.loads(args.model_json), json.loads(args.training_json))
+        curve = train_and_test(config, data, work / "run", args.minutes, args.segments)
         last = curve[-1]
         ok = last["forces_mae_meV_per_A"] <= 40 and last["energy_mae_meV"] <= 10
         print(f"target (force MAE <= 40 meV/Å, energy MAE <= 10 meV): {'PASS' if ok else 'FAIL'}")
