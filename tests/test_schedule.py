@@ -109,6 +109,16 @@ def test_budget_span_decided_once_from_whole_epochs():
     again = Schedule(cfg.model_copy(update={"max_time_min": 0.5}), 5, 10, stored={"schedule": sched.record})
     assert again.record == sched.record and again.epoch_end(4, 40, 1.0, 30.0) is None
     assert again.lr(30) == sched.lr(30)
+    # validating every 2nd epoch: measured over whole pairs of epochs
+    pairs = Schedule(cfg.model_copy(update={"valid_every": 2}), 5, 10, stored=None)
+    assert [pairs.epoch_end(e, 10 * e, 5.0 * e, 60.0) for e in (1, 2)] == [None, None]
+    assert pairs.epoch_end(3, 30, 15.0, 60.0) is not None and pairs.record["decided_after_epoch"] == 3
+    # stopped before deciding and resumed without a budget: decided at the first epoch end, to max_epochs
+    undecided = {"schedule": "warmup_linear", "source": "budget", "start": None, "end": None}
+    late = Schedule(cfg.model_copy(update={"max_time_min": None}), 5, 10, stored={"schedule": undecided})
+    assert "no time budget" in late.describe() and late.on_host
+    assert "over 500 updates" in late.epoch_end(3, 30, 0.0, None) and late.end_epoch() == 100
+    assert late.record["start"] == 15 and late.lr(500) == pytest.approx(0.1)
 
 
 def test_a_rate_on_the_host_moves_the_parameters_as_the_same_rate_in_optax():

@@ -17,7 +17,8 @@ checkpoint taken within an epoch (SIGTERM, time limit) records how many of that 
 batches were done and the run continues with the next one. The result equals an
 uninterrupted run (bitwise on CPU).
 
-Stops: ``max_epochs`` ("completed"), early stopping ("early_stopped"), ``max_time_min``
+Stops: ``max_epochs`` or the last epoch a time budget's schedule fixed (:mod:`.schedule`;
+"completed"), early stopping ("early_stopped"), ``max_time_min``
 of this invocation ("time_limit"), SIGTERM or SIGINT ("interrupted": the current step is
 finished and a ``latest`` checkpoint written; a second SIGINT aborts at once). A non-finite
 loss or gradient raises :class:`TrainingDiverged` naming the epoch, step and structures of

@@ -11,8 +11,8 @@ once and saved in the ``schedule`` entry of every ``latest`` checkpoint (the loo
 - else (source ``budget``): sized to the time budget of the invocation that starts the run.
   After the warm-up the rate holds at the peak while the wall time of whole epochs
   (training, validation, checkpoint) is measured, from the end of the invocation's first
-  epoch (which compiles) over at least one epoch and :data:`MEASURE_FRACTION` of the
-  budget (or of ``max_epochs``). Then the run's last epoch is fixed: as many more epochs as
+  epoch (which compiles) over whole cycles of ``valid_every`` and ``checkpoint_every``
+  epochs, at least one and :data:`MEASURE_FRACTION` of the budget (or of ``max_epochs``). Then the run's last epoch is fixed: as many more epochs as
   fit :data:`SAFETY` of the time left, at most ``max_epochs``; the decay runs from that
   update to the last update of that epoch, and the run completes there (validated, best
   checkpoint) instead of being cut by the time limit. The rate is then computed on the host
@@ -99,6 +99,9 @@ class Schedule:
         r, cfg = self.record, self.cfg
         if r is None:
             return f"schedule: {cfg.schedule}"
+        if r["end"] is None and cfg.max_time_min is None:
+            return (f"schedule: {r['schedule']}, its length to be fixed at the end of this epoch: to max_epochs "
+                    "(no time budget in this invocation)")
         if r["end"] is None:
             return (f"schedule: {r['schedule']}, its length to be fixed from the {cfg.max_time_min:g}-minute "
                     f"budget after measuring whole epochs (the rate holds at the peak until then)")
@@ -122,10 +125,11 @@ class Schedule:
         self.marks.append((epoch, now))
         e0, t0 = self.marks[0]
         measured = epoch - e0
+        cycle = math.lcm(cfg.valid_every, cfg.checkpoint_every)  # epochs with and without them alike
         if deadline is None:  # resumed without a time budget before deciding: max_epochs
             end_epoch, epoch_s = cfg.max_epochs, None
-        elif measured < 1 or (now - t0 < MEASURE_FRACTION * 60.0 * cfg.max_time_min
-                              and measured < MEASURE_FRACTION * cfg.max_epochs):
+        elif measured < 1 or measured % cycle or (now - t0 < MEASURE_FRACTION * 60.0 * cfg.max_time_min
+                                                  and measured < MEASURE_FRACTION * cfg.max_epochs):
             return None
         else:
             epoch_s = (now - t0) / measured
