@@ -301,7 +301,8 @@ class _Run:
         self.log.line(f"training: {len(job.train_loader)} batches per epoch, loss terms "
                       f"{', '.join(f'{t}*{w:g}' for t, w in self.p.weights.items())}, optimizer {cfg.optimizer}, "
                       f"schedule {cfg.schedule}, accumulate {cfg.accumulate}, ema {cfg.ema_decay:g}")
-        self.log.line(self.p.schedule.describe())
+        if self.p.schedule.record is not None:
+            self.log.line(self.p.schedule.describe(), terminal=False)
         if self.p.parallel is not None:
             self.log.line(f"data parallel over {self.p.parallel.describe()}: {self.p.steps_per_epoch} steps in "
                           f"epoch 1, each on up to {self.p.parallel.n} batches (one per device)")
