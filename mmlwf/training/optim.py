@@ -7,8 +7,8 @@ The schedule counts optimiser updates. The reduce-on-plateau factor is host stat
 (:class:`Plateau`) that multiplies the updates, passed to the jitted step as an argument.
 A decaying schedule (:data:`DECAYING`) goes from the peak to ``min_learning_rate`` over a
 span of updates fixed when the run starts (:mod:`.schedule`); one sized to a time budget is
-known only after the first epochs, so it is applied on the host through that same argument
-(the optax part is then ``-1``).
+known only after the first epochs, so it is applied on the host, as a factor through that
+same argument.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ if TYPE_CHECKING:
 
 #: schedules that decay from the peak to ``min_learning_rate`` over a span of updates
 DECAYING = ("warmup_cosine", "warmup_linear")
-#: ``(start, end)``: the updates where a decaying schedule leaves the peak and reaches the
-#: floor; ``end`` None: not decided yet (the rate holds at the peak after the warm-up)
-Span = tuple[int, "int | None"]
+#: ``(start, end)``: the updates where a decaying schedule leaves the peak and reaches the floor
+Span = tuple[int, int]
 
 
 def default_span(cfg: TrainingConfig, updates_per_epoch: int) -> Span:
@@ -41,34 +40,36 @@ def default_span(cfg: TrainingConfig, updates_per_epoch: int) -> Span:
 
 
 def schedule_fn(cfg: TrainingConfig, updates_per_epoch: int, xp: Any = np,
-                span: Span | None = None) -> Callable[[Any], Any]:
+                span: Span | None = None, peak: float | None = None) -> Callable[[Any], Any]:
     """``lr(count)`` of the configured schedule, without the plateau factor.
 
     ``count`` is the number of optimiser updates done before this one. Works with numpy
     (host, for the log) and jax.numpy (inside the step) through ``xp``. ``span``: of a
-    decaying schedule (default :func:`default_span`); the rate reaches the floor at ``end``.
+    decaying schedule (default :func:`default_span`); the rate reaches the floor at ``end``,
+    from ``peak`` at ``start`` (default ``learning_rate``).
     """
     lr, floor = cfg.learning_rate, cfg.min_learning_rate
     warm = cfg.warmup_steps
     per_epoch = max(int(updates_per_epoch), 1)
     if cfg.schedule in DECAYING:
         start, end = span if span is not None else default_span(cfg, updates_per_epoch)
-        width = None if end is None else max(end - start, 1)
+        width = max(end - start, 1)
+        top = lr if peak is None else float(peak)
     elif cfg.schedule == "exponential":
         every = cfg.decay_steps if cfg.decay_steps is not None else per_epoch
 
     def lr_at(count):
         count = xp.asarray(count, dtype=xp.float32)
         t = xp.maximum(count - warm, 0.0)
-        if cfg.schedule in DECAYING and width is not None:
+        if cfg.schedule in DECAYING:
             frac = xp.minimum(xp.maximum(count - start, 0.0) / width, 1.0)
             if cfg.schedule == "warmup_cosine":  # (the operations' order kept: same float32 rates)
-                base = floor + (lr - floor) * 0.5 * (1.0 + xp.cos(math.pi * frac))
+                base = floor + (top - floor) * 0.5 * (1.0 + xp.cos(math.pi * frac))
             else:
-                base = floor + (lr - floor) * (1.0 - frac)
+                base = floor + (top - floor) * (1.0 - frac)
         elif cfg.schedule == "exponential":
             base = xp.maximum(lr * xp.power(xp.float32(cfg.decay_rate), t / every), floor)
-        else:  # constant, plateau (its factor is applied outside), a decay not decided yet
+        else:  # constant, plateau (its factor is applied outside)
             base = xp.asarray(lr, dtype=xp.float32)
         if warm > 0:
             base = base * xp.minimum((count + 1.0) / warm, 1.0)
@@ -77,11 +78,9 @@ def schedule_fn(cfg: TrainingConfig, updates_per_epoch: int, xp: Any = np,
     return lr_at
 
 
-def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int, span: Span | None = None,
-                   on_host: bool = False) -> optax.GradientTransformation:
-    """The optax transformation for ``cfg`` (see module docstring). ``span``: see
-    :func:`schedule_fn`; ``on_host``: the learning rate is the step's ``lr_factor`` (its
-    optax part is ``-1``; the state's structure is the same)."""
+def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int,
+                   span: Span | None = None) -> optax.GradientTransformation:
+    """The optax transformation for ``cfg`` (see module docstring; ``span``: see :func:`schedule_fn`)."""
     import jax.numpy as jnp
     import optax
 
@@ -96,7 +95,7 @@ def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int, span: Span | Non
         parts.append(optax.trace(decay=cfg.momentum))
     if cfg.optimizer == "adamw" and cfg.weight_decay > 0:
         parts.append(optax.add_decayed_weights(cfg.weight_decay))
-    lr = (lambda count: 1.0) if on_host else schedule_fn(cfg, updates_per_epoch, jnp, span)
+    lr = schedule_fn(cfg, updates_per_epoch, jnp, span)
     parts.append(optax.scale_by_schedule(lambda count: -lr(count)))
     tx = optax.chain(*parts)
     if cfg.accumulate > 1:

@@ -147,7 +147,7 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
         n_batches = parallel.steps_per_epoch(job.train_loader)  # steps, not batches
     updates_per_epoch = max(n_batches // cfg.accumulate, 1)
     schedule = Schedule(cfg, updates_per_epoch, n_batches, stored)
-    tx = make_optimizer(cfg, updates_per_epoch, schedule.span(), on_host=schedule.on_host)
+    tx = make_optimizer(cfg, updates_per_epoch, schedule.span())
 
     raw_first = first_batch(job.train_loader)
     first = prepare_batch(raw_first, None)
