@@ -123,6 +123,7 @@ def test_budget_span_decided_once_from_whole_epochs():
     # stopped before deciding and resumed without a budget: the max_epochs run it was, exactly
     undecided = new_record(cfg, 5)
     late = Schedule(cfg.model_copy(update={"max_time_min": None}), 5, 10, stored={"schedule": undecided})
+    assert "over 500 updates (max_epochs): no time budget" in late.describe()
     assert "no time budget" in late.epoch_end(3, 30, 0.0, None)
     assert late.record == {"schedule": "warmup_linear", "source": "max_epochs", "start": 5, "end": 500}
     assert late.factor(60, 1.0) == 1.0 and late.end_epoch() == 100

@@ -114,6 +114,9 @@ class Schedule:
         r, cfg, b = self.record, self.cfg, self.decided
         if r is None:
             return f"schedule: {cfg.schedule}"
+        if r["source"] == "budget" and b is None and cfg.max_time_min is None:
+            return (f"schedule: {r['schedule']} over {r['end']} updates (max_epochs): no time budget in this "
+                    "invocation to size it")
         if r["source"] == "budget" and b is None:
             return (f"schedule: {r['schedule']} over {r['end']} updates (max_epochs) until its length is fixed "
                     f"from the {cfg.max_time_min:g}-minute budget after measuring whole epochs")
