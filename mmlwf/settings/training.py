@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from .base import Settings, SettingError
 
 OPTIMIZERS = ("adam", "adamw", "amsgrad", "sgd")
-SCHEDULES = ("constant", "warmup_cosine", "exponential", "plateau")
+SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "exponential", "plateau")
 ENERGY_LOSSES = ("per_molecule", "per_atom")
 DATA_PARALLEL = ("auto", "off")
 
@@ -35,11 +35,16 @@ class TrainingSettings(Settings):
     ema_decay: float = Field(0.0, ge=0, lt=1, description="decay of the exponential moving average of the "
                              "parameters; 0 = off; the EMA parameters are used for validation and export")
     # -- schedule (counted in optimiser updates, not batches, when accumulating)
-    schedule: Literal[SCHEDULES] = Field("constant", description="the learning-rate schedule")
+    schedule: Literal[SCHEDULES] = Field("constant", description="the learning-rate schedule; warmup_cosine and "
+                                         "warmup_linear decay from learning_rate to min_learning_rate over a span "
+                                         "of updates fixed when the run starts and kept in its checkpoints "
+                                         "(see decay_steps)")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up over this many updates (every schedule); 0 = none")
-    decay_steps: int | None = Field(None, ge=1, description="warmup_cosine: updates to reach min_learning_rate "
-                                    "(null: all updates of max_epochs); exponential: updates per decay_rate "
-                                    "factor (null: one epoch)")
+    decay_steps: int | None = Field(None, ge=1, description="warmup_cosine, warmup_linear: updates to reach "
+                                    "min_learning_rate (null: all updates of max_epochs, or with max_time_min "
+                                    "those that fit the time budget: measured over the first epochs, then the "
+                                    "run ends with the decay); exponential: updates per decay_rate factor "
+                                    "(null: one epoch)")
     decay_rate: float = Field(0.95, gt=0, le=1, description="exponential: factor per decay_steps updates")
     min_learning_rate: float = Field(1.0e-6, ge=0, description="floor of every schedule (cosine end value); "
                                                                "at most learning_rate")
@@ -71,7 +76,9 @@ class TrainingSettings(Settings):
     # -- length and stopping
     max_epochs: int = Field(1000, ge=1, description="epochs to train")
     max_time_min: float | None = Field(None, gt=0, description="stop (with a resumable checkpoint) after this "
-                                       "many minutes of this invocation; null = no limit")
+                                       "many minutes of this invocation; null = no limit; with warmup_cosine or "
+                                       "warmup_linear and decay_steps null the decay is sized to this budget "
+                                       "when the run starts")
     early_stopping_patience: int | None = Field(100, ge=1, description="stop after this many epochs without a "
                                                 "better validation loss; null = off")
     # -- bookkeeping

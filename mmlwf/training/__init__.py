@@ -3,7 +3,8 @@ NaN guard, per-epoch history and log (the loop and the run directory: ``docs/arc
 
 Entry point: :func:`train`. Modules: :mod:`.config` (YAML config and overrides),
 :mod:`.losses` (targets, forces, masked losses and metrics), :mod:`.optim` (optimisers,
-schedules, plateau), :mod:`.state` (jitted train/eval steps), :mod:`.checkpoint` (orbax
+schedules, plateau), :mod:`.schedule` (a decaying schedule's span, fixed once per run, sized
+to a time budget), :mod:`.state` (jitted train/eval steps), :mod:`.checkpoint` (orbax
 latest/best, :func:`load_params`), :mod:`.history` (history.csv, train.log),
 :mod:`.monitor` (XLA compilation count), :mod:`.progress` (what the terminal shows: a bar,
 summary lines), :mod:`.data` (loaders from the workflow's files; they own the batch shapes),

@@ -26,11 +26,11 @@ from ..settings import SettingError, TrainingSettings
 SECTIONS = ("model", "training")
 
 #: training keys that may change between a run and its resume (they do not change the
-#: epochs already done; every other key must match the stored config). Note: with
-#: ``schedule: warmup_cosine`` and ``decay_steps: null`` the cosine spans ``max_epochs``, so
-#: changing ``max_epochs`` on resume changes the learning rate of the epochs still to come;
-#: likewise ``data_parallel`` (or another number of local devices) changes what a step is
-#: for the rest of the run (see :mod:`.parallel`).
+#: epochs already done; every other key must match the stored config). The span of a
+#: decaying schedule is fixed when the run starts and kept in its checkpoints
+#: (:mod:`.schedule`): changing ``max_epochs`` or ``max_time_min`` on resume changes when
+#: the run stops, not its learning rates. ``data_parallel`` (or another number of local
+#: devices) changes what a step is for the rest of the run (see :mod:`.parallel`).
 RESUMABLE_CHANGES = ("max_epochs", "max_time_min", "early_stopping_patience", "checkpoint_every",
                      "data_parallel")
 

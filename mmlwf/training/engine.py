@@ -17,7 +17,8 @@ checkpoint taken within an epoch (SIGTERM, time limit) records how many of that 
 batches were done and the run continues with the next one. The result equals an
 uninterrupted run (bitwise on CPU).
 
-Stops: ``max_epochs`` ("completed"), early stopping ("early_stopped"), ``max_time_min``
+Stops: ``max_epochs`` or the last epoch a time budget's schedule fixed (:mod:`.schedule`;
+"completed"), early stopping ("early_stopped"), ``max_time_min``
 of this invocation ("time_limit"), SIGTERM or SIGINT ("interrupted": the current step is
 finished and a ``latest`` checkpoint written; a second SIGINT aborts at once). A non-finite
 loss or gradient raises :class:`TrainingDiverged` naming the epoch, step and structures of
@@ -56,11 +57,11 @@ from .loaders import Batch, Loader, epoch_batches
 from .loop_state import META_VERSION, EpochSums, LoopState, json_ready
 from .losses import loss_from_sums, metrics_from_sums, prepare_batch
 from .monitor import CompileCounter
-from .parallel import DataParallel
 from .progress import TrainingProgress, summary_line
 from ..rundir import RunDir
 from .cleanup import entries_before, remove_fresh_run
 from .setup import Prepared, TrainingJob, data_parallel, model_info, prepare
+from .state import evaluate_sums
 from .signals import EXIT_CODES, EXIT_INTERRUPTED, StopFlag, exit_code, signal_handlers
 
 __all__ = ["EXIT_CODES", "EXIT_INTERRUPTED", "META_VERSION", "TrainingDiverged", "data_parallel",
@@ -73,25 +74,6 @@ def _write_json(path: Path, obj) -> None:
     with atomic_write(path) as fh:
         json.dump(obj, fh, indent=2)
         fh.write("\n")
-
-
-def evaluate_sums(eval_step: Callable, params, loader: Loader, table: np.ndarray | None,
-                  parallel: DataParallel | None = None) -> dict[str, float] | None:
-    """Error sums (float64) of ``params`` over every batch of ``loader`` (epoch 0 order).
-
-    With ``parallel``, ``eval_step`` is the data-parallel one (``make_eval_step(forward,
-    parallel)``), ``params`` are replicated and the batches go to the devices in groups."""
-    import jax
-
-    if parallel is None:
-        results = [eval_step(params, prepare_batch(batch, table)) for batch in loader.epoch(0)]
-    else:
-        results = [eval_step(params, parallel.stack([prepare_batch(b, table) for b in group]))
-                   for group in parallel.groups(loader.epoch(0))]
-    if not results:
-        return None
-    host = jax.device_get(results)
-    return {k: float(np.sum([np.float64(r[k]) for r in host])) for k in host[0]}
 
 
 # ----------------------------------------------------------------------------- train
@@ -111,6 +93,7 @@ def train(
     on_step: Callable[[int, int], None] | None = None,
     verbose: bool = False,
     summary_every: float | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> dict:
     """Train ``model`` in ``run_dir`` (or resume the run there) and return a summary.
 
@@ -129,10 +112,12 @@ def train(
     line every ``summary_every`` seconds (None: the default of :mod:`.progress`).
     ``on_step(epoch, batches_done)``: called after each step (epoch counted from 0; loader
     batches done of the epoch: one more per step on one device, up to ``n`` with ``n``).
+    ``clock``: seconds for the time limit and a time budget's schedule (default time.monotonic).
 
     Returns ``{"status", "exit_code", "epochs", "steps", "best_epoch", "best_loss",
     "last" (the last history row), "compilations", "train_step_shapes", "eval_step_shapes",
-    "devices", "wall_time_s", "run_dir"}`` (``steps``: train steps; ``devices``: how many
+    "devices", "wall_time_s", "run_dir", "schedule"}`` (``schedule``: the record of
+    :mod:`.schedule`; ``steps``: train steps; ``devices``: how many
     devices each step ran on).
     """
     run_dir = Path(run_dir)
@@ -147,7 +132,7 @@ def train(
         store = CheckpointStore(RunDir(run_dir).checkpoints)
         with signal_handlers(stop):
             job = TrainingJob.make(run_dir, model, config, train_loader, valid_loader, element_energies,
-                                   forward, metadata, on_step)
+                                   forward, metadata, on_step, clock)
             return _Run(job, runlog, store, stop).run()
     except BaseException as exc:
         if runlog is not None:
@@ -184,7 +169,8 @@ class _Run:
         self.store = store
         self.stop = stop
         self.compiles = CompileCounter()
-        self.t0 = time.monotonic()
+        self.clock = job.clock
+        self.t0 = self.clock()
         self.wall0 = 0.0
         self.p: Prepared  # set by run()
         self.s: LoopState  # set by resume()
@@ -200,7 +186,8 @@ class _Run:
         n_devices = self.p.n_devices
         got = self.store.restore_latest(self.state)
         if got is None:
-            self.s = LoopState(config=self.config_json(), rng=np.asarray(self.p.rng).tolist(), devices=n_devices)
+            self.s = LoopState(config=self.config_json(), rng=np.asarray(self.p.rng).tolist(), devices=n_devices,
+                               schedule=self.p.schedule.record)
             self.store.prune_best(None)  # from a run killed before its first 'latest'
             self.log.line(f"new run in {self.job.run_dir} (mmlwf {__version__}, jax {jax.__version__}, "
                           f"devices: {', '.join(str(d) for d in jax.devices())})")
@@ -218,6 +205,7 @@ class _Run:
                           "the rest of the run groups batches into steps differently (see "
                           "training.data_parallel), so it is not the uninterrupted run's continuation")
         s.devices = n_devices
+        s.schedule = self.p.schedule.record  # one record: the one the schedule decides in
         self.s = s
         self.store.prune_best(s.best_epoch)  # best checkpoints after 'latest' are redone
         self.log.line(f"resumed from checkpoint {self.store.latest_step()}: epoch {s.epoch} "
@@ -225,7 +213,7 @@ class _Run:
 
     # -- bookkeeping
     def wall(self) -> float:
-        return self.wall0 + (time.monotonic() - self.t0)
+        return self.wall0 + (self.clock() - self.t0)
 
     def saveable(self, tree):
         """``tree`` as written to a checkpoint (from the first device with data parallelism)."""
@@ -261,7 +249,7 @@ class _Run:
 
     def done_reason(self) -> str | None:
         s, cfg = self.s, self.cfg
-        if s.batch == 0 and s.epoch >= cfg.max_epochs:
+        if s.batch == 0 and s.epoch >= self.p.schedule.end_epoch():
             return "completed"
         since = s.epochs_since_best()
         if s.batch == 0 and cfg.early_stopping_patience is not None and since is not None \
@@ -271,7 +259,7 @@ class _Run:
 
     def learning_rate(self) -> float:
         updates = self.s.step // self.cfg.accumulate
-        return float(self.p.lr_host(max(updates - 1, 0))) * self.s.plateau.factor
+        return self.p.schedule.lr(max(updates - 1, 0)) * self.s.plateau.factor
 
     def summary(self, status: str) -> dict:
         hist = self.s.history
@@ -289,6 +277,7 @@ class _Run:
             "devices": self.p.n_devices,
             "wall_time_s": self.wall(),
             "run_dir": str(self.job.run_dir),
+            "schedule": self.s.schedule,
         }
 
     def compile_note(self) -> str:
@@ -298,7 +287,8 @@ class _Run:
     # -- the loop
     def run(self) -> dict:
         job, cfg = self.job, self.cfg
-        self.p = prepare(job, self.log)
+        stored = self.store.restore_latest({})  # the meta only: the schedule's span, before the optimiser
+        self.p = prepare(job, self.log, None if stored is None else stored[1])
         self.state = self.p.state
         self.resume()
         self.wall0 = float(self.s.wall_time_s)
@@ -311,6 +301,8 @@ class _Run:
         self.log.line(f"training: {len(job.train_loader)} batches per epoch, loss terms "
                       f"{', '.join(f'{t}*{w:g}' for t, w in self.p.weights.items())}, optimizer {cfg.optimizer}, "
                       f"schedule {cfg.schedule}, accumulate {cfg.accumulate}, ema {cfg.ema_decay:g}")
+        if self.p.schedule.record is not None:
+            self.log.line(self.p.schedule.describe(), terminal=False)
         if self.p.parallel is not None:
             self.log.line(f"data parallel over {self.p.parallel.describe()}: {self.p.steps_per_epoch} steps in "
                           f"epoch 1, each on up to {self.p.parallel.n} batches (one per device)")
@@ -344,9 +336,8 @@ class _Run:
         s, cfg = self.s, self.cfg
         epoch = s.epoch
         n, batches = epoch_batches(self.job.train_loader, epoch, s.batch)
-        factor = np.float32(s.plateau.factor)
         bar = self.log.progress
-        bar.start_epoch(epoch, cfg.max_epochs, n, s.batch)
+        bar.start_epoch(epoch, self.p.schedule.end_epoch(), n, s.batch)
         last_valid = s.last_valid_loss()
         acc = s.acc
         pending = None
@@ -356,6 +347,7 @@ class _Run:
             for group, dev in self.steps(batches):
                 for b in group:
                     count_batch(acc, b)
+                factor = self.p.schedule.factor(s.step, s.plateau.factor)
                 self.state, metrics = self.p.train_step(self.state, dev, factor)
                 if pending is not None:
                     self.check(pending)  # the previous step, while this one runs
@@ -367,7 +359,7 @@ class _Run:
                     self.job.on_step(epoch, s.batch)
                 if self.stop.signum is not None:
                     interrupted = "interrupted"
-                elif deadline is not None and time.monotonic() > deadline:
+                elif deadline is not None and self.clock() > deadline:
                     interrupted = "time_limit"
                 if interrupted:
                     break
@@ -406,7 +398,8 @@ class _Run:
         row.update(metrics_from_sums(acc.sums, "train") if acc.n else {})
         monitor = row["train_loss"]
         validated = self.job.valid_loader is None
-        if self.job.valid_loader is not None and (epoch_no % cfg.valid_every == 0 or epoch_no >= cfg.max_epochs):
+        last = self.p.schedule.end_epoch()
+        if self.job.valid_loader is not None and (epoch_no % cfg.valid_every == 0 or epoch_no >= last):
             valid = self.validate(epoch_no)
             if valid is not None:
                 row.update(valid)
@@ -427,21 +420,24 @@ class _Run:
         row.update(epoch_cost(acc, self.compiles.count))
         s.history.append(json_ready(row))
         write_history(RunDir(self.job.run_dir).history_csv, s.history, self.p.columns)
+        decided = self.p.schedule.epoch_end(s.epoch, s.step, self.clock(), deadline)
+        if decided:
+            self.log.line(decided)
         status = self.done_reason()
         if status is None and self.stop.signum is not None:
             status = "interrupted"
-        elif status is None and deadline is not None and time.monotonic() > deadline:
+        elif status is None and deadline is not None and self.clock() > deadline:
             status = "time_limit"
         if status is not None or epoch_no % cfg.checkpoint_every == 0:
             self.save_latest(status or "running")
         keys = ["train_loss", "valid_loss", "valid_energy_mae_eV", "valid_forces_mae_eV_per_A",
                 "valid_esp_rmse_kcal_per_mol_e", "learning_rate"]
         verbose = self.log.progress.verbose
-        self.log.line(f"epoch {epoch_no}/{cfg.max_epochs} {format_metrics(row, keys)} "
+        self.log.line(f"epoch {epoch_no}/{self.p.schedule.end_epoch()} {format_metrics(row, keys)} "
                       f"time={row['wall_time_s']:.1f}s compilations={self.compiles.count}"
                       + (" *best" if improved else ""), terminal=verbose)
         if not verbose and self.log.progress.summary_due(epoch_no, status is not None):
-            self.log.progress.say(summary_line(row, cfg.max_epochs, s.best_epoch, s.best_loss))
+            self.log.progress.say(summary_line(row, self.p.schedule.end_epoch(), s.best_epoch, s.best_loss))
         if epoch_no == 1:
             self.log.line(self.compile_note(), terminal=verbose)
         return status

@@ -4,7 +4,9 @@
 the counters (epochs, the batches done of the epoch in progress, steps), the sums of the
 epoch in progress (:class:`EpochSums`), the best loss and its epoch (early stopping counts
 epochs since it), the reduce-on-plateau state (learning-rate factor, patience count;
-:class:`~.optim.Plateau`), the RNG key, the history rows and the resolved config.
+:class:`~.optim.Plateau`), the RNG key, the history rows, the resolved config and the
+span of a decaying learning-rate schedule (``schedule``, :mod:`.schedule`; absent when the
+schedule does not decay and in checkpoints written before it existed).
 
 The checkpoint keeps it as a JSON object (:meth:`LoopState.to_meta`,
 :meth:`LoopState.from_meta`); its keys and their meaning are those of ``meta_version`` 1,
@@ -86,7 +88,8 @@ class LoopState:
     (optimiser updates = ``step // accumulate``; a step is one batch on one device, up to
     ``devices`` batches with data parallelism); ``status``: what the run was when the
     checkpoint was written; ``wall_time_s``: seconds of all invocations up to it;
-    ``rng``: the run's PRNG key (uint32 words; carried for models that draw random numbers).
+    ``rng``: the run's PRNG key (uint32 words; carried for models that draw random numbers);
+    ``schedule``: the record of :mod:`.schedule` (None: none).
     """
 
     config: dict
@@ -102,6 +105,7 @@ class LoopState:
     best_epoch: int | None = None
     plateau: Plateau = field(default_factory=Plateau)
     history: list[dict] = field(default_factory=list)
+    schedule: dict | None = None
     meta_version: int = META_VERSION
     extra: dict = field(default_factory=dict)  # keys of a newer format, written back as read
 
@@ -132,6 +136,8 @@ class LoopState:
             "history": self.history,
             "config": self.config,
         }
+        if self.schedule is not None:
+            meta["schedule"] = self.schedule
         meta.update({k: v for k, v in self.extra.items() if k not in meta})
         return meta
 
@@ -157,6 +163,7 @@ class LoopState:
             best_epoch=None if best_epoch is None else int(best_epoch),
             plateau=Plateau.from_dict(meta.get("plateau")),
             history=[dict(r) for r in meta.get("history", [])],
+            schedule=None if meta.get("schedule") is None else dict(meta["schedule"]),
             meta_version=int(meta.get("meta_version", META_VERSION)),
             extra={k: v for k, v in meta.items() if k not in known},
         )

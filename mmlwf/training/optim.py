@@ -5,6 +5,10 @@ weight decay], -schedule(update))``: gradients of ``accumulate`` batches are ave
 clipping and the update, so clipping sees the same gradient a ``k`` times larger batch gives.
 The schedule counts optimiser updates. The reduce-on-plateau factor is host state
 (:class:`Plateau`) that multiplies the updates, passed to the jitted step as an argument.
+A decaying schedule (:data:`DECAYING`) goes from the peak to ``min_learning_rate`` over a
+span of updates fixed when the run starts (:mod:`.schedule`); one sized to a time budget is
+known only after the first epochs, so it is applied on the host, as a factor through that
+same argument.
 """
 
 from __future__ import annotations
@@ -22,28 +26,47 @@ if TYPE_CHECKING:
     import jax
     import optax
 
+#: schedules that decay from the peak to ``min_learning_rate`` over a span of updates
+DECAYING = ("warmup_cosine", "warmup_linear")
+#: ``(start, end)``: the updates where a decaying schedule leaves the peak and reaches the floor
+Span = tuple[int, int]
 
-def schedule_fn(cfg: TrainingConfig, updates_per_epoch: int, xp: Any = np) -> Callable[[Any], Any]:
+
+def default_span(cfg: TrainingConfig, updates_per_epoch: int) -> Span:
+    """The decay span of a decaying schedule without a time budget: from the end of the
+    warm-up to ``decay_steps`` or to the last update of ``max_epochs``."""
+    total = cfg.decay_steps if cfg.decay_steps is not None else cfg.max_epochs * max(int(updates_per_epoch), 1)
+    return cfg.warmup_steps, int(total)
+
+
+def schedule_fn(cfg: TrainingConfig, updates_per_epoch: int, xp: Any = np,
+                span: Span | None = None, peak: float | None = None) -> Callable[[Any], Any]:
     """``lr(count)`` of the configured schedule, without the plateau factor.
 
     ``count`` is the number of optimiser updates done before this one. Works with numpy
-    (host, for the log) and jax.numpy (inside the step) through ``xp``.
+    (host, for the log) and jax.numpy (inside the step) through ``xp``. ``span``: of a
+    decaying schedule (default :func:`default_span`); the rate reaches the floor at ``end``,
+    from ``peak`` at ``start`` (default ``learning_rate``).
     """
     lr, floor = cfg.learning_rate, cfg.min_learning_rate
     warm = cfg.warmup_steps
     per_epoch = max(int(updates_per_epoch), 1)
-    if cfg.schedule == "warmup_cosine":
-        total = cfg.decay_steps if cfg.decay_steps is not None else cfg.max_epochs * per_epoch
-        span = max(total - warm, 1)
+    if cfg.schedule in DECAYING:
+        start, end = span if span is not None else default_span(cfg, updates_per_epoch)
+        width = max(end - start, 1)
+        top = lr if peak is None else float(peak)
     elif cfg.schedule == "exponential":
         every = cfg.decay_steps if cfg.decay_steps is not None else per_epoch
 
     def lr_at(count):
         count = xp.asarray(count, dtype=xp.float32)
         t = xp.maximum(count - warm, 0.0)
-        if cfg.schedule == "warmup_cosine":
-            frac = xp.minimum(t / span, 1.0)
-            base = floor + (lr - floor) * 0.5 * (1.0 + xp.cos(math.pi * frac))
+        if cfg.schedule in DECAYING:
+            frac = xp.minimum(xp.maximum(count - start, 0.0) / width, 1.0)
+            if cfg.schedule == "warmup_cosine":  # (the operations' order kept: same float32 rates)
+                base = floor + (top - floor) * 0.5 * (1.0 + xp.cos(math.pi * frac))
+            else:
+                base = floor + (top - floor) * (1.0 - frac)
         elif cfg.schedule == "exponential":
             base = xp.maximum(lr * xp.power(xp.float32(cfg.decay_rate), t / every), floor)
         else:  # constant, plateau (its factor is applied outside)
@@ -55,8 +78,9 @@ def schedule_fn(cfg: TrainingConfig, updates_per_epoch: int, xp: Any = np) -> Ca
     return lr_at
 
 
-def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int) -> optax.GradientTransformation:
-    """The optax transformation for ``cfg`` (see module docstring)."""
+def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int,
+                   span: Span | None = None) -> optax.GradientTransformation:
+    """The optax transformation for ``cfg`` (see module docstring; ``span``: see :func:`schedule_fn`)."""
     import jax.numpy as jnp
     import optax
 
@@ -71,7 +95,7 @@ def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int) -> optax.Gradien
         parts.append(optax.trace(decay=cfg.momentum))
     if cfg.optimizer == "adamw" and cfg.weight_decay > 0:
         parts.append(optax.add_decayed_weights(cfg.weight_decay))
-    lr = schedule_fn(cfg, updates_per_epoch, jnp)
+    lr = schedule_fn(cfg, updates_per_epoch, jnp, span)
     parts.append(optax.scale_by_schedule(lambda count: -lr(count)))
     tx = optax.chain(*parts)
     if cfg.accumulate > 1:

@@ -6,6 +6,7 @@ jitted steps, history columns) and the run's ``model.json`` (:func:`model_info`)
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,9 @@ from .losses import (
     reference_table,
 )
 from .loop_state import json_ready
-from .optim import make_optimizer, schedule_fn
+from .optim import make_optimizer
 from .parallel import DataParallel
+from .schedule import Schedule
 from .state import init_state, make_eval_step, make_forward, make_train_step
 
 #: ``on_step(epoch, batches_done)``: called after each train step
@@ -45,7 +47,8 @@ class TrainingJob:
     ``model``: a flax module; ``forward(params, batch)``: its outputs (energies and forces,
     or an ``esp``); ``element_energies``: ``{Z: eV}`` subtracted from the energy targets
     (None for a model without an energy output); ``metadata``: extra entries of
-    ``model.json``; ``on_step``: see :data:`StepCallback`.
+    ``model.json``; ``on_step``: see :data:`StepCallback`; ``clock``: seconds (monotonic) for
+    the time limit and a time budget's schedule (tests give a fake one).
     """
 
     run_dir: Path
@@ -57,18 +60,20 @@ class TrainingJob:
     forward: Callable
     metadata: Mapping | None = None
     on_step: StepCallback | None = None
+    clock: Callable[[], float] = time.monotonic
 
     @classmethod
     def make(cls, run_dir: str | os.PathLike, model: Any, config: Config, train_loader: Loader,
              valid_loader: Loader | None, element_energies: Mapping | None, forward: Callable | None = None,
-             metadata: Mapping | None = None, on_step: StepCallback | None = None) -> TrainingJob:
+             metadata: Mapping | None = None, on_step: StepCallback | None = None,
+             clock: Callable[[], float] | None = None) -> TrainingJob:
         """A job; ``model`` may be a ``build_model(model_config)`` callable (built from
         ``config.model``), ``forward`` None (the model kind's own, with the training settings it takes, e.g.
         DCMNet's ``esp_decay_length``: :func:`~.state.make_forward`)."""
         if not (hasattr(model, "init") and hasattr(model, "apply")):  # a build_model(config) callable
             model = model(dict(config.model))
         return cls(Path(run_dir), model, config, train_loader, valid_loader, element_energies,
-                   forward or make_forward(model, config.training), metadata, on_step)
+                   forward or make_forward(model, config.training), metadata, on_step, clock or time.monotonic)
 
 
 @dataclass
@@ -76,8 +81,8 @@ class Prepared:
     """What :func:`prepare` builds before the first step.
 
     ``parallel``: the data-parallel set-up (None: one device); ``steps_per_epoch``: train
-    steps of epoch 0; ``lr_host(updates)``: the schedule on the host (without the plateau
-    factor); ``rng``: the run's PRNG key after the initialisation's; ``outputs``: the model's
+    steps of epoch 0; ``schedule``: the learning-rate schedule (its span, the host side:
+    :class:`~.schedule.Schedule`); ``rng``: the run's PRNG key after the initialisation's; ``outputs``: the model's
     outputs; ``table``: the reference energies by Z (None without an energy output);
     ``terms``/``valid_terms``: the loss terms the training/validation data and model have;
     ``weights``: the terms trained on and their weights; ``state``: the fresh train state
@@ -87,7 +92,7 @@ class Prepared:
     parallel: DataParallel | None
     steps_per_epoch: int
     updates_per_epoch: int
-    lr_host: Callable
+    schedule: Schedule
     rng: Any
     outputs: set[str]
     table: np.ndarray | None
@@ -124,8 +129,9 @@ def count_parameters(variables: Any) -> int:
     return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(variables)))
 
 
-def prepare(job: TrainingJob, log: RunLog) -> Prepared:
+def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Prepared:
     """Devices, optimiser, initial state, loss terms and jitted steps of ``job`` (notes to ``log``).
+    ``stored``: the meta of the checkpoint the run resumes (its schedule's span), None for a new run.
 
     ConfigError for an empty training loader, a model with neither energy nor ESP output, or
     no loss term left with a positive weight.
@@ -140,7 +146,8 @@ def prepare(job: TrainingJob, log: RunLog) -> Prepared:
     if parallel is not None:
         n_batches = parallel.steps_per_epoch(job.train_loader)  # steps, not batches
     updates_per_epoch = max(n_batches // cfg.accumulate, 1)
-    tx = make_optimizer(cfg, updates_per_epoch)
+    schedule = Schedule(cfg, updates_per_epoch, n_batches, stored)
+    tx = make_optimizer(cfg, updates_per_epoch, schedule.span())
 
     raw_first = first_batch(job.train_loader)
     first = prepare_batch(raw_first, None)
@@ -189,7 +196,7 @@ def prepare(job: TrainingJob, log: RunLog) -> Prepared:
         parallel=parallel,
         steps_per_epoch=n_batches,
         updates_per_epoch=updates_per_epoch,
-        lr_host=schedule_fn(cfg, updates_per_epoch, np),
+        schedule=schedule,
         rng=rng,
         outputs=set(out),
         table=table,

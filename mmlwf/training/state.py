@@ -15,10 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from functools import partial
+from typing import TYPE_CHECKING
 
-from .losses import batch_sums, energy_and_forces, loss_from_sums
+import numpy as np
+
+from .losses import batch_sums, energy_and_forces, loss_from_sums, prepare_batch
 from .monitor import jit_counting_shapes
 from .optim import did_update
+
+if TYPE_CHECKING:
+    from .loaders import Loader
+    from .parallel import DataParallel
 
 
 def _tree_norm(tree):
@@ -128,3 +135,22 @@ def make_eval_step(forward: Callable, parallel=None):
         return batch_sums(forward(params, batch), batch)
 
     return jit_counting_shapes(step)
+
+
+def evaluate_sums(eval_step: Callable, params, loader: Loader, table: np.ndarray | None,
+                  parallel: DataParallel | None = None) -> dict[str, float] | None:
+    """Error sums (float64) of ``params`` over every batch of ``loader`` (epoch 0 order).
+
+    With ``parallel``, ``eval_step`` is the data-parallel one (``make_eval_step(forward,
+    parallel)``), ``params`` are replicated and the batches go to the devices in groups."""
+    import jax
+
+    if parallel is None:
+        results = [eval_step(params, prepare_batch(batch, table)) for batch in loader.epoch(0)]
+    else:
+        results = [eval_step(params, parallel.stack([prepare_batch(b, table) for b in group]))
+                   for group in parallel.groups(loader.epoch(0))]
+    if not results:
+        return None
+    host = jax.device_get(results)
+    return {k: float(np.sum([np.float64(r[k]) for r in host])) for k in host[0]}
