@@ -111,6 +111,7 @@ def train(
     on_step: Callable[[int, int], None] | None = None,
     verbose: bool = False,
     summary_every: float | None = None,
+    init_stats: Mapping | None = None,
 ) -> dict:
     """Train ``model`` in ``run_dir`` (or resume the run there) and return a summary.
 
@@ -129,6 +130,9 @@ def train(
     line every ``summary_every`` seconds (None: the default of :mod:`.progress`).
     ``on_step(epoch, batches_done)``: called after each step (epoch counted from 0; loader
     batches done of the epoch: one more per step on one device, up to ``n`` with ``n``).
+    ``init_stats``: the training statistics (``stats.json``) a new run's fresh parameters are
+    set from (:func:`~.setup.init_from_stats`; not on resume; None: the model's own
+    initialisation, e.g. for a run that starts from other parameters).
 
     Returns ``{"status", "exit_code", "epochs", "steps", "best_epoch", "best_loss",
     "last" (the last history row), "compilations", "train_step_shapes", "eval_step_shapes",
@@ -147,7 +151,7 @@ def train(
         store = CheckpointStore(RunDir(run_dir).checkpoints)
         with signal_handlers(stop):
             job = TrainingJob.make(run_dir, model, config, train_loader, valid_loader, element_energies,
-                                   forward, metadata, on_step)
+                                   forward, metadata, on_step, init_stats)
             return _Run(job, runlog, store, stop).run()
     except BaseException as exc:
         if runlog is not None:
@@ -189,6 +193,7 @@ class _Run:
         self.p: Prepared  # set by run()
         self.s: LoopState  # set by resume()
         self.state: dict  # the train state arrays (params, opt_state, ema_params)
+        self.init_note: str | None = None  # how the first parameters were set from the statistics
 
     # -- set-up
     def config_json(self) -> dict:
@@ -204,8 +209,13 @@ class _Run:
             self.store.prune_best(None)  # from a run killed before its first 'latest'
             self.log.line(f"new run in {self.job.run_dir} (mmlwf {__version__}, jax {jax.__version__}, "
                           f"devices: {', '.join(str(d) for d in jax.devices())})")
+            self.init_note = self.p.init_note
+            if self.init_note:
+                self.log.line(self.init_note)
             return
         state, meta = got
+        run = RunDir(self.job.run_dir)  # the checkpoint's parameters replace the fresh ones: keep the first note
+        self.init_note = run.info.get("initialised_from_stats") if run.is_run() else None
         changes = config_changes(meta.get("config", {}), self.config_json())
         if changes:
             raise ConfigError(f"{self.job.run_dir} holds a run with another config ({changes[0]}); "
@@ -304,7 +314,7 @@ class _Run:
         self.wall0 = float(self.s.wall_time_s)
         _write_json(RunDir(job.run_dir).model_json,
                     model_info(job.config, job.element_energies, self.p.outputs, job.metadata,
-                               n_parameters=self.p.n_parameters))
+                               n_parameters=self.p.n_parameters, init_note=self.init_note))
         with atomic_write(RunDir(job.run_dir).config_yaml) as fh:
             fh.write(job.config.to_yaml())
         write_history(RunDir(job.run_dir).history_csv, self.s.history, self.p.columns)
