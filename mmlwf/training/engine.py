@@ -211,7 +211,7 @@ class _Run:
                           f"devices: {', '.join(str(d) for d in jax.devices())})")
             self.init_note = self.p.init_note
             if self.init_note:
-                self.log.line(self.init_note)
+                self.log.line(self.init_note, terminal=False)  # train.log and model.json
             return
         state, meta = got
         run = RunDir(self.job.run_dir)  # the checkpoint's parameters replace the fresh ones: keep the first note
