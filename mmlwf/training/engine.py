@@ -115,29 +115,25 @@ def train(
 ) -> dict:
     """Train ``model`` in ``run_dir`` (or resume the run there) and return a summary.
 
-    ``model``: a flax module with the PhysNet call signature, or a ``build_model(model_config)``
-    callable that makes one from ``config.model``. ``config``: a
-    :class:`~mmlwf.training.config.Config` (its ``model`` section is recorded in ``model.json``).
-    ``train_loader`` / ``valid_loader``: :class:`~mmlwf.batching.BatchLoader` s or other
-    :class:`~.loaders.Loader` s (``valid_loader`` may be None: then the best checkpoint and
-    early stopping follow the training loss).
-    ``element_energies``: ``{Z: eV}`` (e.g. ``load_stats(...)["element_energies_by_Z"]``),
-    subtracted from the energy targets on the host in float64 (unused, may be None, for a
-    model without an ``energy`` output such as DCMNet). ``forward(params, batch)``: the
-    model's outputs, energies and forces or an ``esp`` (default: :func:`~.state.make_forward`).
-    ``metadata``: extra entries for ``model.json``. ``progress``: tqdm bar (default: when
-    stderr is a terminal). ``verbose``: every epoch's line in the terminal, not only a summary
-    line every ``summary_every`` seconds (None: the default of :mod:`.progress`).
-    ``on_step(epoch, batches_done)``: called after each step (epoch counted from 0; loader
-    batches done of the epoch: one more per step on one device, up to ``n`` with ``n``).
-    ``init_stats``: the training statistics (``stats.json``) a new run's fresh parameters are
-    set from (:func:`~.setup.init_from_stats`; not on resume; None: the model's own
-    initialisation, e.g. for a run that starts from other parameters).
+    ``model``: a flax module with the PhysNet call signature, or a ``build_model(model_config)`` callable that
+    makes one from ``config.model``. ``config``: a :class:`~mmlwf.training.config.Config` (its ``model``
+    section is recorded in ``model.json``). ``train_loader`` / ``valid_loader``: :class:`~mmlwf.batching.BatchLoader`
+    s or other :class:`~.loaders.Loader` s (``valid_loader`` may be None: then the best checkpoint and early
+    stopping follow the training loss).
+    ``element_energies``: ``{Z: eV}`` (e.g. ``load_stats(...)["element_energies_by_Z"]``), subtracted
+    from the energy targets on the host in float64 (unused, may be None, for a model without an
+    ``energy`` output such as DCMNet). ``forward(params, batch)``: the model's outputs, energies and
+    forces or an ``esp`` (default: :func:`~.state.make_forward`). ``metadata``: extra entries for
+    ``model.json``. ``progress``: tqdm bar (default: when stderr is a terminal). ``verbose``: every
+    epoch's line in the terminal, not only a summary line every ``summary_every`` seconds (None: the
+    default of :mod:`.progress`).
+    ``on_step(epoch, batches_done)``: called after each step (epoch counted from 0; loader batches done
+    of the epoch: one more per step on one device, up to ``n`` with ``n``). ``init_stats``: the
+    statistics a new run's parameters start from (:class:`~.setup.TrainingJob`).
 
-    Returns ``{"status", "exit_code", "epochs", "steps", "best_epoch", "best_loss",
-    "last" (the last history row), "compilations", "train_step_shapes", "eval_step_shapes",
-    "devices", "wall_time_s", "run_dir"}`` (``steps``: train steps; ``devices``: how many
-    devices each step ran on).
+    Returns ``{"status", "exit_code", "epochs", "steps", "best_epoch", "best_loss", "last" (the last
+    history row), "compilations", "train_step_shapes", "eval_step_shapes", "devices", "wall_time_s",
+    "run_dir"}`` (``steps``: train steps; ``devices``: how many devices each step ran on).
     """
     run_dir = Path(run_dir)
     before = entries_before(run_dir)
@@ -193,7 +189,6 @@ class _Run:
         self.p: Prepared  # set by run()
         self.s: LoopState  # set by resume()
         self.state: dict  # the train state arrays (params, opt_state, ema_params)
-        self.init_note: str | None = None  # how the first parameters were set from the statistics
 
     # -- set-up
     def config_json(self) -> dict:
@@ -209,13 +204,11 @@ class _Run:
             self.store.prune_best(None)  # from a run killed before its first 'latest'
             self.log.line(f"new run in {self.job.run_dir} (mmlwf {__version__}, jax {jax.__version__}, "
                           f"devices: {', '.join(str(d) for d in jax.devices())})")
-            self.init_note = self.p.init_note
-            if self.init_note:
-                self.log.line(self.init_note, terminal=False)  # train.log and model.json
+            if self.init_note:  # how the parameters started (model.json too)
+                self.log.line(self.init_note, terminal=False)
             return
         state, meta = got
-        run = RunDir(self.job.run_dir)  # the checkpoint's parameters replace the fresh ones: keep the first note
-        self.init_note = run.info.get("initialised_from_stats") if run.is_run() else None
+        self.init_note = (r.info if (r := RunDir(self.job.run_dir)).is_run() else {}).get("initialised_from_stats")
         changes = config_changes(meta.get("config", {}), self.config_json())
         if changes:
             raise ConfigError(f"{self.job.run_dir} holds a run with another config ({changes[0]}); "
@@ -309,7 +302,7 @@ class _Run:
     def run(self) -> dict:
         job, cfg = self.job, self.cfg
         self.p = prepare(job, self.log)
-        self.state = self.p.state
+        self.state, self.init_note = self.p.state, self.p.init_note
         self.resume()
         self.wall0 = float(self.s.wall_time_s)
         _write_json(RunDir(job.run_dir).model_json,
