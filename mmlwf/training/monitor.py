@@ -3,7 +3,7 @@
 JAX reports every backend (XLA) compilation as the monitoring event
 ``/jax/core/compile/backend_compile_duration``. One listener, registered on first use,
 counts them for the whole process; :class:`CompileCounter` reads the count at its start and
-reports the difference. :func:`jit_counting_shapes` jits a step function and counts the
+reports the difference. :class:`ShapeCountingJit` jits a step function and counts the
 distinct argument shapes it was traced for, which is what "compiles once per batch shape" means
 (counted by tracing, not read from JAX's dispatch cache, whose entries a long process may evict).
 """
@@ -75,7 +75,3 @@ class ShapeCountingJit:
     def shapes(self) -> int:
         return len(self._signatures)
 
-
-def jit_counting_shapes(fn: Callable, **jit_kwargs) -> ShapeCountingJit:
-    """``jax.jit(fn, **jit_kwargs)`` that counts the argument shapes it was traced for."""
-    return ShapeCountingJit(fn, **jit_kwargs)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .losses import batch_sums, energy_and_forces, loss_from_sums, prepare_batch
-from .monitor import jit_counting_shapes
+from .monitor import ShapeCountingJit
 from .optim import did_update
 
 if TYPE_CHECKING:
@@ -119,22 +119,20 @@ def make_train_step(forward: Callable, tx, weights: Mapping[str, float], per_ato
         return new, {"loss": loss, "grad_norm": grad_norm, "ok": ok, **sums}
 
     if parallel is None:
-        return jit_counting_shapes(step, donate_argnums=(0,))
-    return jit_counting_shapes(step, donate_argnums=(0,), out_shardings=parallel.replicated)
+        return ShapeCountingJit(step, donate_argnums=(0,))
+    return ShapeCountingJit(step, donate_argnums=(0,), out_shardings=parallel.replicated)
 
 
 def make_eval_step(forward: Callable, parallel=None):
     """``eval_step(params, batch) -> error sums``, jitted (with ``parallel``: of the stacked
     batches of the devices, added over them)."""
-    import jax
-
     if parallel is not None:
-        return jit_counting_shapes(parallel.global_sums(forward, batch_sums), out_shardings=parallel.replicated)
+        return ShapeCountingJit(parallel.global_sums(forward, batch_sums), out_shardings=parallel.replicated)
 
     def step(params, batch):
         return batch_sums(forward(params, batch), batch)
 
-    return jit_counting_shapes(step)
+    return ShapeCountingJit(step)
 
 
 def evaluate_sums(eval_step: Callable, params, loader: Loader, table: np.ndarray | None,
