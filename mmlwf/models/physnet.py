@@ -21,7 +21,8 @@ and dispersion use the long one (``long_dst``/``long_src``/``long_pair_mask``, a
 within ``long_pair_cutoff``), falling back to the short one when a batch has none.
 
 The energy returned is relative to the per-element reference energies from ``stats.json``,
-which are added outside the model in float64. Forces are the exact negative gradient of the
+which are added outside the model in float64; a new training run starts the per-element
+energy shift and scale from the training statistics (:func:`init_from_stats`). Forces are the exact negative gradient of the
 energy: :func:`energy_and_forces`.
 """
 
@@ -157,7 +158,8 @@ class PhysNet(nn.Module):
                 nh = nh + jnp.mean(o2 / (o2 + last2 + _NH_EPS), axis=-1)
             last2 = o2
 
-        # per-element scale and shift of the atomic energies (start: 1 and 0)
+        # per-element scale and shift of the atomic energies (1 and 0 here; a fresh training run sets
+        # them from the training statistics: init_from_stats)
         e_scale = self.param("energy_scale", nn.initializers.ones, (self.max_atomic_number + 1,))
         e_shift = self.param("energy_shift", nn.initializers.zeros, (self.max_atomic_number + 1,))
         atomic = (out[:, 0] * e_scale[Z] + e_shift[Z]) * am
@@ -283,6 +285,30 @@ def resolve_settings(config: Mapping, facts: Mapping | None = None) -> tuple[dic
             raise ConfigError(f"model.dispersion: D3 has no reference data for Z = {beyond[0]} "
                               f"(it covers Z 1-{d3_tables().max_z}); set dispersion: false")
     return {**cfg, "charges": charges, "coulomb": coulomb, "dispersion": dispersion}, note
+
+
+def init_from_stats(model: PhysNet, variables: Mapping, stats: Mapping) -> tuple[dict, str]:
+    """``(variables, note)``: fresh ``variables`` with the per-element energy shift set to the
+    mean and the scale to the standard deviation of the training split's energy residual per
+    atom (``stats.json``'s ``energy_residual_per_atom``, eV), as the original PhysNet does
+    (``EperA_mean``/``EperA_stdev``), so that a fresh model starts at the data's mean energy;
+    statistics without energies (ESP only) leave them at 0 and 1, a zero spread leaves the
+    scale at 1. The same values for every element: the element references already carry what
+    differs between elements. (MACE/apax's scale, the force RMS, did worse on rMD17 ethanol
+    and better on aspirin: docs/architecture.md §7.)"""
+    resid = stats.get("energy_residual_per_atom") or {}
+    shift, spread = resid.get("mean"), resid.get("std")
+    if shift is None or not math.isfinite(float(shift)):
+        return dict(variables), "energy shift/scale: 0/1 (the training statistics have no energies)"
+    params = dict(variables["params"])
+    params["energy_shift"] = jnp.full_like(params["energy_shift"], float(shift))
+    scale = "1 (no spread)"
+    if spread is not None and math.isfinite(float(spread)) and float(spread) > 0:
+        params["energy_scale"] = jnp.full_like(params["energy_scale"], float(spread))
+        scale = f"{float(spread):.6g} eV"
+    note = (f"energy shift/scale from the training statistics: shift {float(shift):.6g} eV, scale {scale} "
+            "(mean and std of the energy residual per atom)")
+    return {**variables, "params": params}, note
 
 
 def build_model(config: Mapping) -> PhysNet:

@@ -20,6 +20,11 @@ The implementation module provides ``build_model(config: dict) -> flax module``,
 message-passing pair list reaches, Å); the module's call signature is that of
 :func:`mmlwf.training.losses.model_inputs` (what ``train`` initialises it with).
 
+A module may also define ``init_from_stats(model, variables, stats) -> (variables, note)``:
+parameters of a fresh model set from the training statistics (``stats.json``) before the first
+step of a new run (PhysNet: its per-element energy shift and scale); see
+:meth:`ModelKind.init_from_stats`.
+
 A model with long-range terms (Coulomb, dispersion) also defines
 ``long_pair_cutoff(model) -> float | None``: None for no second list, a distance (Å) for the
 pairs within it, ``math.inf`` for every ordered pair of each molecule. Every batch assembler
@@ -130,6 +135,14 @@ class ModelKind:
         how (None when the module has no ``resolve_settings``: ``config`` as given)."""
         fn = getattr(self.implementation, "resolve_settings", None)
         return (dict(config), None) if fn is None else fn(config, facts)
+
+    def init_from_stats(self, model, variables: Mapping, stats: Mapping) -> tuple[Mapping, str | None]:
+        """``(variables, note)``: a fresh model's ``variables`` with the parameters its module
+        sets from the training statistics (``stats.json``; e.g. PhysNet's energy shift and
+        scale) and a line saying how; ``(variables, None)`` when the module has no
+        ``init_from_stats``. Training calls it on a new run only (not on resume)."""
+        fn = getattr(self.implementation, "init_from_stats", None)
+        return (variables, None) if fn is None else fn(model, variables, stats)
 
     def make_forward(self, model, training=None) -> Callable:
         """``forward(params, batch) -> outputs`` of ``model``; ``training`` (the training

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from ..batching import BatchLoader
 from ..element_energies import AUTO, DEFAULT_RIDGE, FIT, merge_references
@@ -133,6 +135,36 @@ def mixture_element_energies(
         return merged
     requested = {(source or {}).get("requested", AUTO) for _, _, source in members}
     return joint_element_energies(datasets, splits, choice=FIT if FIT in requested else AUTO)
+
+
+def init_statistics(stats: Sequence[str | os.PathLike], element_energies: Mapping | None,
+                    weights: Sequence[float] | None = None) -> dict | None:
+    """The statistics a new run's fresh parameters are set from (the model kind's
+    ``init_from_stats``): the ``stats.json`` of one dataset; for a mixture the members'
+    ``energy_residual_per_atom`` (mean, std, rms; weighted by weight × training structures)
+    and ``force_rms`` (weighted by weight × training atoms) pooled, which holds when the
+    mixture keeps the members' element energies; None when it does not (a fit on the union:
+    the members' residuals are about other references)."""
+    if len(stats) == 1:
+        return load_stats(stats[0])
+    members = [load_stats(st) for st in stats]
+    refs = {str(z): float(e) for z, e in dict(element_energies or {}).items()}
+    if any(any(abs(refs.get(str(z), np.nan) - float(e)) > 1e-9 for z, e in m.get("element_energies_by_Z", {}).items())
+           for m in members):
+        return None
+    w = np.asarray(weights if weights is not None else [1.0] * len(members), np.float64)
+    pooled: dict = {}
+    resid = [m.get("energy_residual_per_atom") for m in members]
+    if all(resid):
+        c = w * np.asarray([m["n_train"] for m in members], np.float64)
+        mean = float(np.dot(c, [r["mean"] for r in resid]) / c.sum())
+        ms = float(np.dot(c, [r["rms"] ** 2 for r in resid]) / c.sum())
+        pooled["energy_residual_per_atom"] = {"mean": mean, "std": float(np.sqrt(max(ms - mean**2, 0.0))),
+                                              "rms": float(np.sqrt(ms))}
+    if all("force_rms" in m for m in members):
+        a = w * np.asarray([m["n_train"] * m["n_atoms"]["mean"] for m in members], np.float64)
+        pooled["force_rms"] = float(np.sqrt(np.dot(a, [m["force_rms"] ** 2 for m in members]) / a.sum()))
+    return pooled
 
 
 def element_energies_source(stats: str | os.PathLike) -> dict | None:

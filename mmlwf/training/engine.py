@@ -94,6 +94,7 @@ def train(
     verbose: bool = False,
     summary_every: float | None = None,
     clock: Callable[[], float] | None = None,
+    init_stats: Mapping | None = None,
 ) -> dict:
     """Train ``model`` in ``run_dir`` (or resume the run there) and return a summary.
 
@@ -113,6 +114,7 @@ def train(
     ``on_step(epoch, batches_done)``: called after each step (epoch counted from 0; loader
     batches done of the epoch: one more per step on one device, up to ``n`` with ``n``).
     ``clock``: seconds for the time limit and a time budget's schedule (default time.monotonic).
+    ``init_stats``: the statistics a new run's parameters start from (:class:`~.setup.TrainingJob`).
 
     Returns ``{"status", "exit_code", "epochs", "steps", "best_epoch", "best_loss",
     "last" (the last history row), "compilations", "train_step_shapes", "eval_step_shapes",
@@ -132,7 +134,7 @@ def train(
         store = CheckpointStore(RunDir(run_dir).checkpoints)
         with signal_handlers(stop):
             job = TrainingJob.make(run_dir, model, config, train_loader, valid_loader, element_energies,
-                                   forward, metadata, on_step, clock)
+                                   forward, metadata, on_step, clock, init_stats)
             return _Run(job, runlog, store, stop).run()
     except BaseException as exc:
         if runlog is not None:
@@ -191,8 +193,11 @@ class _Run:
             self.store.prune_best(None)  # from a run killed before its first 'latest'
             self.log.line(f"new run in {self.job.run_dir} (mmlwf {__version__}, jax {jax.__version__}, "
                           f"devices: {', '.join(str(d) for d in jax.devices())})")
+            if self.init_note:  # how the parameters started (model.json too)
+                self.log.line(self.init_note, terminal=False)
             return
         state, meta = got
+        self.init_note = (r.info if (r := RunDir(self.job.run_dir)).is_run() else {}).get("initialised_from_stats")
         changes = config_changes(meta.get("config", {}), self.config_json())
         if changes:
             raise ConfigError(f"{self.job.run_dir} holds a run with another config ({changes[0]}); "
@@ -289,12 +294,12 @@ class _Run:
         job, cfg = self.job, self.cfg
         stored = self.store.restore_latest({})  # the meta only: the schedule's span, before the optimiser
         self.p = prepare(job, self.log, None if stored is None else stored[1])
-        self.state = self.p.state
+        self.state, self.init_note = self.p.state, self.p.init_note
         self.resume()
         self.wall0 = float(self.s.wall_time_s)
         _write_json(RunDir(job.run_dir).model_json,
                     model_info(job.config, job.element_energies, self.p.outputs, job.metadata,
-                               n_parameters=self.p.n_parameters))
+                               n_parameters=self.p.n_parameters, init_note=self.init_note))
         with atomic_write(RunDir(job.run_dir).config_yaml) as fh:
             fh.write(job.config.to_yaml())
         write_history(RunDir(job.run_dir).history_csv, self.s.history, self.p.columns)

@@ -14,8 +14,8 @@ from ..errors import ConfigError
 from ..integrity import check_provenance, verify_in_background
 from ..packed import PackedDataset
 from .config import Config, load_config
-from .data import (as_list, data_facts, element_energies_from_stats, element_energies_source, make_loaders,
-                   mixture_element_energies)
+from .data import (as_list, data_facts, element_energies_from_stats, element_energies_source, init_statistics,
+                   make_loaders, mixture_element_energies)
 from .engine import train
 
 
@@ -42,7 +42,9 @@ def run_training(
     splits and stats with ``weights`` (each training split visited ``weight`` times per
     epoch); its element energies are the members' isolated-atom references (which must agree)
     or else fitted on the union of the training splits. ``model.json`` records where the
-    element energies come from (``metadata.element_energies_source``).
+    element energies come from (``metadata.element_energies_source``). A new run's fresh
+    parameters are set from the statistics (:func:`.data.init_statistics`; PhysNet: the energy
+    shift and scale); a resumed run keeps its checkpoint's.
     ``progress``, ``verbose``, ``summary_every``: what the terminal shows (:mod:`.progress`).
     """
     data, split = as_list(data), as_list(split)
@@ -95,5 +97,6 @@ def run_training(
         progress=progress,
         verbose=verbose,
         summary_every=summary_every,
+        init_stats=None if stats is None else init_statistics(stats, element_energies, weights),
     )
 

@@ -48,7 +48,10 @@ class TrainingJob:
     or an ``esp``); ``element_energies``: ``{Z: eV}`` subtracted from the energy targets
     (None for a model without an energy output); ``metadata``: extra entries of
     ``model.json``; ``on_step``: see :data:`StepCallback`; ``clock``: seconds (monotonic) for
-    the time limit and a time budget's schedule (tests give a fake one).
+    the time limit and a time budget's schedule (tests give a fake one); ``init_stats``: the
+    training statistics (``stats.json``) a new run's fresh parameters are set from by the model
+    kind's ``init_from_stats`` (None: the model's own initialisation, e.g. for a run that starts
+    from other parameters).
     """
 
     run_dir: Path
@@ -61,19 +64,21 @@ class TrainingJob:
     metadata: Mapping | None = None
     on_step: StepCallback | None = None
     clock: Callable[[], float] = time.monotonic
+    init_stats: Mapping | None = None
 
     @classmethod
     def make(cls, run_dir: str | os.PathLike, model: Any, config: Config, train_loader: Loader,
              valid_loader: Loader | None, element_energies: Mapping | None, forward: Callable | None = None,
              metadata: Mapping | None = None, on_step: StepCallback | None = None,
-             clock: Callable[[], float] | None = None) -> TrainingJob:
+             clock: Callable[[], float] | None = None, init_stats: Mapping | None = None) -> TrainingJob:
         """A job; ``model`` may be a ``build_model(model_config)`` callable (built from
         ``config.model``), ``forward`` None (the model kind's own, with the training settings it takes, e.g.
         DCMNet's ``esp_decay_length``: :func:`~.state.make_forward`)."""
         if not (hasattr(model, "init") and hasattr(model, "apply")):  # a build_model(config) callable
             model = model(dict(config.model))
         return cls(Path(run_dir), model, config, train_loader, valid_loader, element_energies,
-                   forward or make_forward(model, config.training), metadata, on_step, clock or time.monotonic)
+                   forward or make_forward(model, config.training), metadata, on_step, clock or time.monotonic,
+                   init_stats)
 
 
 @dataclass
@@ -86,7 +91,8 @@ class Prepared:
     outputs; ``table``: the reference energies by Z (None without an energy output);
     ``terms``/``valid_terms``: the loss terms the training/validation data and model have;
     ``weights``: the terms trained on and their weights; ``state``: the fresh train state
-    (replicated with ``parallel``); ``columns``: of ``history.csv``; ``n_parameters``: of the model.
+    (replicated with ``parallel``); ``columns``: of ``history.csv``; ``n_parameters``: of the model;
+    ``init_note``: how parameters were set from the training statistics (None: not at all).
     """
 
     parallel: DataParallel | None
@@ -104,6 +110,7 @@ class Prepared:
     eval_step: Callable
     columns: list[str]
     n_parameters: int
+    init_note: str | None = None
 
     @property
     def n_devices(self) -> int:
@@ -154,6 +161,7 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
     key = jax.random.PRNGKey(cfg.seed)
     init_key, rng = jax.random.split(key)
     variables = jax.jit(job.model.init)(init_key, *model_inputs(first))
+    variables, init_note = init_from_stats(job.model, variables, job.init_stats)
     out = jax.eval_shape(job.forward, variables, first)
     if "energy" not in out and "esp" not in out:
         raise ConfigError("the model's output has neither 'energy' nor 'esp'")
@@ -208,15 +216,28 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
         eval_step=make_eval_step(job.forward, parallel),
         columns=columns,
         n_parameters=count_parameters(variables),
+        init_note=init_note,
     )
 
 
+def init_from_stats(model: Any, variables: Any, stats: Mapping | None) -> tuple[Any, str | None]:
+    """``(variables, note)``: fresh ``variables`` set from the training statistics by the model's
+    kind (:meth:`~mmlwf.models.registry.ModelKind.init_from_stats`); unchanged (note None)
+    without ``stats`` or for a model of no registered kind. A resumed run's checkpoint
+    replaces these parameters: only a new run starts from them."""
+    from ..models.registry import kind_of_model
+
+    kind = None if stats is None else kind_of_model(model)
+    return (variables, None) if kind is None else kind.init_from_stats(model, variables, stats)
+
+
 def model_info(config: Config, element_energies: Mapping | None, outputs, metadata: Mapping | None,
-               n_parameters: int | None = None) -> dict:
+               n_parameters: int | None = None, init_note: str | None = None) -> dict:
     """The content of ``model.json``: enough to rebuild the model and use it.
 
     ``n_parameters``: the model's parameter count (recorded so that reading a run's size
-    needs no checkpoint and no JAX); omitted when None.
+    needs no checkpoint and no JAX); ``init_note``: how the run's first parameters were set
+    from the training statistics (``initialised_from_stats``); each omitted when None.
     """
     from ase.data import chemical_symbols
 
@@ -236,6 +257,8 @@ def model_info(config: Config, element_energies: Mapping | None, outputs, metada
     }
     if n_parameters is not None:
         info["n_parameters"] = int(n_parameters)
+    if init_note is not None:
+        info["initialised_from_stats"] = init_note
     if metadata:
         info["metadata"] = dict(metadata)
     return json_ready(info)
