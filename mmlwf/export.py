@@ -141,5 +141,5 @@ def load_exported(path: str | os.PathLike):
     kind = kind_of_config(info.get("model"))
     if not kind.exportable:
         raise ConfigError(f"{path}: model type {kind.name!r} is not supported here (only {_exportable_kinds()})")
-    model = kind.build_model(info["model"])
+    model = kind.build_model(kind.stored_config(info["model"]))
     return TrainedModel(model, variables, info, reference_table(info["element_energies_by_Z"]), Path(path))

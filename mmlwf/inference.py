@@ -57,11 +57,13 @@ class TrainedModel:
         return self.kind.long_pair_cutoff(self.model)
 
 
-def build_model(model_config: Mapping):
-    """The flax module of a ``model:`` section (its kind from ``type``)."""
+def build_model(model_config: Mapping, stored: bool = False):
+    """The flax module of a ``model:`` section (its kind from ``type``); ``stored``: a section
+    read from a ``model.json`` or an exported file (:meth:`~mmlwf.models.registry.ModelKind.stored_config`)."""
     from .models.registry import kind_of_config
 
-    return kind_of_config(model_config).build_model(model_config)
+    kind = kind_of_config(model_config)
+    return kind.build_model(kind.stored_config(model_config) if stored else model_config)
 
 
 def load_run(run_dir: str | os.PathLike, which: str = "best") -> TrainedModel:
@@ -70,7 +72,7 @@ def load_run(run_dir: str | os.PathLike, which: str = "best") -> TrainedModel:
     from .training.checkpoint import load_params
 
     params, info = load_params(run_dir, which)
-    model = build_model(info["model"])
+    model = build_model(info["model"], stored=True)
     return TrainedModel(model, params, info, reference_table(info["element_energies_by_Z"]), Path(run_dir))
 
 

@@ -292,9 +292,12 @@ def test_auto_physics_resolved_from_the_data(tmp_path):
 
 def test_old_model_json_settings_keep_their_meaning():
     # model.json of earlier runs holds only the keys the user gave: absent switches were off,
-    # and the basis was 16 Bernstein functions; a Coulomb run had a 10 Å cutoff by default,
-    # which now means PhysNet's no-cutoff kernel (the old kernel was neither published variant)
-    old = physnet.build_model({"features": 4, "num_iterations": 1, "charges": True})
+    # and the basis was 16 Bernstein functions (read back as such, while a new config gets
+    # exp_normal); a Coulomb run had a 10 Å cutoff by default, which now means PhysNet's
+    # no-cutoff kernel (the old kernel was neither published variant)
+    given = {"features": 4, "num_iterations": 1, "charges": True}
+    assert physnet.build_model(given).basis == "exp_normal"
+    old = physnet.build_model(get("physnet").stored_config(given))
     assert (old.charges, old.coulomb, old.dispersion, old.repulsion, old.charge_scale) == (True, False, False,
                                                                                           False, False)
     assert old.basis == "bernstein" and old.num_basis_functions is None

@@ -80,6 +80,10 @@ class _Residual(nn.Module):
         return e3x.nn.add(x, y)
 
 
+#: settings whose default changed: their value in a ``model.json`` (or export) written before the
+#: setting existed (:meth:`~mmlwf.models.registry.ModelKind.stored_config`); such a record lacks the key
+STORED_DEFAULTS = {"basis": "bernstein"}
+
 _DEFAULTS = {k: (False if v == "auto" else v)  # declared in mmlwf.settings.models; "auto" is off without data
              for k, v in field_defaults(PhysNetSettings).items()}
 

@@ -144,6 +144,12 @@ class ModelKind:
         fn = getattr(self.implementation, "init_from_stats", None)
         return (variables, None) if fn is None else fn(model, variables, stats)
 
+    def stored_config(self, config: Mapping) -> dict:
+        """A ``model`` section read back from a ``model.json`` or an exported file: settings absent
+        from it get the values they had when it was written (the module's ``STORED_DEFAULTS``,
+        for defaults that changed since; records written since hold every setting)."""
+        return {**getattr(self.implementation, "STORED_DEFAULTS", {}), **config}
+
     def make_forward(self, model, training=None) -> Callable:
         """``forward(params, batch) -> outputs`` of ``model``; ``training`` (the training
         settings) gives the values of :attr:`forward_options` (without it, the forward's own
