@@ -9,8 +9,9 @@ Data (``../shared/data/mlff``): the first 1000 frames of the molecule's rMD17 tr
 950 train / 50 valid by ``mmlwf.split`` (seed 0); both tools train on the same 950 and validate
 on the same 50, and are tested on every frame of the disjoint test file.
 
-mmlwf: the project's defaults plus the settings of ``benchmarks/accuracy_rmd17.py`` (its
-functions train and test it here), trained for ``--minutes`` of wall time.
+mmlwf: PhysNet with the project's default settings, what an experiment gets without asking
+(``benchmarks/accuracy_rmd17.py``'s functions train and test it here), trained with
+``training.max_time_min`` = ``--minutes``.
 
 apax: installed on first use into a virtual environment of its own (``--apax-venv``; pip,
 ``apax==0.14.0`` with TensorFlow; about 3 GB), configured with its documented settings (see
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 import _peer_apax as apax
-from accuracy_rmd17 import DATA, PHYSNET, physnet_config, prepare, train_and_test
+from accuracy_rmd17 import DATA, SMOKE_MODEL, physnet_config, prepare, train_and_test
 
 FILES = {"ethanol": ("rmd17_ethanol_train_1000.xyz", "rmd17_ethanol_test_1000.xyz"),
          "aspirin": ("rmd17_aspirin_train.xyz", "rmd17_aspirin_test.xyz")}
@@ -110,10 +111,9 @@ def main() -> int:
     ap.add_argument("--cores", default=None, help="CPU cores for both, e.g. 0,1 (default: this process's set)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args()
-    physnet = dict(PHYSNET)
-    cal_epochs = apax.CALIBRATION_EPOCHS
+    model, cal_epochs = {}, apax.CALIBRATION_EPOCHS
     if args.smoke:
-        args.minutes, physnet["features"], cal_epochs = 0.5, 16, 2
+        args.minutes, model, cal_epochs = 0.5, SMOKE_MODEL, 2
     train_src, test_xyz = (DATA / f for f in FILES[args.molecule])
     if not (train_src.exists() and test_xyz.exists()):
         print(f"needs {train_src} and {test_xyz}", file=sys.stderr)
@@ -144,7 +144,7 @@ def main() -> int:
         print(f"{args.molecule}: {n_train} train / {n_valid} valid of the first {len(frames)} frames of "
               f"{train_src.name}, tested on {test_xyz.name}; element energies: {data['element_energies']}", flush=True)
 
-        config = physnet_config(**physnet)
+        config = physnet_config(model)
         print(f"\nmmlwf: {args.minutes:g} min, config {json.dumps(config)}", flush=True)
         t0, load_before = time.perf_counter(), os.getloadavg()[0]
         curve = train_and_test(config, data, work / "mmlwf_run", args.minutes, 1)

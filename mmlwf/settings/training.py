@@ -18,7 +18,7 @@ class TrainingSettings(Settings):
     """Training settings: optimiser, schedule, loss weights, length and stopping, devices."""
 
     # -- data
-    batch_size: int = Field(32, ge=1, description="molecules per batch (the loader's budget)")
+    batch_size: int = Field(16, ge=1, description="molecules per batch (the loader's budget)")
     seed: int = Field(0, description="seed of parameter initialisation and of the data order (with the epoch)")
     # -- optimiser
     optimizer: Literal[OPTIMIZERS] = Field("adam", description="the optimiser")
@@ -32,10 +32,10 @@ class TrainingSettings(Settings):
                                                             "null = off")
     accumulate: int = Field(1, ge=1, description="average the gradients of this many batches per update "
                                                  "(gradient accumulation)")
-    ema_decay: float = Field(0.0, ge=0, lt=1, description="decay of the exponential moving average of the "
+    ema_decay: float = Field(0.99, ge=0, lt=1, description="decay of the exponential moving average of the "
                              "parameters; 0 = off; the EMA parameters are used for validation and export")
     # -- schedule (counted in optimiser updates, not batches, when accumulating)
-    schedule: Literal[SCHEDULES] = Field("constant", description="the learning-rate schedule; warmup_cosine and "
+    schedule: Literal[SCHEDULES] = Field("warmup_cosine", description="the learning-rate schedule; warmup_cosine and "
                                          "warmup_linear decay from learning_rate to min_learning_rate over a span "
                                          "of updates fixed when the run starts and kept in its checkpoints "
                                          "(see decay_steps)")
