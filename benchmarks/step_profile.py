@@ -276,7 +276,9 @@ def real_loop(files: dict, cfg_dict: dict, epochs: int, run: Path, package: Path
     n_train = 950
     train_s = np.array([n_train / h["train_structures_per_s"] for h in hist[1:]])
     valid = np.array(spent["valid"][1:len(hist)])
-    latest = np.array(spent["latest"][:len(hist) - 1])  # epoch k's interval holds epoch k-1's write
+    # per steady epoch: the writes inside the intervals (epoch k's holds epoch k-1's latest; the
+    # last latest falls after the last row), averaged, since the new code writes only some epochs
+    latest = np.full(len(hist) - 1, sum(spent["latest"][:-1]) / max(len(hist) - 1, 1))
     best = sum(spent["best"][1:]) / max(len(hist) - 1, 1)  # best writes after the first epoch, per epoch
     e = float(np.median(epoch_s))
     return {"epoch_s": e, "train_s": float(np.median(train_s)), "valid_s": float(np.median(valid)),
