@@ -413,6 +413,41 @@ def test_nan_guard_names_epoch_step_structures_and_keeps_checkpoint(data, tmp_pa
     assert "stopped: non-finite" in (tmp_path / "train.log").read_text()
 
 
+def test_latest_checkpoint_interval_writes_fewer_and_best_with_latest(data, tmp_path, monkeypatch):
+    from mmlwf.training.checkpoint import CheckpointStore
+
+    writes = []
+    save_latest, save_best = CheckpointStore.save_latest, CheckpointStore.save_best
+
+    def latest(self, state, meta):
+        writes.append(("latest", meta["epoch"]))
+        return save_latest(self, state, meta)
+
+    def best(self, epoch, *args):
+        writes.append(("best", epoch))
+        return save_best(self, epoch, *args)
+
+    monkeypatch.setattr(CheckpointStore, "save_latest", latest)
+    monkeypatch.setattr(CheckpointStore, "save_best", best)
+    every = run_training(tmp_path / "every", data, ["training.checkpoint_interval_min=0"])
+    assert [e for w, e in writes if w == "latest"] == [1, 2, 3, 4, 5, 6]
+    writes.clear()
+    rare = run_training(tmp_path / "rare", data, ["training.checkpoint_interval_min=1000"])
+    # the first epoch of the invocation and the end; the best epoch's copy with the next latest
+    assert [w for w in writes if w[0] == "latest"] == [("latest", 1), ("latest", 6)]
+    assert [w for w in writes if w[0] == "best"] == ([("best", 1)] if rare["best_epoch"] > 1 else []) + [
+        ("best", rare["best_epoch"])]
+    assert writes.index(("best", rare["best_epoch"])) < writes.index(("latest", 6))
+    assert rare["best_epoch"] == every["best_epoch"] == checkpoint_meta(tmp_path / "rare", "best")["epoch"]
+    assert_same_history(tmp_path / "every", tmp_path / "rare")
+    assert_same_latest_params(tmp_path / "every", tmp_path / "rare")
+    for ema in (False, True):  # the best copies were taken before the next steps changed the state
+        pa, _ = load_params(tmp_path / "every", "best", ema=ema)
+        pb, _ = load_params(tmp_path / "rare", "best", ema=ema)
+        for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_time_limit_stops_with_a_resumable_checkpoint(data, tmp_path):
     summary = run_training(tmp_path, data, ["training.max_time_min=1e-6"])
     assert summary["status"] == "time_limit" and summary["exit_code"] == 0 and summary["steps"] == 1

@@ -84,6 +84,12 @@ class TrainingSettings(Settings):
     # -- bookkeeping
     checkpoint_every: int = Field(1, ge=1, description="write the 'latest' checkpoint every this many epochs "
                                   "(and at the end, at the time limit and on SIGTERM)")
+    checkpoint_interval_min: float = Field(1.0, ge=0, description="at least this many minutes between two "
+                                           "'latest' checkpoints of checkpoint_every (the first epoch of an "
+                                           "invocation, the epoch a time budget's schedule is sized, the end, the "
+                                           "time limit and SIGTERM always write one); the "
+                                           "'best' one is written with the next 'latest'; 0 = every checkpoint_every "
+                                           "epochs")
     valid_every: int = Field(1, ge=1, description="validate every this many epochs (and after the last)")
     # -- devices
     data_parallel: Literal[DATA_PARALLEL] = Field("auto", description="with auto and n > 1 local "

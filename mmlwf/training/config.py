@@ -32,7 +32,7 @@ SECTIONS = ("model", "training")
 #: the run stops, not its learning rates. ``data_parallel`` (or another number of local
 #: devices) changes what a step is for the rest of the run (see :mod:`.parallel`).
 RESUMABLE_CHANGES = ("max_epochs", "max_time_min", "early_stopping_patience", "checkpoint_every",
-                     "data_parallel")
+                     "checkpoint_interval_min", "data_parallel")
 
 #: the ``training:`` section, declared in :mod:`mmlwf.settings.training`
 TrainingConfig = TrainingSettings

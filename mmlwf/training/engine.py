@@ -17,6 +17,13 @@ checkpoint taken within an epoch (SIGTERM, time limit) records how many of that 
 batches were done and the run continues with the next one. The result equals an
 uninterrupted run (bitwise on CPU).
 
+Checkpoints: ``latest`` at the end of an invocation's first epoch, then every
+``checkpoint_every`` epochs but no sooner than ``checkpoint_interval_min`` after the previous
+one, at the epoch a time budget's schedule is sized (the span a resumed run needs) and when
+the run stops; a new ``best`` epoch's parameters are held as device copies and written just
+before the next ``latest`` (a run killed in between redoes those epochs on resume, and
+their best with them).
+
 Stops: ``max_epochs`` or the last epoch a time budget's schedule fixed (:mod:`.schedule`;
 "completed"), early stopping ("early_stopped"), ``max_time_min``
 of this invocation ("time_limit"), SIGTERM or SIGINT ("interrupted": the current step is
@@ -177,6 +184,8 @@ class _Run:
         self.p: Prepared  # set by run()
         self.s: LoopState  # set by resume()
         self.state: dict  # the train state arrays (params, opt_state, ema_params)
+        self.latest_at: float | None = None  # clock of this invocation's last 'latest' write
+        self.pending_best: tuple | None = None  # (epoch, params, ema_params, meta) not yet written
 
     # -- set-up
     def config_json(self) -> dict:
@@ -225,10 +234,38 @@ class _Run:
         return tree if self.p.parallel is None else self.p.parallel.to_one_device(tree)
 
     def save_latest(self, status: str) -> None:
+        """Write the pending 'best' checkpoint, then 'latest' (a kill between them leaves a
+        best newer than latest: the resumed run prunes it and redoes it)."""
+        self.flush_best()
         self.s.status = status
         self.s.wall_time_s = self.wall()
         self.store.save_latest(self.saveable(self.state), self.s.to_meta())
         self.store.prune_best(self.s.best_epoch)
+        self.latest_at = self.clock()
+
+    def keep_best(self, epoch_no: int, meta: dict) -> None:
+        """Hold copies of the parameters of a new best epoch, written with the next 'latest'
+        (device copies: the next step donates the state's buffers; no host round trip)."""
+        import jax
+        import jax.numpy as jnp
+
+        def copy(tree):
+            return None if tree is None else jax.tree.map(jnp.copy, self.saveable(tree))
+
+        self.pending_best = (epoch_no, copy(self.state["params"]), copy(self.state["ema_params"]), meta)
+
+    def flush_best(self) -> None:
+        if self.pending_best is not None:
+            self.store.save_best(*self.pending_best)
+            self.pending_best = None
+
+    def latest_due(self, epoch_no: int) -> bool:
+        """Whether the end of epoch ``epoch_no`` writes 'latest' (a running run): every
+        ``checkpoint_every`` epochs, at least ``checkpoint_interval_min`` after this
+        invocation's previous write (its first is due at once)."""
+        if epoch_no % self.cfg.checkpoint_every:
+            return False
+        return self.latest_at is None or self.clock() - self.latest_at >= 60.0 * self.cfg.checkpoint_interval_min
 
     def check(self, pending: _Pending) -> None:
         """Fetch a step's metrics; stop on a non-finite loss; add them to the epoch sums."""
@@ -316,10 +353,14 @@ class _Run:
             self.log.line(f"nothing to do: the run is {reason} at epoch {self.s.epoch}")
             return self.summary(reason)
         deadline = None if cfg.max_time_min is None else self.t0 + 60.0 * cfg.max_time_min
-        while True:
-            status = self.run_epoch(deadline)
-            if status is not None:
-                break
+        try:
+            while True:
+                status = self.run_epoch(deadline)
+                if status is not None:
+                    break
+        except TrainingDiverged:
+            self.flush_best()  # the best epoch before the divergence stays, as it was
+            raise
         extra = f" (+{self.s.batch} batches)" if self.s.batch else ""
         self.log.line(f"{status} after epoch {self.s.epoch}{extra}, "
                       f"step {self.s.step}; best epoch {self.s.best_epoch}; {self.compile_note()}")
@@ -415,9 +456,7 @@ class _Run:
         if validated:
             if s.best_loss is None or monitor < s.best_loss:
                 s.best_loss, s.best_epoch, improved = float(monitor), epoch_no, True
-                self.store.save_best(epoch_no, self.saveable(self.state["params"]),
-                                     self.saveable(self.state["ema_params"]),
-                                     json_ready({"epoch": epoch_no, "loss": monitor, "metrics": row}))
+                self.keep_best(epoch_no, json_ready({"epoch": epoch_no, "loss": monitor, "metrics": row}))
             if s.plateau.observe(monitor, cfg):
                 self.log.line(f"plateau: learning-rate factor now {s.plateau.factor:g}")
         s.epoch, s.batch, s.acc = epoch_no, 0, EpochSums()
@@ -433,7 +472,7 @@ class _Run:
             status = "interrupted"
         elif status is None and deadline is not None and self.clock() > deadline:
             status = "time_limit"
-        if status is not None or epoch_no % cfg.checkpoint_every == 0:
+        if status is not None or decided or self.latest_due(epoch_no):  # a decided span: kept for resume
             self.save_latest(status or "running")
         keys = ["train_loss", "valid_loss", "valid_energy_mae_eV", "valid_forces_mae_eV_per_A",
                 "valid_esp_rmse_kcal_per_mol_e", "learning_rate"]
