@@ -22,7 +22,7 @@ class TrainingSettings(Settings):
     seed: int = Field(0, description="seed of parameter initialisation and of the data order (with the epoch)")
     # -- optimiser
     optimizer: Literal[OPTIMIZERS] = Field("adam", description="the optimiser")
-    learning_rate: float = Field(1.0e-3, gt=0, description="peak learning rate")
+    learning_rate: float = Field(3.0e-3, gt=0, description="peak learning rate")
     adam_b1: float = Field(0.9, ge=0, lt=1, description="Adam-family first-moment decay")
     adam_b2: float = Field(0.999, ge=0, lt=1, description="Adam-family second-moment decay")
     adam_eps: float = Field(1.0e-8, gt=0, description="Adam-family epsilon")
@@ -39,7 +39,7 @@ class TrainingSettings(Settings):
                                          "warmup_linear decay from learning_rate to min_learning_rate over a span "
                                          "of updates fixed when the run starts and kept in its checkpoints "
                                          "(see decay_steps)")
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up over this many updates (every schedule); 0 = none")
+    warmup_steps: int = Field(300, ge=0, description="linear warm-up over this many updates (every schedule); 0 = none")
     decay_steps: int | None = Field(None, ge=1, description="warmup_cosine, warmup_linear: updates to reach "
                                     "min_learning_rate (null: all updates of max_epochs, or with max_time_min "
                                     "those that fit the time budget: measured over the first epochs, then the "
