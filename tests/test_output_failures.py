@@ -293,7 +293,9 @@ def _save_with_a_file_size_limit(run: str, data: str, limit: int) -> int:
         return save(self, state, meta)
 
     CheckpointStore.save_latest = limited
-    return main(_train_argv(Path(data), Path(run), "--set", "training.max_epochs=3"))
+    # every epoch's 'latest' written (no minimum interval), so that the second write is epoch 2's
+    return main(_train_argv(Path(data), Path(run), "--set", "training.max_epochs=3",
+                            "--set", "training.checkpoint_interval_min=0"))
 
 
 def test_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_last_checkpoint(data, tmp_path):

@@ -165,7 +165,7 @@ def test_describe_lists_every_training_setting_with_default_and_bounds():
     text = describe()
     for name in TrainingSettings.model_fields:
         assert f"  {name} " in text
-    assert "learning_rate            0.001          peak learning rate (> 0)" in text
+    assert "learning_rate            0.003          peak learning rate (> 0)" in text
     assert "(adam | adamw | amsgrad | sgd)" in text
 
 
@@ -193,11 +193,11 @@ def test_checking_the_workflow_config_does_not_load_jax():
 def test_the_demo_config_resolves_with_its_defaults_filled_in():
     out = resolve_workflow_config(demo_config(), SCHEMA)
     assert out["datasets"]["demo"]["stats"] == {"element_energies": "results/demo/isolated_atoms/demo.extxyz",
-                                                "cutoff": 5.0, "batch_size": 32, "n_shapes": 4}
+                                                "cutoff": 5.0, "batch_size": 16, "n_shapes": 4}
     assert out["datasets"]["demo_esp"]["stats"]["element_energies"] == "auto"
     assert out["evaluation"] == {"subset": "test", "checkpoint": "best"}
     # the declared sections stay as written (the training fills in their defaults)
-    assert out["experiments"]["demo_physnet"]["training"]["learning_rate"] == 3.0e-3
+    assert out["experiments"]["demo_physnet"]["training"]["energy_weight"] == 20.0
     assert "adam_b1" not in out["experiments"]["demo_physnet"]["training"]
 
 

@@ -223,7 +223,7 @@ def test_config_defaults_overrides_and_errors(tmp_path):
                            "training.max_time_min=null", "training.clip_norm=1.5"])
     assert c.training.max_epochs == 5 and c.training.learning_rate == 1e-3  # "1e-3" is a YAML 1.1 string
     assert c.model == {"type": "physnet", "cutoff": 5.0, "features": 32, "extra": {"depth": 2}}
-    assert c.training.batch_size == 32 and c.training.optimizer == "adam" and c.training.clip_norm == 1.5
+    assert c.training.batch_size == 16 and c.training.optimizer == "adam" and c.training.clip_norm == 1.5
     assert load_config(c.to_dict()) == c  # the resolved form reads back to the same config
 
     def error(*args) -> str:
@@ -256,7 +256,8 @@ def test_schedules_and_plateau():
                                        "decay_steps": 14, "min_learning_rate": 0.1, "max_epochs": 2}), 7)
     assert float(cos(0)) == pytest.approx(0.25) and float(cos(3)) == pytest.approx(1.0)
     assert float(cos(9)) == pytest.approx(0.55) and float(cos(100)) == pytest.approx(0.1)
-    exp = schedule_fn(training_config({"schedule": "exponential", "learning_rate": 1.0, "decay_rate": 0.5}), 10)
+    exp = schedule_fn(training_config({"schedule": "exponential", "learning_rate": 1.0, "decay_rate": 0.5,
+                                       "warmup_steps": 0}), 10)
     assert float(exp(20)) == pytest.approx(0.25)
     cfg = training_config({"schedule": "plateau", "plateau_patience": 2, "plateau_factor": 0.5, "learning_rate": 1e-3})
     p = Plateau()
@@ -486,7 +487,7 @@ def test_accumulation_equals_larger_batch_and_ema_update(data):
     forward = make_forward(model)
     weights = {"energy": 1.0, "forces": 50.0, "dipole": 25.0}
     settings = {"optimizer": "adamw", "weight_decay": 1e-3, "clip_norm": 1.0, "learning_rate": 1e-2,
-                "ema_decay": 0.5}
+                "warmup_steps": 0, "ema_decay": 0.5}
     params0 = model.init(jax.random.PRNGKey(1), *model_inputs(ab))
     one = np.float32(1.0)
 

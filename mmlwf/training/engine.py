@@ -336,7 +336,7 @@ class _Run:
         self.wall0 = float(self.s.wall_time_s)
         _write_json(RunDir(job.run_dir).model_json,
                     model_info(job.config, job.element_energies, self.p.outputs, job.metadata,
-                               n_parameters=self.p.n_parameters, init_note=self.init_note))
+                               n_parameters=self.p.n_parameters, init_note=self.init_note, model=job.model))
         with atomic_write(RunDir(job.run_dir).config_yaml) as fh:
             fh.write(job.config.to_yaml())
         write_history(RunDir(job.run_dir).history_csv, self.s.history, self.p.columns)

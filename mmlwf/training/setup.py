@@ -232,21 +232,26 @@ def init_from_stats(model: Any, variables: Any, stats: Mapping | None) -> tuple[
 
 
 def model_info(config: Config, element_energies: Mapping | None, outputs, metadata: Mapping | None,
-               n_parameters: int | None = None, init_note: str | None = None) -> dict:
+               n_parameters: int | None = None, init_note: str | None = None, model: Any = None) -> dict:
     """The content of ``model.json``: enough to rebuild the model and use it.
 
-    ``n_parameters``: the model's parameter count (recorded so that reading a run's size
+    ``model``: the flax module trained; when a registered kind made it, ``model.json`` records
+    every setting of it (the kind's ``model_config``: defaults filled in, so that the record
+    keeps its meaning when a default changes), else ``config.model`` as given. ``n_parameters``: the model's parameter count (recorded so that reading a run's size
     needs no checkpoint and no JAX); ``init_note``: how the run's first parameters were set
     from the training statistics (``initialised_from_stats``); each omitted when None.
     """
     from ase.data import chemical_symbols
 
+    from ..models.registry import kind_of_model
+
+    kind = None if model is None else kind_of_model(model)
     by_z = {str(int(z)): float(e) for z, e in sorted(dict(element_energies or {}).items(), key=lambda kv: int(kv[0]))}
     info = {
         "format": "mmlwf-model",
         "format_version": 1,
         "mmlwf_version": __version__,
-        "model": dict(config.model),
+        "model": dict(config.model) if kind is None else {**dict(config.model), **kind.model_config(model)},
         "units": {k: CANONICAL[k] for k in ("length", "energy", "force", "charge", "dipole", "esp")},
         "energy_reference": "model energy + sum of element_energies of the atoms",
         "element_energies_by_Z": by_z,
