@@ -1,20 +1,64 @@
 """A train step's metrics on their way from the device to the epoch sums.
 
-The loop fetches a step's metrics one step late, while the next step runs
-(:class:`PendingStep`, :func:`take_step`): a non-finite loss or gradient stops the run with
-:class:`~mmlwf.errors.TrainingDiverged` naming the epoch, the step and the structures of its
-batches (the step itself kept the state as it was, :mod:`.state`); otherwise the metrics are
-added to the epoch's :class:`~.loop_state.EpochSums`.
+The train step packs its metrics into one array (:class:`StepMetrics`, :func:`pack_metrics`),
+so that the host fetches them in one transfer. The loop fetches a step's metrics one step
+late, while the next step runs (:class:`PendingStep`, :func:`take_step`): a non-finite loss
+or gradient stops the run with :class:`~mmlwf.errors.TrainingDiverged` naming the epoch, the
+step and the structures of its batches (the step itself kept the state as it was,
+:mod:`.state`); otherwise the metrics are added to the epoch's :class:`~.loop_state.EpochSums`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..errors import TrainingDiverged
 from .loop_state import EpochSums
+
+
+class StepMetrics:
+    """A step's scalar metrics as one array (a pytree: ``values`` its only leaf, ``names`` static).
+
+    ``values`` holds them in ``names`` order in one dtype (the widest float among them; the
+    flag ``ok`` as 1/0), so :meth:`to_host` gives each value exactly as it was."""
+
+    def __init__(self, names: tuple[str, ...], values: Any) -> None:
+        self.names = names
+        self.values = values
+
+    def to_host(self) -> dict[str, np.ndarray]:
+        """``{name: value}`` on the host (one transfer)."""
+        return dict(zip(self.names, np.asarray(self.values)))
+
+
+_registered = False
+
+
+def _register() -> None:
+    """Make :class:`StepMetrics` a pytree (once; jax is imported only when it is needed)."""
+    global _registered
+    if not _registered:
+        import jax
+
+        jax.tree_util.register_pytree_node(StepMetrics, lambda m: ((m.values,), m.names),
+                                           lambda names, leaves: StepMetrics(names, leaves[0]))
+        _registered = True
+
+
+def pack_metrics(metrics: Mapping[str, Any]) -> StepMetrics:
+    """``metrics`` (scalars, traced) as one :class:`StepMetrics`, names sorted as jax orders a
+    dict's keys."""
+    import jax.numpy as jnp
+
+    _register()
+    names = tuple(sorted(metrics))
+    arrays = [jnp.asarray(metrics[k]) for k in names]
+    dtype = jnp.result_type(*[a.dtype for a in arrays if jnp.issubdtype(a.dtype, jnp.floating)])
+    return StepMetrics(names, jnp.stack([a.astype(dtype) for a in arrays]))
 
 
 @dataclass
@@ -27,14 +71,12 @@ class PendingStep:
     batch_no: int
     step: int
     members: list[tuple[np.ndarray, int]]
-    metrics: dict
+    metrics: StepMetrics
 
 
 def take_step(pending: PendingStep, acc: EpochSums, n_devices: int) -> None:
     """Fetch ``pending``'s metrics; raise on a non-finite loss or gradient; add them to ``acc``."""
-    import jax
-
-    host = jax.device_get(pending.metrics)
+    host = pending.metrics.to_host()
     if not bool(host["ok"]):
         what = f"loss={float(host['loss'])!r}, gradient norm={float(host['grad_norm'])!r}"
         raise TrainingDiverged(f"non-finite loss or gradient ({what}) at epoch {pending.epoch + 1}, "
