@@ -519,5 +519,29 @@ def test_accumulation_equals_larger_batch_and_ema_update(data):
     assert moved > 1e-3  # a real update happened
 
 
+
+def test_step_metrics_one_array_exact():
+    """A step's metrics come to the host as one array and read back exactly as each scalar was
+    (names in jax's dict order, the flag ok as 1/0)."""
+    from mmlwf.training.step_metrics import pack_metrics
+
+    m = {"ok": jnp.bool_(False), "loss": jnp.float32(np.nan), "grad_norm": jnp.float32(3.0e-7),
+         "energy_sse": jnp.float32(123456.79), "energy_n": jnp.float32(16.0)}
+    packed = jax.jit(pack_metrics)(m)
+    assert len(jax.tree.leaves(packed)) == 1
+    host, ref = packed.to_host(), jax.device_get(m)
+    assert list(host) == list(ref) == sorted(m)
+    for k in ref:
+        np.testing.assert_array_equal(np.float64(host[k]), np.float64(ref[k]))
+    assert not bool(host["ok"])
+
+
+def test_step_metrics_float64_widens_losslessly(x64):
+    from mmlwf.training.step_metrics import pack_metrics
+
+    wide = jax.jit(pack_metrics)({"a": jnp.float64(0.1), "b": jnp.float32(0.1)}).to_host()
+    assert wide["a"].dtype == np.float64 and wide["a"] == 0.1 and wide["b"] == np.float64(np.float32(0.1))
+
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

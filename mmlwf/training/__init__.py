@@ -10,8 +10,10 @@ latest/best, :func:`load_params`), :mod:`.history` (history.csv, train.log),
 summary lines), :mod:`.data` (loaders from the workflow's files; they own the batch shapes),
 :mod:`.parallel` (data parallelism over the local devices), :mod:`.engine` (the loop),
 :mod:`.setup` (what a run is given and builds before its first step, ``model.json``),
-:mod:`.loop_state` (the loop's host state in the checkpoints), :mod:`.loaders` (what the
-loop needs of a loader), :mod:`.signals` (graceful stops, exit codes).
+:mod:`.loop_state` (the loop's host state in the checkpoints), :mod:`.cadence` (when
+checkpoints are written), :mod:`.step_metrics` (a step's metrics to the epoch sums, the
+divergence check), :mod:`.loaders` (what the loop needs of a loader), :mod:`.signals`
+(graceful stops, exit codes).
 """
 
 from .checkpoint import CheckpointStore, checkpoint_meta, load_params

@@ -17,12 +17,7 @@ checkpoint taken within an epoch (SIGTERM, time limit) records how many of that 
 batches were done and the run continues with the next one. The result equals an
 uninterrupted run (bitwise on CPU).
 
-Checkpoints: ``latest`` at the end of an invocation's first epoch, then every
-``checkpoint_every`` epochs but no sooner than ``checkpoint_interval_min`` after the previous
-one, at the epoch a time budget's schedule is sized (the span a resumed run needs) and when
-the run stops; a new ``best`` epoch's parameters are held as device copies and written just
-before the next ``latest`` (a run killed in between redoes those epochs on resume, and
-their best with them).
+Checkpoints: when ``latest`` and ``best`` are written, :mod:`.cadence`.
 
 Stops: ``max_epochs`` or the last epoch a time budget's schedule fixed (:mod:`.schedule`;
 "completed"), early stopping ("early_stopped"), ``max_time_min``
@@ -41,8 +36,10 @@ step, the step counters and the schedule mean then). Checkpoints are written fro
 device and read back on any number of devices.
 
 Modules: :mod:`.setup` (what a run is given and builds before its first step,
-``model.json``), :mod:`.loop_state` (the host state in the checkpoints), :mod:`.loaders`
-(what the loop needs of a loader), :mod:`.signals` (graceful stops, exit codes).
+``model.json``), :mod:`.loop_state` (the host state in the checkpoints), :mod:`.cadence`
+(when checkpoints are written), :mod:`.step_metrics` (a step's metrics to the epoch sums,
+the divergence check), :mod:`.loaders` (what the loop needs of a loader), :mod:`.signals`
+(graceful stops, exit codes).
 """
 
 from __future__ import annotations
@@ -57,6 +54,7 @@ import numpy as np
 from .. import __version__
 from ..errors import ConfigError, TrainingDiverged
 from ..fileio import atomic_write, writing
+from .cadence import Cadence
 from .checkpoint import CheckpointStore
 from .config import Config, config_changes
 from .history import RunLog, count_batch, epoch_cost, format_metrics, write_history
@@ -70,6 +68,7 @@ from .cleanup import entries_before, remove_fresh_run
 from .setup import Prepared, TrainingJob, data_parallel, model_info, prepare
 from .state import evaluate_sums
 from .signals import EXIT_CODES, EXIT_INTERRUPTED, StopFlag, exit_code, signal_handlers
+from .step_metrics import PendingStep, take_step
 
 __all__ = ["EXIT_CODES", "EXIT_INTERRUPTED", "META_VERSION", "TrainingDiverged", "data_parallel",
            "evaluate_sums", "exit_code", "model_info", "train"]
@@ -163,11 +162,6 @@ def _close(runlog: RunLog | None, store: CheckpointStore | None) -> None:
         store.close()
 
 
-#: a step whose metrics are still on the device: (epoch, batches done, step, the (index,
-#: dataset) of its batches, its metrics)
-_Pending = tuple[int, int, int, list[tuple[np.ndarray, int]], dict]
-
-
 class _Run:
     """One invocation of :func:`train` (set-up, resume, the epoch loop)."""
 
@@ -184,8 +178,8 @@ class _Run:
         self.p: Prepared  # set by run()
         self.s: LoopState  # set by resume()
         self.state: dict  # the train state arrays (params, opt_state, ema_params)
-        self.latest_at: float | None = None  # clock of this invocation's last 'latest' write
-        self.pending_best: tuple | None = None  # (epoch, params, ema_params, meta) not yet written
+        self.cadence = Cadence(store, self.cfg.checkpoint_every, self.cfg.checkpoint_interval_min, self.clock,
+                               self.saveable)
 
     # -- set-up
     def config_json(self) -> dict:
@@ -236,58 +230,10 @@ class _Run:
     def save_latest(self, status: str) -> None:
         """Write the pending 'best' checkpoint, then 'latest' (a kill between them leaves a
         best newer than latest: the resumed run prunes it and redoes it)."""
-        self.flush_best()
+        self.cadence.flush_best()
         self.s.status = status
         self.s.wall_time_s = self.wall()
-        self.store.save_latest(self.saveable(self.state), self.s.to_meta())
-        self.store.prune_best(self.s.best_epoch)
-        self.latest_at = self.clock()
-
-    def keep_best(self, epoch_no: int, meta: dict) -> None:
-        """Hold copies of the parameters of a new best epoch, written with the next 'latest'
-        (device copies: the next step donates the state's buffers; no host round trip)."""
-        import jax
-        import jax.numpy as jnp
-
-        def copy(tree):
-            return None if tree is None else jax.tree.map(jnp.copy, self.saveable(tree))
-
-        self.pending_best = (epoch_no, copy(self.state["params"]), copy(self.state["ema_params"]), meta)
-
-    def flush_best(self) -> None:
-        if self.pending_best is not None:
-            self.store.save_best(*self.pending_best)
-            self.pending_best = None
-
-    def latest_due(self, epoch_no: int) -> bool:
-        """Whether the end of epoch ``epoch_no`` writes 'latest' (a running run): every
-        ``checkpoint_every`` epochs, at least ``checkpoint_interval_min`` after this
-        invocation's previous write (its first is due at once)."""
-        if epoch_no % self.cfg.checkpoint_every:
-            return False
-        return self.latest_at is None or self.clock() - self.latest_at >= 60.0 * self.cfg.checkpoint_interval_min
-
-    def check(self, pending: _Pending) -> None:
-        """Fetch a step's metrics; stop on a non-finite loss; add them to the epoch sums."""
-        import jax
-
-        epoch, batch_no, step, members, m = pending
-        host = jax.device_get(m)
-        if not bool(host["ok"]):
-            what = f"loss={float(host['loss'])!r}, gradient norm={float(host['grad_norm'])!r}"
-            held = [([int(i) for i in np.asarray(index) if i >= 0], int(dataset)) for index, dataset in members]
-            if len(held) == 1:
-                idx, dataset = held[0]
-                where = (f"step {batch_no} of the epoch (global step {step}); the batch holds structures {idx} "
-                         f"of dataset {dataset}")
-            else:
-                where = (f"batches {batch_no - len(held) + 1}-{batch_no} of the epoch (global step {step}, "
-                         f"{self.p.n_devices} devices); the batches hold structures "
-                         + ", ".join(f"{idx} of dataset {dataset}" for idx, dataset in held))
-            raise TrainingDiverged(
-                f"non-finite loss or gradient ({what}) at epoch {epoch + 1}, {where}; "
-                f"no checkpoint written after it, the last good one is kept")
-        self.s.acc.add_step(host)
+        self.cadence.save_latest(self.state, self.s.to_meta(), self.s.best_epoch)
 
     def done_reason(self) -> str | None:
         s, cfg = self.s, self.cfg
@@ -359,7 +305,7 @@ class _Run:
                 if status is not None:
                     break
         except TrainingDiverged:
-            self.flush_best()  # the best epoch before the divergence stays, as it was
+            self.cadence.flush_best()  # the best epoch before the divergence stays, as it was
             raise
         extra = f" (+{self.s.batch} batches)" if self.s.batch else ""
         self.log.line(f"{status} after epoch {self.s.epoch}{extra}, "
@@ -396,10 +342,11 @@ class _Run:
                 factor = self.p.schedule.factor(s.step, s.plateau.factor)
                 self.state, metrics = self.p.train_step(self.state, dev, factor)
                 if pending is not None:
-                    self.check(pending)  # the previous step, while this one runs
+                    take_step(pending, acc, self.p.n_devices)  # the previous step, while this one runs
                 s.batch += len(group)
                 s.step += 1
-                pending = (epoch, s.batch, s.step, [(b["index"], b.get("dataset", 0)) for b in group], metrics)
+                pending = PendingStep(epoch, s.batch, s.step, [(b["index"], b.get("dataset", 0)) for b in group],
+                                      metrics)
                 bar.advance(len(group), acc.mean_loss(), last_valid)
                 if self.job.on_step is not None:
                     self.job.on_step(epoch, s.batch)
@@ -410,7 +357,7 @@ class _Run:
                 if interrupted:
                     break
             if pending is not None:
-                self.check(pending)
+                take_step(pending, acc, self.p.n_devices)
         finally:
             acc.train_s += time.perf_counter() - t_loop
         if interrupted:
@@ -456,7 +403,8 @@ class _Run:
         if validated:
             if s.best_loss is None or monitor < s.best_loss:
                 s.best_loss, s.best_epoch, improved = float(monitor), epoch_no, True
-                self.keep_best(epoch_no, json_ready({"epoch": epoch_no, "loss": monitor, "metrics": row}))
+                meta = json_ready({"epoch": epoch_no, "loss": monitor, "metrics": row})
+                self.cadence.keep_best(epoch_no, self.state["params"], self.state["ema_params"], meta)
             if s.plateau.observe(monitor, cfg):
                 self.log.line(f"plateau: learning-rate factor now {s.plateau.factor:g}")
         s.epoch, s.batch, s.acc = epoch_no, 0, EpochSums()
@@ -472,7 +420,7 @@ class _Run:
             status = "interrupted"
         elif status is None and deadline is not None and self.clock() > deadline:
             status = "time_limit"
-        if status is not None or decided or self.latest_due(epoch_no):  # a decided span: kept for resume
+        if status is not None or decided or self.cadence.latest_due(epoch_no):  # a decided span: kept for resume
             self.save_latest(status or "running")
         keys = ["train_loss", "valid_loss", "valid_energy_mae_eV", "valid_forces_mae_eV_per_A",
                 "valid_esp_rmse_kcal_per_mol_e", "learning_rate"]

@@ -22,6 +22,7 @@ import numpy as np
 from .losses import batch_sums, energy_and_forces, loss_from_sums, prepare_batch
 from .monitor import ShapeCountingJit
 from .optim import did_update
+from .step_metrics import pack_metrics
 
 if TYPE_CHECKING:
     from .loaders import Loader
@@ -91,7 +92,8 @@ def make_train_step(forward: Callable, tx, weights: Mapping[str, float], per_ato
                     parallel=None):
     """``step(state, batch, lr_factor) -> (state, metrics)``, jitted, state donated.
 
-    ``metrics``: ``loss``, ``grad_norm``, ``ok`` and the batch's error sums (before the update).
+    ``metrics``: ``loss``, ``grad_norm``, ``ok`` and the batch's error sums (before the update),
+    packed in one :class:`~.step_metrics.StepMetrics` (one transfer to the host).
     ``lr_factor`` (float32 scalar) multiplies the updates (the reduce-on-plateau factor).
     With ``parallel``: ``batch`` is :meth:`DataParallel.stack` 's output, the state is
     replicated over its devices and stays so, and the sums are those of all the devices.
@@ -116,7 +118,7 @@ def make_train_step(forward: Callable, tx, weights: Mapping[str, float], per_ato
             upd = did_update(tx, opt_state)
             new["ema_params"] = jax.tree.map(lambda m, e: jnp.where(upd, m, e), moved, state["ema_params"])
         new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
-        return new, {"loss": loss, "grad_norm": grad_norm, "ok": ok, **sums}
+        return new, pack_metrics({"loss": loss, "grad_norm": grad_norm, "ok": ok, **sums})
 
     if parallel is None:
         return ShapeCountingJit(step, donate_argnums=(0,))
