@@ -222,8 +222,8 @@ def test_dcmnet_trains_through_the_engine(tmp_path, capsys):
     _esp_dataset(tmp_path / "ds")
     split_dataset(tmp_path / "ds", tmp_path / "split.npz", valid=0.25, test=0.0, seed=0)
     cfg = {"model": {"type": "dcmnet", "n_dcm": 2, "features": 8, "num_iterations": 1, "cutoff": 3.0},
-           "training": {"batch_size": 6, "learning_rate": 1e-2, "warmup_steps": 0, "max_epochs": 8,
-                        "esp_decay_length": 1.0,
+           "training": {"batch_size": 6, "learning_rate": 1e-2, "schedule": "constant", "warmup_steps": 0,
+                        "ema_decay": 0.0, "max_epochs": 8, "esp_decay_length": 1.0,
                         "mono_weight": 1.0, "dipole_weight": 0.0}}
     run = tmp_path / "run"
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))

@@ -303,7 +303,8 @@ def test_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_last_check
 
     run = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "tests.test_output_failures", str(run), str(data), "1024"],
+    # the file size limit (bytes) set before the second checkpoint: above train.log's, below a checkpoint's
+    proc = subprocess.run([sys.executable, "-m", "tests.test_output_failures", str(run), str(data), "4096"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     err = proc.stderr.strip()
     assert proc.returncode == 2, err[-3000:]
