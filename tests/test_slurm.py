@@ -32,11 +32,13 @@ SLURM_ARGS = ("--profile", str(PROFILE), "--workflow-profile", "none",
               "--slurm-init-seconds-before-status-checks", "2")
 EXPERIMENT = "tiny"
 #: TINY's demo dataset and its experiment 'tiny', with enough epochs that a training job can be
-#: stopped half-way (about 0.3 s each)
+#: stopped half-way (about 0.3 s each: 'latest' is written every epoch, as a checkpoint interval
+#: of 0 says; with the default minute between writes the 30 epochs take a second or two)
 CONFIG = copy.deepcopy(TINY)
 CONFIG["datasets"] = {"demo": CONFIG["datasets"]["demo"]}
 CONFIG["experiments"] = {EXPERIMENT: CONFIG["experiments"][EXPERIMENT]}
 CONFIG["experiments"][EXPERIMENT]["training"]["max_epochs"] = 30
+CONFIG["experiments"][EXPERIMENT]["training"]["checkpoint_interval_min"] = 0
 CONFIG["experiments"][EXPERIMENT]["threads"] = 1
 HISTORY = f"results/runs/{EXPERIMENT}/history.csv"
 DATA_TARGETS = ("results/datasets/demo/stats.json",)
