@@ -120,6 +120,12 @@ def test_budget_span_decided_once_from_whole_epochs():
     pairs = Schedule(cfg.model_copy(update={"valid_every": 2}), 5, 10, stored=None)
     assert [pairs.epoch_end(e, 10 * e, 5.0 * e, 60.0) for e in (1, 2)] == [None, None]
     assert pairs.epoch_end(3, 30, 15.0, 60.0) is not None and pairs.record["budget"]["decided_after_epoch"] == 3
+    # an epoch that compiled (a batch shape first met in epoch 2: 12 s instead of 5) is not measured
+    shapes = Schedule(cfg, 5, 10, stored=None)
+    assert shapes.epoch_end(1, 10, 8.0, 60.0, compilations=70) is None  # the mark
+    assert shapes.epoch_end(2, 20, 20.0, 60.0, compilations=71) is None  # compiled: the mark again
+    assert shapes.epoch_end(3, 30, 25.0, 60.0, compilations=71) is not None
+    assert (shapes.record["budget"]["epoch_s"], shapes.record["budget"]["decided_after_epoch"]) == (5.0, 3)
     # stopped before deciding and resumed without a budget: the max_epochs run it was, exactly
     undecided = new_record(cfg, 5)
     late = Schedule(cfg.model_copy(update={"max_time_min": None}), 5, 10, stored={"schedule": undecided})

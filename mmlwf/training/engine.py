@@ -412,7 +412,7 @@ class _Run:
         row.update(epoch_cost(acc, self.compiles.count))
         s.history.append(json_ready(row))
         write_history(RunDir(self.job.run_dir).history_csv, s.history, self.p.columns)
-        decided = self.p.schedule.epoch_end(s.epoch, s.step, self.clock(), deadline)
+        decided = self.p.schedule.epoch_end(s.epoch, s.step, self.clock(), deadline, self.compiles.count)
         if decided:
             self.log.line(decided)
         status = self.done_reason()

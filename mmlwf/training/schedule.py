@@ -73,6 +73,7 @@ class Schedule:
         else:
             self.record = new_record(cfg, updates_per_epoch, budget=False)
         self.marks: list[tuple[int, float]] = []  # (epochs done, clock) at epoch ends measured
+        self._compilations: int | None = None  # the XLA compilation count at the first mark
         self._base = schedule_fn(cfg, updates_per_epoch, np, self.span())
         self._budget = None
         if self.decided is not None:
@@ -128,10 +129,14 @@ class Schedule:
                 f"{b['updates_per_s']:.4g} updates/s ({b['epoch_s']:.4g} s per epoch, validation and checkpoint "
                 f"included); the run ends after epoch {b['end_epoch']}")
 
-    def epoch_end(self, epoch: int, step: int, now: float, deadline: float | None) -> str | None:
+    def epoch_end(self, epoch: int, step: int, now: float, deadline: float | None,
+                  compilations: int | None = None) -> str | None:
         """Note the end of epoch ``epoch`` (epochs done; ``step``: steps done; ``now``: the
-        clock; ``deadline``: when the invocation's time is up) and decide a budget's span when
-        measured enough: then the record is complete and the :meth:`describe` line returned."""
+        clock; ``deadline``: when the invocation's time is up; ``compilations``: the process's
+        XLA compilations so far) and decide a budget's span when measured enough: then the
+        record is complete and the :meth:`describe` line returned. An epoch that compiled (a
+        batch shape first met after the first epoch) is not measured: the measurement starts
+        again at its end."""
         r, cfg = self.record, self.cfg
         if r is None or r["source"] != "budget" or self.decided is not None:
             return None
@@ -139,6 +144,8 @@ class Schedule:
             r["source"] = "max_epochs"
             r.pop("budget", None)
             return f"no time budget to size the schedule: {self.describe()}"
+        if compilations is not None and compilations != self._compilations:
+            self.marks, self._compilations = [], compilations
         self.marks.append((epoch, now))
         e0, t0 = self.marks[0]
         measured = epoch - e0
