@@ -71,16 +71,21 @@ def main(argv) -> int:
 
 
 def test_span_from_max_epochs_or_decay_steps_and_the_floor_at_its_end():
-    base = {"learning_rate": 1.0, "min_learning_rate": 0.1, "warmup_steps": 4, "max_epochs": 3}
+    base = {"learning_rate": 1.0, "min_learning_rate": 0.1, "warmup_steps": 4, "max_epochs": 5}
     cos = training_config({**base, "schedule": "warmup_cosine"})
-    assert new_record(cos, 10) == {"schedule": "warmup_cosine", "source": "max_epochs", "start": 4, "end": 30}
+    assert new_record(cos, 10) == {"schedule": "warmup_cosine", "source": "max_epochs", "start": 4, "end": 50}
     assert new_record(training_config({**base, "schedule": "warmup_linear", "decay_steps": 12}), 10) == {
         "schedule": "warmup_linear", "source": "decay_steps", "start": 4, "end": 12}
     timed = training_config({**base, "schedule": "warmup_cosine", "max_time_min": 5})
-    assert new_record(timed, 10) == {"schedule": "warmup_cosine", "source": "budget", "start": 4, "end": 30,
+    assert new_record(timed, 10) == {"schedule": "warmup_cosine", "source": "budget", "start": 4, "end": 50,
                                      "budget": None}
     assert new_record(timed, 10, budget=False)["source"] == "max_epochs"  # a run written before records
     assert new_record(training_config({**base, "schedule": "constant", "max_time_min": 5}), 10) is None
+    # a warm-up longer than a tenth of the run is shortened to it; records of runs before the cap kept theirs
+    short = training_config({**base, "schedule": "warmup_cosine", "warmup_steps": 300})
+    assert new_record(short, 10)["start"] == 5 and new_record(short, 10, budget=False)["start"] == 300
+    tiny = schedule_fn(training_config({**base, "schedule": "constant", "warmup_steps": 300, "max_epochs": 2}), 4)
+    assert float(tiny(0)) == 1.0  # 8 updates: no warm-up at all
     lin = schedule_fn(training_config({**base, "schedule": "warmup_linear"}), 10, span=(4, 24))
     assert float(lin(0)) == pytest.approx(0.25) and float(lin(4)) == pytest.approx(1.0)
     assert float(lin(14)) == pytest.approx(0.55) and float(lin(24)) == pytest.approx(0.1) == float(lin(99))
@@ -163,7 +168,7 @@ def test_span_from_max_epochs_is_stored_and_kept_when_resumed_with_more_epochs(d
     first = run_training(tmp_path, data, ["training.max_epochs=2"])
     rec = checkpoint_meta(tmp_path, "latest")["schedule"]
     steps = first["steps"]
-    assert rec == {"schedule": "warmup_cosine", "source": "max_epochs", "start": 3, "end": steps} == first["schedule"]
+    assert rec == {"schedule": "warmup_cosine", "source": "max_epochs", "start": min(3, steps // 10), "end": steps} == first["schedule"]
     assert "schedule: warmup_cosine over" in (tmp_path / "train.log").read_text()
     more = run_training(tmp_path, data, ["training.max_epochs=3"])
     assert more["status"] == "completed" and more["epochs"] == 3 and more["schedule"] == rec

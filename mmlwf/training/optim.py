@@ -30,26 +30,47 @@ if TYPE_CHECKING:
 DECAYING = ("warmup_cosine", "warmup_linear")
 #: ``(start, end)``: the updates where a decaying schedule leaves the peak and reaches the floor
 Span = tuple[int, int]
+#: the warm-up takes at most this fraction of the updates of ``max_epochs`` (a short run learns)
+WARMUP_MAX_FRACTION = 0.1
+#: the EMA decay of update ``t`` (from 0) is ``min(ema_decay, (1 + t) / (EMA_RAMP + t))``:
+#: the average follows the parameters closely at first (a short run's EMA is not its initial weights)
+EMA_RAMP = 10.0
 
 
-def default_span(cfg: TrainingConfig, updates_per_epoch: int) -> Span:
+def warmup_updates(cfg: TrainingConfig, updates_per_epoch: int) -> int:
+    """The warm-up in updates: ``warmup_steps``, at most :data:`WARMUP_MAX_FRACTION` of the
+    updates of ``max_epochs`` unless ``decay_steps`` states the schedule's length."""
+    if cfg.decay_steps is not None:
+        return cfg.warmup_steps
+    return min(cfg.warmup_steps, int(WARMUP_MAX_FRACTION * cfg.max_epochs * max(int(updates_per_epoch), 1)))
+
+
+def default_span(cfg: TrainingConfig, updates_per_epoch: int, capped: bool = True) -> Span:
     """The decay span of a decaying schedule without a time budget: from the end of the
-    warm-up to ``decay_steps`` or to the last update of ``max_epochs``."""
+    warm-up (:func:`warmup_updates`; ``capped=False``: ``warmup_steps``, as runs whose
+    checkpoints hold no span had it) to ``decay_steps`` or to the last update of ``max_epochs``."""
     total = cfg.decay_steps if cfg.decay_steps is not None else cfg.max_epochs * max(int(updates_per_epoch), 1)
-    return cfg.warmup_steps, int(total)
+    return (warmup_updates(cfg, updates_per_epoch) if capped else cfg.warmup_steps), int(total)
 
 
 def schedule_fn(cfg: TrainingConfig, updates_per_epoch: int, xp: Any = np,
-                span: Span | None = None, peak: float | None = None) -> Callable[[Any], Any]:
+                span: Span | None = None, peak: float | None = None,
+                warmup: int | None = None) -> Callable[[Any], Any]:
     """``lr(count)`` of the configured schedule, without the plateau factor.
 
     ``count`` is the number of optimiser updates done before this one. Works with numpy
     (host, for the log) and jax.numpy (inside the step) through ``xp``. ``span``: of a
     decaying schedule (default :func:`default_span`); the rate reaches the floor at ``end``,
-    from ``peak`` at ``start`` (default ``learning_rate``).
+    from ``peak`` at ``start`` (default ``learning_rate``). ``warmup``: its length in updates
+    (default: a decaying schedule's ``span`` start, else :func:`warmup_updates`).
     """
     lr, floor = cfg.learning_rate, cfg.min_learning_rate
-    warm = cfg.warmup_steps
+    if warmup is not None:
+        warm = int(warmup)
+    elif cfg.schedule in DECAYING and span is not None:
+        warm = int(span[0])
+    else:
+        warm = warmup_updates(cfg, updates_per_epoch)
     per_epoch = max(int(updates_per_epoch), 1)
     if cfg.schedule in DECAYING:
         start, end = span if span is not None else default_span(cfg, updates_per_epoch)
@@ -101,6 +122,18 @@ def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int,
     if cfg.accumulate > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate)
     return tx
+
+
+def ema_decay_at(decay: float, opt_state: Any) -> jax.Array:
+    """The EMA decay of the update that produced ``opt_state`` (see :data:`EMA_RAMP`)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+    count = next(x.count for x in jax.tree.leaves(opt_state, is_leaf=is_sched) if is_sched(x))
+    t = count.astype(jnp.float32) - 1.0  # updates done before this one
+    return jnp.minimum(jnp.float32(decay), (1.0 + t) / (EMA_RAMP + t))
 
 
 def did_update(tx: optax.GradientTransformation, opt_state: Any) -> jax.Array:

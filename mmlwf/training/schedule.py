@@ -45,10 +45,11 @@ SAFETY = 0.97
 
 def new_record(cfg: TrainingConfig, updates_per_epoch: int, budget: bool = True) -> dict | None:
     """The ``schedule`` record of a run that starts now (None: the schedule does not decay).
-    ``budget``: a ``max_time_min`` may size it (False for a run written before records)."""
+    ``budget``: a ``max_time_min`` may size it, and the warm-up is capped (False for a run
+    written before records, which kept ``warmup_steps``)."""
     if cfg.schedule not in DECAYING:
         return None
-    start, end = default_span(cfg, updates_per_epoch)
+    start, end = default_span(cfg, updates_per_epoch, capped=budget)
     record = {"schedule": cfg.schedule, "source": "max_epochs" if cfg.decay_steps is None else "decay_steps",
               "start": start, "end": end}
     if budget and cfg.decay_steps is None and cfg.max_time_min is not None:
@@ -80,7 +81,8 @@ class Schedule:
             self._budget = self._budget_fn(self.decided)
 
     def _budget_fn(self, b: Mapping):
-        return schedule_fn(self.cfg, self.updates_per_epoch, np, (b["start"], b["end"]), b["peak"])
+        return schedule_fn(self.cfg, self.updates_per_epoch, np, (b["start"], b["end"]), b["peak"],
+                           warmup=self.record["start"])
 
     @property
     def decided(self) -> dict | None:
@@ -156,7 +158,7 @@ class Schedule:
         epoch_s = (now - t0) / measured
         fit = math.floor(max(deadline - now, 0.0) * SAFETY / epoch_s)
         end_epoch = min(cfg.max_epochs, epoch + max(fit, 1))
-        start = max(step // cfg.accumulate, cfg.warmup_steps)
+        start = max(step // cfg.accumulate, r["start"])  # not before the warm-up's end
         end = max((step + (end_epoch - epoch) * self.steps_per_epoch) // cfg.accumulate, start + 1)
         r["budget"] = {"start": start, "end": end, "peak": float(self._base(start)), "end_epoch": end_epoch,
                        "decided_after_epoch": epoch, "budget_min": cfg.max_time_min, "epoch_s": epoch_s,

@@ -21,7 +21,7 @@ import numpy as np
 
 from .losses import batch_sums, energy_and_forces, loss_from_sums, prepare_batch
 from .monitor import ShapeCountingJit
-from .optim import did_update
+from .optim import did_update, ema_decay_at
 from .step_metrics import pack_metrics
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def make_train_step(forward: Callable, tx, weights: Mapping[str, float], per_ato
         updates = jax.tree.map(lambda u: u * lr_factor.astype(u.dtype), updates)
         new = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "ema_params": None}
         if state["ema_params"] is not None:
-            d = jnp.float32(ema_decay)
+            d = ema_decay_at(ema_decay, opt_state)
             moved = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema_params"], new["params"])
             upd = did_update(tx, opt_state)
             new["ema_params"] = jax.tree.map(lambda m, e: jnp.where(upd, m, e), moved, state["ema_params"])
