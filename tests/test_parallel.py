@@ -135,8 +135,8 @@ def _step_checks(data: Path) -> dict:
     # the stand-in model: loss, sums and parameter gradient
     model = PairModel()
     params = model.init(jax.random.PRNGKey(1), *model_inputs(union))
-    one = jax.jit(jax.value_and_grad(make_loss_fn(make_forward(model), weights, False), has_aux=True))
-    two = jax.jit(jax.value_and_grad(make_loss_fn(make_forward(model), weights, False, par), has_aux=True))
+    one = jax.jit(jax.value_and_grad(make_loss_fn(make_forward(model), weights, "per_molecule"), has_aux=True))
+    two = jax.jit(jax.value_and_grad(make_loss_fn(make_forward(model), weights, "per_molecule", par), has_aux=True))
     (l1, s1_), g1 = one(params, union)
     (l2, s2_), g2 = two(par.replicate(params), stacked)
     (la, sa), ga = one(params, big_b2)  # same shapes as above: no more compilations

@@ -255,7 +255,7 @@ def test_non_hierarchicality_penalty_is_physnets(x64):
     expected = sum(np.mean(o[t] ** 2 / (o[t] ** 2 + o[t - 1] ** 2 + 1e-7), axis=-1)[real].mean() for t in (1, 2))
     assert expected > 0.05
     sums = batch_sums(out, {k: jnp.asarray(v) for k, v in batch.items()})
-    assert float(loss_from_sums(sums, {"nh": 0.01}, False, jnp)) == pytest.approx(0.01 * expected, rel=1e-12)
+    assert float(loss_from_sums(sums, {"nh": 0.01}, "per_molecule", jnp)) == pytest.approx(0.01 * expected, rel=1e-12)
 
 
 # -- "auto": resolved from the training data

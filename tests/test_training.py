@@ -321,8 +321,8 @@ def test_best_checkpoint_and_ema_used_for_validation(reference, data):
     step = make_eval_step(make_forward(PairModel()))
     table = reference_table(element_energies(data))
     weights = {"energy": 1.0, "forces": 50.0, "dipole": 25.0, "charge": 10.0}
-    loss_ema = float(loss_from_sums(evaluate_sums(step, ema, vl, table), weights, False))
-    loss_raw = float(loss_from_sums(evaluate_sums(step, raw, vl, table), weights, False))
+    loss_ema = float(loss_from_sums(evaluate_sums(step, ema, vl, table), weights, "per_molecule"))
+    loss_raw = float(loss_from_sums(evaluate_sums(step, raw, vl, table), weights, "per_molecule"))
     assert loss_ema == pytest.approx(best["valid_loss"], rel=1e-6)
     assert abs(loss_raw - best["valid_loss"]) > 1e-6 * best["valid_loss"]
 
@@ -500,7 +500,7 @@ def test_accumulation_equals_larger_batch_and_ema_update(data):
 
     cfg2 = training_config({**settings, "accumulate": 2})
     tx2 = make_optimizer(cfg2, 10)
-    step2 = make_train_step(forward, tx2, weights, False, cfg2.ema_decay)
+    step2 = make_train_step(forward, tx2, weights, "per_molecule", cfg2.ema_decay)
     s = init_state(copy(params0), tx2, ema=True)
     s, _ = step2(s, a, one)  # accumulating: nothing moves yet
     for x, y in zip(jax.tree.leaves(s["params"]) + jax.tree.leaves(s["ema_params"]), jax.tree.leaves(params0) * 2):
@@ -510,7 +510,7 @@ def test_accumulation_equals_larger_batch_and_ema_update(data):
 
     cfg1 = training_config(settings)
     tx1 = make_optimizer(cfg1, 10)
-    step1 = make_train_step(forward, tx1, weights, False, cfg1.ema_decay)
+    step1 = make_train_step(forward, tx1, weights, "per_molecule", cfg1.ema_decay)
     s1, _ = step1(init_state(copy(params0), tx1, ema=True), ab, one)
 
     moved = 0.0

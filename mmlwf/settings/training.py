@@ -10,7 +10,8 @@ from .base import Settings, SettingError
 
 OPTIMIZERS = ("adam", "adamw", "amsgrad", "sgd")
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "exponential", "plateau")
-ENERGY_LOSSES = ("per_molecule", "per_atom")
+#: how the energy error enters the loss: divided by 1, by the square root of the atom count, by the count
+ENERGY_LOSSES = ("per_molecule", "per_sqrt_atom", "per_atom")
 DATA_PARALLEL = ("auto", "off")
 
 
@@ -71,8 +72,10 @@ class TrainingSettings(Settings):
                              "original's nhlambda, 0.01): the mean over atoms and outputs of o_t^2 / (o_t^2 + "
                              "o_t-1^2) summed over modules t > 0, o_t a module's atomic energy (and charge) "
                              "contribution; used when the model gives one (PhysNet with num_iterations > 1)")
-    energy_loss: Literal[ENERGY_LOSSES] = Field("per_molecule", description="per_atom: the energy error "
-                                                "divided by the atom count")
+    energy_loss: Literal[ENERGY_LOSSES] = Field("per_molecule", description="the energy error in the loss: "
+                                                "per_molecule as it is; per_sqrt_atom divided by the square root "
+                                                "of the atom count (its square by the count, as apax); per_atom "
+                                                "divided by the count")
     # -- length and stopping
     max_epochs: int = Field(1000, ge=1, description="epochs to train")
     max_time_min: float | None = Field(None, gt=0, description="stop (with a resumable checkpoint) after this "

@@ -376,7 +376,7 @@ class _Run:
         if sums is None:
             return None
         weights = {t: w for t, w in self.p.weights.items() if f"{t}_n" in sums}
-        out = {"valid_loss": float(loss_from_sums(sums, weights, self.cfg.energy_loss == "per_atom", np))}
+        out = {"valid_loss": float(loss_from_sums(sums, weights, self.cfg.energy_loss, np))}
         out.update(metrics_from_sums(sums, "valid"))
         if not np.isfinite(out["valid_loss"]):
             raise TrainingDiverged(f"non-finite validation loss ({out['valid_loss']!r}) after epoch {epoch_no}; "

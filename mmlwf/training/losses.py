@@ -33,6 +33,8 @@ PENALTIES = {"nh": "nh_weight"}
 #: columns of the metrics (name, unit suffix for history.csv)
 METRIC_UNITS = {"energy": "eV", "forces": "eV_per_A", "dipole": "eA", "charge": "e", "mono": "e",
                 "esp": "kcal_per_mol_e"}
+#: the sums whose ``_sse`` the energy term of the loss uses, by ``training.energy_loss``
+ENERGY_LOSS_SUMS = {"per_molecule": "energy", "per_sqrt_atom": "energy_sqrt_atom", "per_atom": "energy_atom"}
 #: factor from the canonical unit of a term's errors to its metric unit (V -> kcal/(mol·e))
 METRIC_SCALE = {"esp": 1.0 / ESP["kcal/mol/e"]}
 
@@ -126,7 +128,8 @@ def energy_and_forces(apply_fn: Callable, params, batch: Mapping) -> dict:
 def batch_sums(out: Mapping, batch: Mapping) -> dict:
     """Masked error sums of one batch: ``<term>_sse``, ``<term>_sae`` and ``<term>_n`` (the
     count each is divided by) for every term the batch and the predictions support, plus
-    ``energy_atom_sse``/``energy_atom_sae`` (errors divided by the molecule's atom count) and,
+    ``energy_atom_sse``/``energy_atom_sae`` (errors divided by the molecule's atom count),
+    ``energy_sqrt_atom_sse``/``_sae`` (divided by its square root) and,
     for a model with a ``nh_penalty (A,)`` output, ``nh_loss_sse``/``nh_loss_n`` (its sum and
     the real atoms: the loss term ``nh``, PhysNet's non-hierarchicality penalty)."""
     import jax
@@ -145,7 +148,9 @@ def batch_sums(out: Mapping, batch: Mapping) -> dict:
     if "energy" in out and "E_target" in batch:
         dE = (out["energy"] - batch["E_target"]) * gm
         add("energy", dE, jnp.sum(gm))
-        add("energy", dE / jnp.maximum(batch["n_atoms"], 1).astype(jnp.float32), jnp.sum(gm), "energy_atom")
+        n_atoms = jnp.maximum(batch["n_atoms"], 1).astype(jnp.float32)
+        add("energy", dE / n_atoms, jnp.sum(gm), "energy_atom")
+        add("energy", dE / jnp.sqrt(n_atoms), jnp.sum(gm), "energy_sqrt_atom")
     if "F" in batch and "forces" in out:
         add("forces", (out["forces"] - batch["F"]) * am[:, None], 3.0 * jnp.sum(am))
     if "D" in batch and "dipole" in out:
@@ -173,16 +178,17 @@ def available_terms(sums: Mapping) -> tuple[str, ...]:
     return tuple(t for t in TERMS if f"{t}_n" in sums)
 
 
-def loss_from_sums(sums: Mapping, weights: Mapping[str, float], per_atom: bool, xp=np):
+def loss_from_sums(sums: Mapping, weights: Mapping[str, float], energy_loss: str, xp=np):
     """``sum_t w_t * MSE_t`` over the terms in ``weights`` (numpy or jax.numpy via ``xp``);
-    a term with ``<term>_loss_sse``/``<term>_loss_n`` sums (a weighted ESP) uses those."""
+    the energy's squared errors as ``energy_loss`` says (:data:`ENERGY_LOSS_SUMS`); a term
+    with ``<term>_loss_sse``/``<term>_loss_n`` sums (a weighted ESP) uses those."""
     loss = 0.0
     for term, w in weights.items():
         if f"{term}_loss_sse" in sums:
             sse, n = sums[f"{term}_loss_sse"], sums[f"{term}_loss_n"]
             n = xp.where(n > 0, n, 1.0)  # the weights are positive: n > 0 whenever there are points
         else:
-            sse = sums["energy_atom_sse" if (term == "energy" and per_atom) else f"{term}_sse"]
+            sse = sums[f"{ENERGY_LOSS_SUMS[energy_loss] if term == 'energy' else term}_sse"]
             n = xp.maximum(sums[f"{term}_n"], 1.0)
         loss = loss + w * sse / n
     return loss

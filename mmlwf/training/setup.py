@@ -212,7 +212,7 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
         valid_terms=valid_terms,
         weights=weights,
         state=state,
-        train_step=make_train_step(job.forward, tx, weights, cfg.energy_loss == "per_atom", cfg.ema_decay, parallel),
+        train_step=make_train_step(job.forward, tx, weights, cfg.energy_loss, cfg.ema_decay, parallel),
         eval_step=make_eval_step(job.forward, parallel),
         columns=columns,
         n_parameters=count_parameters(variables),

@@ -66,7 +66,7 @@ def init_state(variables, tx, ema: bool) -> dict:
     }
 
 
-def make_loss_fn(forward: Callable, weights: Mapping[str, float], per_atom: bool, parallel=None) -> Callable:
+def make_loss_fn(forward: Callable, weights: Mapping[str, float], energy_loss: str, parallel=None) -> Callable:
     """``loss_fn(params, batch) -> (loss, sums)`` (not jitted).
 
     With ``parallel`` (a :class:`~.parallel.DataParallel`) ``batch`` is the stacked batch of
@@ -83,12 +83,12 @@ def make_loss_fn(forward: Callable, weights: Mapping[str, float], per_atom: bool
 
     def loss_fn(params, batch):
         sums = sums_of(params, batch)
-        return loss_from_sums(sums, weights, per_atom, jnp), sums
+        return loss_from_sums(sums, weights, energy_loss, jnp), sums
 
     return loss_fn
 
 
-def make_train_step(forward: Callable, tx, weights: Mapping[str, float], per_atom: bool, ema_decay: float,
+def make_train_step(forward: Callable, tx, weights: Mapping[str, float], energy_loss: str, ema_decay: float,
                     parallel=None):
     """``step(state, batch, lr_factor) -> (state, metrics)``, jitted, state donated.
 
@@ -102,7 +102,7 @@ def make_train_step(forward: Callable, tx, weights: Mapping[str, float], per_ato
     import jax.numpy as jnp
     import optax
 
-    loss_fn = make_loss_fn(forward, weights, per_atom, parallel)
+    loss_fn = make_loss_fn(forward, weights, energy_loss, parallel)
 
     def step(state, batch, lr_factor):
         params = state["params"]
