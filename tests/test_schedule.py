@@ -131,6 +131,13 @@ def test_budget_span_decided_once_from_whole_epochs():
     assert shapes.epoch_end(2, 20, 20.0, 60.0, compilations=71) is None  # compiled: the mark again
     assert shapes.epoch_end(3, 30, 25.0, 60.0, compilations=71) is not None
     assert (shapes.record["budget"]["epoch_s"], shapes.record["budget"]["decided_after_epoch"]) == (5.0, 3)
+    # the checkpoint written after the first epoch is not measured: the measurement starts after it
+    written = Schedule(cfg, 5, 10, stored=None)
+    assert written.epoch_end(1, 10, 8.0, 60.0) is None
+    written.saved(11.0)  # 3 s writing 'latest'
+    assert written.epoch_end(2, 20, 16.0, 60.0) is not None and written.record["budget"]["epoch_s"] == 5.0
+    written.saved(17.0)  # after deciding: nothing changes
+    assert written.record["budget"]["epoch_s"] == 5.0 and written.marks[0] == (1, 11.0)
     # stopped before deciding and resumed without a budget: the max_epochs run it was, exactly
     undecided = new_record(cfg, 5)
     late = Schedule(cfg.model_copy(update={"max_time_min": None}), 5, 10, stored={"schedule": undecided})

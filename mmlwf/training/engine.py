@@ -422,6 +422,7 @@ class _Run:
             status = "time_limit"
         if status is not None or decided or self.cadence.latest_due(epoch_no):  # a decided span: kept for resume
             self.save_latest(status or "running")
+            self.p.schedule.saved(self.clock())
         keys = ["train_loss", "valid_loss", "valid_energy_mae_eV", "valid_forces_mae_eV_per_A",
                 "valid_esp_rmse_kcal_per_mol_e", "learning_rate"]
         verbose = self.log.progress.verbose

@@ -12,7 +12,8 @@ given (both may change on resume; they change when it stops):
 - else (source ``budget``): sized to the time budget of the invocation that starts the run.
   Until it is decided the run is exactly the ``max_epochs`` one (the span the optimiser
   holds), while the wall time of whole epochs (training, validation, checkpoint) is
-  measured, from the end of the invocation's first epoch (which compiles) over whole cycles
+  measured, from the end of the invocation's first epoch (which compiles; after the
+  checkpoint written then, :meth:`Schedule.saved`) over whole cycles
   of ``valid_every`` and ``checkpoint_every`` epochs, at least one and
   :data:`MEASURE_FRACTION` of the budget (or of ``max_epochs``). Then the run's last epoch
   is fixed: as many more epochs as fit :data:`SAFETY` of the time left, at most
@@ -165,3 +166,10 @@ class Schedule:
                        "updates_per_s": self.updates_per_epoch / epoch_s}
         self._budget = self._budget_fn(r["budget"])
         return self.describe()
+
+    def saved(self, now: float) -> None:
+        """Note a checkpoint write that ended at ``now``: one right after the first measured
+        epoch end (the invocation's first ``latest``) is not part of the measurement, which
+        starts after it (later writes come once per ``checkpoint_interval_min``, not per epoch)."""
+        if len(self.marks) == 1 and self.decided is None:
+            self.marks[0] = (self.marks[0][0], now)
