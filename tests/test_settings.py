@@ -193,7 +193,7 @@ def test_checking_the_workflow_config_does_not_load_jax():
 def test_the_demo_config_resolves_with_its_defaults_filled_in():
     out = resolve_workflow_config(demo_config(), SCHEMA)
     assert out["datasets"]["demo"]["stats"] == {"element_energies": "results/demo/isolated_atoms/demo.extxyz",
-                                                "cutoff": 5.0, "batch_size": 16, "n_shapes": 4}
+                                                "cutoff": 5.0, "batch_size": 8, "n_shapes": 4}
     assert out["datasets"]["demo_esp"]["stats"]["element_energies"] == "auto"
     assert out["evaluation"] == {"subset": "test", "checkpoint": "best"}
     # the declared sections stay as written (the training fills in their defaults)

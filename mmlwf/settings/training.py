@@ -19,7 +19,7 @@ class TrainingSettings(Settings):
     """Training settings: optimiser, schedule, loss weights, length and stopping, devices."""
 
     # -- data
-    batch_size: int = Field(16, ge=1, description="molecules per batch (the loader's budget)")
+    batch_size: int = Field(8, ge=1, description="molecules per batch (the loader's budget)")
     seed: int = Field(0, description="seed of parameter initialisation and of the data order (with the epoch)")
     # -- optimiser
     optimizer: Literal[OPTIMIZERS] = Field("adam", description="the optimiser")
