@@ -131,6 +131,17 @@ def test_budget_span_decided_once_from_whole_epochs():
     assert shapes.epoch_end(2, 20, 20.0, 60.0, compilations=71) is None  # compiled: the mark again
     assert shapes.epoch_end(3, 30, 25.0, 60.0, compilations=71) is not None
     assert (shapes.record["budget"]["epoch_s"], shapes.record["budget"]["decided_after_epoch"]) == (5.0, 3)
+    assert shapes.record["budget"]["end_epoch"] == 3 + int(35.0 * SAFETY // 5.0) == 9
+    assert shapes.epoch_end(4, 40, 30.0, 60.0, compilations=71) is None  # no new shape: the plan holds
+    rate = shapes.lr(25)  # update 25 = step 50, where the plan is shortened
+    line = shapes.epoch_end(5, 50, 45.0, 60.0, compilations=72)  # compiled: 10 s lost, epochs 6-9 no longer fit
+    assert "shortened after epoch 5" in line
+    b = shapes.record["budget"]
+    assert (b["start"], b["end"], b["end_epoch"]) == (25, 25 + 2 * 5, 5 + int(15.0 * SAFETY // 5.0))
+    assert b["peak"] == pytest.approx(rate) and shapes.lr(25) == pytest.approx(rate) and rate < 1.0  # no jump
+    assert shapes.lr(35) == pytest.approx(0.1) and shapes.end_epoch() == 7
+    resumed = Schedule(cfg, 5, 10, stored={"schedule": shapes.record})
+    assert resumed.epoch_end(8, 80, 1.0, 60.0, compilations=90) is None and resumed.lr(30) == shapes.lr(30)
     # the checkpoint written after the first epoch is not measured: the measurement starts after it
     written = Schedule(cfg, 5, 10, stored=None)
     assert written.epoch_end(1, 10, 8.0, 60.0) is None

@@ -225,7 +225,7 @@ def test_config_defaults_overrides_and_errors(tmp_path):
                            "training.max_time_min=null", "training.clip_norm=1.5"])
     assert c.training.max_epochs == 5 and c.training.learning_rate == 1e-3  # "1e-3" is a YAML 1.1 string
     assert c.model == {"type": "physnet", "cutoff": 5.0, "features": 32, "extra": {"depth": 2}}
-    assert c.training.batch_size == 16 and c.training.optimizer == "adam" and c.training.clip_norm == 1.5
+    assert c.training.batch_size == 8 and c.training.optimizer == "adam" and c.training.clip_norm == 1.5
     assert load_config(c.to_dict()) == c  # the resolved form reads back to the same config
 
     def error(*args) -> str:

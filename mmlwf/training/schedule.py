@@ -19,7 +19,8 @@ given (both may change on resume; they change when it stops):
   is fixed: as many more epochs as fit :data:`SAFETY` of the time left, at most
   ``max_epochs``; the decay goes from the rate reached to the floor at the last update of
   that epoch, and the run completes there (validated, best checkpoint) rather than being cut
-  by the time limit. From then on the host passes the ratio of that rate to the optimiser's
+  by the time limit. An epoch after the decision that compiles a new batch shape shortens the
+  plan when the epochs planned no longer fit (:meth:`Schedule._shorten`). From then on the host passes the ratio of that rate to the optimiser's
   as the jitted step's ``lr_factor`` (no recompilation). A run stopped before the decision
   measures again when resumed with a budget, and without one stays the ``max_epochs`` run.
 
@@ -141,8 +142,10 @@ class Schedule:
         batch shape first met after the first epoch) is not measured: the measurement starts
         again at its end."""
         r, cfg = self.record, self.cfg
-        if r is None or r["source"] != "budget" or self.decided is not None:
+        if r is None or r["source"] != "budget":
             return None
+        if self.decided is not None:
+            return self._shorten(epoch, step, now, deadline, compilations)
         if deadline is None:  # resumed without a budget before deciding: the max_epochs run it was
             r["source"] = "max_epochs"
             r.pop("budget", None)
@@ -166,6 +169,26 @@ class Schedule:
                        "updates_per_s": self.updates_per_epoch / epoch_s}
         self._budget = self._budget_fn(r["budget"])
         return self.describe()
+
+    def _shorten(self, epoch: int, step: int, now: float, deadline: float | None,
+                 compilations: int | None) -> str | None:
+        """In the invocation that decided: after an epoch that compiled (a batch shape first
+        met after the decision: seconds the measurement did not hold), end the decay sooner
+        when the epochs planned no longer fit, from the rate reached to the floor at the new
+        last epoch (recorded as the budget's span: a resumed run follows it)."""
+        b, cfg = self.decided, self.cfg
+        if deadline is None or compilations is None or self._compilations in (None, compilations):
+            return None
+        self._compilations = compilations
+        fit = math.floor(max(deadline - now, 0.0) * SAFETY / b["epoch_s"])
+        end_epoch = min(cfg.max_epochs, epoch + max(fit, 1))
+        if end_epoch >= b["end_epoch"]:
+            return None
+        start = max(step // cfg.accumulate, self.record["start"])
+        end = max((step + (end_epoch - epoch) * self.steps_per_epoch) // cfg.accumulate, start + 1)
+        b.update(start=start, end=end, peak=self.lr(start), end_epoch=end_epoch, shortened_after_epoch=epoch)
+        self._budget = self._budget_fn(b)
+        return f"{self.describe()} (shortened after epoch {epoch}, which compiled a new batch shape)"
 
     def saved(self, now: float) -> None:
         """Note a checkpoint write that ended at ``now``: one right after the first measured
