@@ -9,7 +9,7 @@ training split only, streaming over the data in chunks.
 
 Batch shapes are not statistics of the data: they belong to the loader. The training's
 loaders count the neighbours of every structure within the model's pair cutoff and derive
-their batch budgets from ``training.batch_size`` (:func:`mmlwf.training.data.make_loaders`),
+their batch budgets from ``training.batch_atoms`` (:func:`mmlwf.training.data.make_loaders`),
 so ``stats.json`` depends on the data and the split only (one stats file serves every model
 and batch size trained on the dataset), and the neighbour counting over the split runs once,
 in the loader.

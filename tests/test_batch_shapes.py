@@ -1,7 +1,8 @@
 """Who owns the batch shapes: the training loaders (stats.json does not claim them).
 
 Each loader counts the neighbours of its split once, within the cutoff it is given (the
-model's pair cutoff in training), and derives its budgets from ``training.batch_size``.
+model's pair cutoff in training), and derives its budgets from ``training.batch_atoms`` (the
+default) or ``training.batch_size``.
 The stats step counts no neighbours, so the neighbour counting over the training split runs
 once per training (it ran in the stats step too before).
 """
@@ -61,6 +62,41 @@ def test_make_loaders_shapes_follow_training_batch_size_and_the_model_cutoff(sma
         assert loader.budgets == sorted(expected, reverse=True)
     # without a cutoff given: model.cutoff
     assert make_loaders(ds, split, config, prefetch=0)[0].cutoff == 1.0
+
+
+def test_batches_of_atoms_are_the_default_and_batch_size_alone_batches_molecules(small):
+    from mmlwf.training.config import config_changes
+
+    ds, split = small
+    default = load_config({"model": {"type": "physnet"}})
+    assert (default.training.batch_atoms, default.training.batch_size) == (88, None)
+    loader = make_loaders(ds, split, default, cutoff=1.0, prefetch=0)[0]
+    assert loader.budgets[0].n_atoms == 88
+    by_molecules = load_config({"model": {"type": "physnet"}, "training": {"batch_size": 2}})
+    assert (by_molecules.training.batch_atoms, by_molecules.training.batch_size) == (None, 2)
+    loader = make_loaders(ds, split, by_molecules, cutoff=1.0, prefetch=0)[0]
+    assert loader.budgets[0] == max(derive_budgets(molecule_sizes(PackedDataset(ds), load_split(split).train, 1.0), 2))
+    # a run stored before batch_atoms existed batched by molecules: resuming it with today's
+    # defaults is another config, with its batch_size it is the same
+    stored = {**by_molecules.to_dict(), "training": {k: v for k, v in by_molecules.to_dict()["training"].items()
+                                                      if k != "batch_atoms"}}
+    assert config_changes(stored, default.to_dict()) == ["training.batch_atoms: None -> 88",
+                                                          "training.batch_size: 2 -> None"]
+    assert config_changes(stored, by_molecules.to_dict()) == []
+    for training, problem in (({"batch_size": 2, "batch_atoms": 40}, "are both set"),
+                              ({"batch_atoms": None}, "are both null"), ({"batch_atoms": 1}, ">= 2")):
+        with pytest.raises(ConfigError, match=problem):
+            load_config({"model": {"type": "physnet"}, "training": training})
+
+
+def test_a_batch_of_atoms_holds_the_biggest_molecule_and_one_size_is_given():
+    sizes = np.array([[1, 21, 400, 0], [1, 9, 72, 0]])
+    assert max(derive_budgets(sizes, batch_atoms=88)).n_atoms == 88
+    assert max(derive_budgets(sizes, batch_atoms=10)).n_atoms == 24  # 21 atoms + the padding atom, to 8
+    assert max(derive_budgets(sizes, batch_atoms=89)).n_atoms == 96
+    for kwargs in ({}, {"batch_size": 2, "batch_atoms": 40}):
+        with pytest.raises(ConfigError, match="give one of batch_size"):
+            derive_budgets(sizes, **kwargs)
 
 
 def test_the_neighbours_of_the_split_are_counted_once(small, monkeypatch):

@@ -193,7 +193,7 @@ def test_checking_the_workflow_config_does_not_load_jax():
 def test_the_demo_config_resolves_with_its_defaults_filled_in():
     out = resolve_workflow_config(demo_config(), SCHEMA)
     assert out["datasets"]["demo"]["stats"] == {"element_energies": "results/demo/isolated_atoms/demo.extxyz",
-                                                "cutoff": 5.0, "batch_size": 8, "n_shapes": 4}
+                                                "cutoff": 5.0, "batch_size": None, "n_shapes": 4}
     assert out["datasets"]["demo_esp"]["stats"]["element_energies"] == "auto"
     assert out["evaluation"] == {"subset": "test", "checkpoint": "best"}
     # the declared sections stay as written (the training fills in their defaults)
@@ -273,7 +273,6 @@ def test_the_default_cutoff_and_split_have_one_home():
     from mmlwf.commands.common import resolve_defaults
 
     assert PhysNetSettings().cutoff == StatsSettings().cutoff == DEFAULT_CUTOFF
-    assert StatsSettings().batch_size == TrainingSettings().batch_size
     params = inspect.signature(split.split_dataset).parameters
     assert {k: params[k].default for k in ("valid", "test", "seed", "group_by")} == DEFAULT_SPLIT.model_dump()
     args = resolve_defaults(cli.build_parser().parse_args(["split", "ds", "-o", "s.npz"]))

@@ -225,7 +225,7 @@ def test_config_defaults_overrides_and_errors(tmp_path):
                            "training.max_time_min=null", "training.clip_norm=1.5"])
     assert c.training.max_epochs == 5 and c.training.learning_rate == 1e-3  # "1e-3" is a YAML 1.1 string
     assert c.model == {"type": "physnet", "cutoff": 5.0, "features": 32, "extra": {"depth": 2}}
-    assert c.training.batch_size == 8 and c.training.optimizer == "adam" and c.training.clip_norm == 1.5
+    assert c.training.batch_atoms == 88 and c.training.optimizer == "adam" and c.training.clip_norm == 1.5
     assert load_config(c.to_dict()) == c  # the resolved form reads back to the same config
 
     def error(*args) -> str:
@@ -379,9 +379,20 @@ def test_a_run_written_by_the_dict_loop_resumes_to_the_uninterrupted_run(referen
     assert summary["status"] == "completed" and summary["epochs"] == 6
     assert "resumed from checkpoint 2: epoch 1 + 3 batches, step 10" in (run_dir / "train.log").read_text()
     # the fixture was written before the EMA decay ramped up (optim.EMA_RAMP): the EMA weights,
-    # which validation uses, differ since; the training trajectory does not
-    assert_same_history(ref_dir, run_dir, skip=("valid_",))
-    assert_same_latest_params(ref_dir, run_dir)
+    # which validation uses, differ since; the training trajectory does not. Its first batches
+    # ran on another machine, whose CPU XLA compiles float32 sums for differently (last-bit
+    # differences), so the continuation is checked to float32 rounding; the resume tests
+    # above, on one machine, check it bit for bit
+    ra, rb = history_rows(ref_dir), history_rows(run_dir)
+    assert [r["epoch"] for r in rb] == [r["epoch"] for r in ra]
+    for x, y in zip(ra, rb):
+        for k in x:
+            if k not in RUN_DEPENDENT and not k.startswith("valid_") and x[k] != y[k]:
+                assert float(y[k]) == pytest.approx(float(x[k]), rel=1e-5, abs=1e-8), (x["epoch"], k)
+    pa, _ = load_params(ref_dir, "latest", ema=False)
+    pb, _ = load_params(run_dir, "latest", ema=False)
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6)
 
 
 class PoisonedLoader:

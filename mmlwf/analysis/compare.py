@@ -33,7 +33,7 @@ COMPILATIONS_COLUMN = "xla_compilations"
 #: the cost columns of the table
 COST_COLUMNS = ("epochs", "training_time_s", "n_params", *THROUGHPUT_COLUMNS, COMPILATIONS_COLUMN)
 #: training settings in the table
-TRAINING_KEYS = ("learning_rate", "batch_size", "optimizer", "schedule", "ema_decay", "max_epochs", "seed")
+TRAINING_KEYS = ("learning_rate", "batch_atoms", "batch_size", "optimizer", "schedule", "ema_decay", "max_epochs", "seed")
 #: model keys that are lengths (shown with an ``_A`` suffix)
 _LENGTH_KEYS = ("cutoff", "coulomb_cutoff", "max_displacement")
 

@@ -71,7 +71,9 @@ class BatchLoader:
 
     ``cutoff``: the message-passing pair list (None: none). ``long_cutoff``: the long-range
     list ``batch.long_pairs`` (None: none, the default; ``math.inf``: every ordered pair of
-    each molecule, with ``Pairs.cutoff`` None), with its own budget.
+    each molecule, with ``Pairs.cutoff`` None), with its own budget. Batch shapes: ``budgets``,
+    or derived (:func:`~mmlwf.batching.derive_budgets`) for ``batch_atoms`` atoms per batch
+    when given, else for ``batch_size`` molecules.
     """
 
     def __init__(
@@ -79,7 +81,8 @@ class BatchLoader:
         datasets: PackedDataset | Sequence[PackedDataset],
         indices: np.ndarray | Sequence[np.ndarray | None] | None = None,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = 32,
+        batch_atoms: int | None = None,
         cutoff: float | None = 5.0,
         long_cutoff: float | None = None,
         budgets: Sequence[Budget] | None = None,
@@ -121,7 +124,9 @@ class BatchLoader:
             m.views.update({f: np.asarray(m.ds.arrays[f]) for f in self.fields})
             m.views["offsets"] = np.asarray(m.ds.offsets)
         if budgets is None:
-            budgets = derive_budgets(np.concatenate([m.sizes for m in self.members]), batch_size, n_shapes, self.seed)
+            sizes = np.concatenate([m.sizes for m in self.members])
+            budgets = derive_budgets(sizes, None if batch_atoms is not None else batch_size, n_shapes, self.seed,
+                                     batch_atoms=batch_atoms)
         self.budgets = sorted(budgets, reverse=True)
 
     # -- planning

@@ -9,7 +9,8 @@ Shapes keep one spare graph and one spare atom for padding.
 The loader owns the batch shapes: each :class:`~mmlwf.batching.BatchLoader` derives its
 budgets (:func:`derive_budgets`) from the per-molecule sizes it counts once over its split
 (neighbours within its cutoff, the model's pair cutoff in training, and the pairs of the
-long-range list where the model asks for one) and its batch size (``training.batch_size``).
+long-range list where the model asks for one) and its batch size (``training.batch_atoms`` atoms,
+or ``training.batch_size`` molecules).
 Nothing else computes or records them (``stats.json`` does not). A size column that is zero
 for every molecule (no grid) costs the planning nothing, and without a long-range list the
 size table has no column for it.
@@ -125,16 +126,23 @@ def plan_epoch(sizes: np.ndarray, budgets: list[Budget], order: np.ndarray) -> B
     return BatchPlan(order=order, bounds=bounds, shape_ids=shape_ids)
 
 
-def derive_budgets(sizes: np.ndarray, batch_size: int, n_shapes: int = 4, seed: int = 0) -> list[Budget]:
-    """Budgets for ``batch_size`` molecules on average, from the per-molecule sizes.
+def derive_budgets(sizes: np.ndarray, batch_size: int | None = None, n_shapes: int = 4, seed: int = 0,
+                   *, batch_atoms: int | None = None) -> list[Budget]:
+    """Budgets for batches of ``batch_atoms`` atoms or of ``batch_size`` molecules on average
+    (give one), from the per-molecule sizes ``sizes`` (n, 4 or 5), see :func:`size_table`.
 
-    The atom budget holds ``batch_size`` average molecules; the graph budget leaves room
-    for runs of small molecules; the pair (grid, long-range pair) budget is the 95th
-    percentile of what such batches need, found by planning one shuffled epoch. Smaller
-    shapes are 1/2, 1/4, ... of the full one, for the last batches of an epoch.
+    The atom budget is ``batch_atoms`` (padding included, rounded up to a multiple of 8), or
+    holds ``batch_size`` average molecules; either way at least the biggest molecule. The graph
+    budget leaves room for runs of small molecules; the pair (grid, long-range pair) budget is
+    the 95th percentile of what such batches need, found by planning one shuffled epoch.
+    Smaller shapes are 1/2, 1/4, ... of the full one, for the last batches of an epoch.
     """
-    if batch_size < 1:
+    if (batch_size is None) == (batch_atoms is None):
+        raise ConfigError("give one of batch_size (molecules) and batch_atoms (atoms) per batch")
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_atoms is not None and batch_atoms < 2:
+        raise ConfigError(f"batch_atoms must be >= 2, got {batch_atoms}")
     if n_shapes < 1:
         raise ConfigError(f"n_shapes must be >= 1, got {n_shapes}")
     n = sizes.shape[0]
@@ -142,7 +150,10 @@ def derive_budgets(sizes: np.ndarray, batch_size: int, n_shapes: int = 4, seed: 
         raise ConfigError("no structures to batch")
     mean = sizes.mean(axis=0)
     biggest = sizes.max(axis=0)
-    n_atoms = _round_up(max(batch_size * mean[1], biggest[1]) + 1)
+    if batch_atoms is not None:
+        n_atoms = _round_up(max(batch_atoms, biggest[1] + 1))
+    else:
+        n_atoms = _round_up(max(batch_size * mean[1], biggest[1]) + 1)
     n_graphs = _round_up(max(n_atoms / max(mean[1], 1) * 1.25, 2) + 1)
     # pairs, grid points and long pairs: plan an epoch with them unlimited, keep the 95th percentile
     unlimited = np.iinfo(np.int64).max // 4

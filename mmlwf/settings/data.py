@@ -19,7 +19,6 @@ from ..esp.points import MODES
 from ..io import ESP_FORMATS, FORMATS
 from ..io.keys import CANONICAL_KEYS
 from .base import Name, Settings, SettingError, optional
-from .training import TrainingSettings
 
 #: the cutoff (Å) of the message passing and of the neighbour counts where none is given: the
 #: one home of this default (PhysNet's ``cutoff``, ``stats.cutoff``, the loader, the CLI)
@@ -94,8 +93,8 @@ DEFAULT_SPLIT = SplitSettings()
 class StatsSettings(Settings):
     """Statistics of the training split (results/datasets/{name}/stats.json) and the per-element
     reference energies that models' energies are relative to. ``cutoff``, ``batch_size`` and
-    ``n_shapes`` are deprecated and unused (batch shapes are the training loader's: training.batch_size
-    and the model's cutoff); they are accepted so that existing configs still validate."""
+    ``n_shapes`` are deprecated and unused (batch shapes are the training loader's: training.batch_atoms
+    or batch_size, and the model's cutoff); they are accepted so that existing configs still validate."""
 
     element_energies: str | dict[str, float] = Field(
         _ee.DEFAULT, description="per-element reference energies: a file of isolated atoms (any format convert "
@@ -105,8 +104,8 @@ class StatsSettings(Settings):
         "warning where the compositions do not determine them)")
     cutoff: float = Field(DEFAULT_CUTOFF, gt=0, description="unused (deprecated); the neighbour lists use the "
                                                             "model's cutoff")
-    batch_size: int = Field(TrainingSettings.model_fields["batch_size"].default, ge=1,
-                            description="unused (deprecated); batch budgets follow training.batch_size")
+    batch_size: int | None = Field(None, ge=1, description="unused (deprecated); batch budgets follow "
+                                   "training.batch_atoms or training.batch_size")
     n_shapes: int = Field(4, ge=1, le=8, description="unused (deprecated)")
 
     @field_validator("element_energies", mode="before")

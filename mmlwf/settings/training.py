@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -19,7 +19,10 @@ class TrainingSettings(Settings):
     """Training settings: optimiser, schedule, loss weights, length and stopping, devices."""
 
     # -- data
-    batch_size: int = Field(8, ge=1, description="molecules per batch (the loader's budget)")
+    batch_atoms: int | None = Field(88, ge=2, description="atoms per batch, padding included (the loader's atom "
+                                    "budget; a batch holds as many molecules as fit); null = batch_size molecules")
+    batch_size: int | None = Field(None, ge=1, description="molecules per batch on average, instead of "
+                                   "batch_atoms: setting it alone sets batch_atoms to null")
     seed: int = Field(0, description="seed of parameter initialisation and of the data order (with the epoch)")
     # -- optimiser
     optimizer: Literal[OPTIMIZERS] = Field("adam", description="the optimiser")
@@ -101,8 +104,20 @@ class TrainingSettings(Settings):
                                                   "one batch holding all their molecules (steps, accumulate and "
                                                   "the schedule count these n-batch steps); off = one device")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _batch_by_molecules(cls, values: Any) -> Any:
+        """``batch_size`` given without ``batch_atoms`` (a config, or a run's stored config, from
+        before ``batch_atoms`` existed) batches by molecules."""
+        if isinstance(values, dict) and values.get("batch_size") is not None and "batch_atoms" not in values:
+            return {**values, "batch_atoms": None}
+        return values
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSettings:
+        if (self.batch_atoms is None) == (self.batch_size is None):
+            raise SettingError("batch_atoms", "and batch_size are both set: give one (null the other)"
+                               if self.batch_size is not None else "and batch_size are both null: give one")
         if self.weight_decay and self.optimizer != "adamw":
             raise SettingError("weight_decay", f"is decoupled weight decay and needs optimizer adamw "
                                                f"(optimizer is {self.optimizer}), got {self.weight_decay:g}")

@@ -157,17 +157,27 @@ def load_config(path: str | os.PathLike | Mapping | None = None, overrides: Sequ
         raise ConfigError(f"{p}: {exc}") from None
 
 
+def _training_as_run(values: Mapping) -> dict:
+    """A stored or current ``training:`` mapping as the run reads it: checked, a key missing
+    from it (stored before the key existed) taking what the run had, its default or what a
+    validator makes of the other keys (``batch_size`` alone: no ``batch_atoms``). A mapping that
+    no longer validates (a setting removed since) is compared with its gaps filled by defaults."""
+    try:
+        return training_config(values).model_dump()
+    except ConfigError:
+        return {**settings.defaults(TrainingSettings), **values}
+
+
 def config_changes(stored: Mapping, current: Mapping, ignore: Sequence[str] = RESUMABLE_CHANGES) -> list[str]:
     """Keys (``section.key``) whose values differ between two resolved config dicts.
 
     A training key missing from either (a config stored before the key existed) counts as
-    its default."""
-    defaults = settings.defaults(TrainingSettings)
+    what the run had (see :func:`_training_as_run`)."""
     out = []
     for section in SECTIONS:
         a, b = dict(stored.get(section) or {}), dict(current.get(section) or {})
         if section == "training":
-            a, b = {**defaults, **a}, {**defaults, **b}
+            a, b = _training_as_run(a), _training_as_run(b)
         for key in sorted(set(a) | set(b)):
             if section == "training" and key in ignore:
                 continue

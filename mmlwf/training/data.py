@@ -7,7 +7,8 @@ takes. The training loader shuffles by ``training.seed`` (its order is a functio
 
 Batch shapes are the loaders': each counts the neighbours of its split's structures once,
 within the model's pair cutoff (and the pairs of its long-range list, for a model with one),
-and derives its budgets from ``training.batch_size`` (:func:`~mmlwf.batching.derive_budgets`).
+and derives its budgets from ``training.batch_atoms`` or ``training.batch_size``
+(:func:`~mmlwf.batching.derive_budgets`).
 ``stats.json`` holds statistics of the data only (element energies, RMS values), so one
 stats file serves every model trained on a dataset and the neighbour counting is not done
 twice.
@@ -53,7 +54,7 @@ def make_loaders(
     ``long_cutoff`` (the long-range list: None for none, ``math.inf`` for every pair of a
     molecule): give the model kind's ``pair_cutoff`` and ``long_pair_cutoff``; without
     ``cutoff`` both are those of the model that ``config.model`` describes. The batch size is
-    ``training.batch_size`` and the seed ``training.seed``. Each loader counts the pairs of its
+    ``training.batch_atoms`` atoms (or ``training.batch_size`` molecules) and the seed ``training.seed``. Each loader counts the pairs of its
     split once and derives its batch shapes from them (see the module docstring).
     ConfigError for a cutoff that is not a positive number.
     """
@@ -75,8 +76,8 @@ def make_loaders(
         raise ConfigError(f"cutoff must be a positive number of Å, got {cutoff}")
     if long_cutoff is not None and not (isinstance(long_cutoff, (int, float)) and long_cutoff > 0):
         raise ConfigError(f"long-range cutoff must be a positive number of Å (or inf), got {long_cutoff}")
-    common = {"batch_size": t.batch_size, "cutoff": cutoff, "long_cutoff": long_cutoff, "seed": t.seed,
-              "prefetch": prefetch, "workers": workers, "names": names}
+    common = {"batch_size": t.batch_size, "batch_atoms": t.batch_atoms, "cutoff": cutoff,
+              "long_cutoff": long_cutoff, "seed": t.seed, "prefetch": prefetch, "workers": workers, "names": names}
     train_loader = BatchLoader(dss, [sp.train for sp in sps], shuffle=True, weights=weights, **common)
     has_valid = any(sp.valid.size for sp in sps)
     valid_loader = BatchLoader(dss, [sp.valid for sp in sps], shuffle=False, **common) if has_valid else None

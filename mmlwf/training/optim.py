@@ -37,19 +37,24 @@ WARMUP_MAX_FRACTION = 0.1
 EMA_RAMP = 10.0
 
 
+def _run_updates(cfg: TrainingConfig, updates_per_epoch: int) -> int:
+    """The updates of ``max_epochs`` epochs."""
+    return cfg.max_epochs * max(int(updates_per_epoch), 1)
+
+
 def warmup_updates(cfg: TrainingConfig, updates_per_epoch: int) -> int:
     """The warm-up in updates: ``warmup_steps``, at most :data:`WARMUP_MAX_FRACTION` of the
     updates of ``max_epochs`` unless ``decay_steps`` states the schedule's length."""
     if cfg.decay_steps is not None:
         return cfg.warmup_steps
-    return min(cfg.warmup_steps, int(WARMUP_MAX_FRACTION * cfg.max_epochs * max(int(updates_per_epoch), 1)))
+    return min(cfg.warmup_steps, int(WARMUP_MAX_FRACTION * _run_updates(cfg, updates_per_epoch)))
 
 
 def default_span(cfg: TrainingConfig, updates_per_epoch: int, capped: bool = True) -> Span:
     """The decay span of a decaying schedule without a time budget: from the end of the
     warm-up (:func:`warmup_updates`; ``capped=False``: ``warmup_steps``, as runs whose
     checkpoints hold no span had it) to ``decay_steps`` or to the last update of ``max_epochs``."""
-    total = cfg.decay_steps if cfg.decay_steps is not None else cfg.max_epochs * max(int(updates_per_epoch), 1)
+    total = cfg.decay_steps if cfg.decay_steps is not None else _run_updates(cfg, updates_per_epoch)
     return (warmup_updates(cfg, updates_per_epoch) if capped else cfg.warmup_steps), int(total)
 
 

@@ -20,8 +20,9 @@ given (both may change on resume; they change when it stops):
   ``max_epochs``; the decay goes from the rate reached to the floor at the last update of
   that epoch, and the run completes there (validated, best checkpoint) rather than being cut
   by the time limit. An epoch after the decision that compiles a new batch shape shortens the
-  plan when the epochs planned no longer fit (:meth:`Schedule._shorten`). From then on the host passes the ratio of that rate to the optimiser's
-  as the jitted step's ``lr_factor`` (no recompilation). A run stopped before the decision
+  plan when the epochs planned no longer fit (:meth:`Schedule._shorten`). From then on the
+  host passes the ratio of that rate to the optimiser's as the jitted step's ``lr_factor``
+  (no recompilation). A run stopped before the decision
   measures again when resumed with a budget, and without one stays the ``max_epochs`` run.
 
 Records written before this module existed have no ``schedule``: such a run keeps the span
