@@ -31,6 +31,13 @@ from ..stats import load_stats
 from .config import Config
 
 
+#: batch shapes of the training and validation loaders: one, the full budget. Smaller shapes
+#: serve only an epoch's last, part-filled batch (one per dataset), while each shape costs a
+#: compilation of the train step: some 40 s for PhysNet on aspirin on 2 cores, when a 5-minute
+#: budget trains 8.5-s epochs; the full shape's padding of that last batch costs far less
+TRAINING_SHAPES = 1
+
+
 def as_list(value) -> list:
     return [value] if isinstance(value, (str, os.PathLike)) else list(value)
 
@@ -54,7 +61,8 @@ def make_loaders(
     ``long_cutoff`` (the long-range list: None for none, ``math.inf`` for every pair of a
     molecule): give the model kind's ``pair_cutoff`` and ``long_pair_cutoff``; without
     ``cutoff`` both are those of the model that ``config.model`` describes. The batch size is
-    ``training.batch_atoms`` atoms (or ``training.batch_size`` molecules) and the seed ``training.seed``. Each loader counts the pairs of its
+    ``training.batch_atoms`` atoms (or ``training.batch_size`` molecules), in one batch shape
+    (:data:`TRAINING_SHAPES`), and the seed ``training.seed``. Each loader counts the pairs of its
     split once and derives its batch shapes from them (see the module docstring).
     ConfigError for a cutoff that is not a positive number.
     """
@@ -77,7 +85,8 @@ def make_loaders(
     if long_cutoff is not None and not (isinstance(long_cutoff, (int, float)) and long_cutoff > 0):
         raise ConfigError(f"long-range cutoff must be a positive number of Å (or inf), got {long_cutoff}")
     common = {"batch_size": t.batch_size, "batch_atoms": t.batch_atoms, "cutoff": cutoff,
-              "long_cutoff": long_cutoff, "seed": t.seed, "prefetch": prefetch, "workers": workers, "names": names}
+              "long_cutoff": long_cutoff, "n_shapes": TRAINING_SHAPES, "seed": t.seed, "prefetch": prefetch,
+              "workers": workers, "names": names}
     train_loader = BatchLoader(dss, [sp.train for sp in sps], shuffle=True, weights=weights, **common)
     has_valid = any(sp.valid.size for sp in sps)
     valid_loader = BatchLoader(dss, [sp.valid for sp in sps], shuffle=False, **common) if has_valid else None
