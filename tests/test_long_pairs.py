@@ -232,7 +232,7 @@ def test_a_model_without_long_pairs_gets_none_and_unchanged_shapes(kinds, datase
     from mmlwf.calculator import MMLWFCalculator
     from mmlwf.models.common import batch_inputs
     from mmlwf.training import load_config
-    from mmlwf.training.data import make_loaders
+    from mmlwf.training.data import TRAINING_SHAPES, make_loaders
 
     long_kind, kind = kinds
     ds, split = dataset
@@ -240,7 +240,8 @@ def test_a_model_without_long_pairs_gets_none_and_unchanged_shapes(kinds, datase
     assert registry.get("dcmnet").long_pair_cutoff(registry.get("dcmnet").build_model({})) is None
     cfg = load_config({"model": {"type": "toy_pair", "cutoff": SHORT}, "training": {"batch_size": 3}})
     train, _ = make_loaders(ds.path, split, cfg, prefetch=0)
-    before = BatchLoader(ds, np.load(split)["train"], batch_size=3, cutoff=SHORT, prefetch=0)  # the loader as it was
+    before = BatchLoader(ds, np.load(split)["train"], batch_size=3, cutoff=SHORT, n_shapes=TRAINING_SHAPES,
+                         prefetch=0)  # the loader as it was
     assert train.long_cutoff is None and train.budgets == before.budgets
     assert all(b.n_long_pairs == 0 for b in train.budgets) and train.members[0].sizes.shape[1] == 4
     for got, ref in zip(train.epoch(0), before.epoch(0)):
