@@ -19,8 +19,10 @@ given (both may change on resume; they change when it stops):
   is fixed: as many more epochs as fit :data:`SAFETY` of the time left, at most
   ``max_epochs``; the decay goes from the rate reached to the floor at the last update of
   that epoch, and the run completes there (validated, best checkpoint) rather than being cut
-  by the time limit. An epoch after the decision that compiles a new batch shape shortens the
-  plan when the epochs planned no longer fit (:meth:`Schedule._shorten`). From then on the
+  by the time limit. After every later epoch of that invocation the plan is checked against
+  the mean epoch time measured so far (epochs that compiled left out): it is shortened when
+  the epochs planned no longer fit, and lengthened when clearly more fit
+  (:data:`LENGTHEN_MARGIN`; :meth:`Schedule._replan`). From then on the
   host passes the ratio of that rate to the optimiser's as the jitted step's ``lr_factor``
   (no recompilation). A run stopped before the decision
   measures again when resumed with a budget, and without one stays the ``max_epochs`` run.
@@ -44,6 +46,8 @@ from .optim import DECAYING, Span, default_span, schedule_fn
 MEASURE_FRACTION = 0.02
 #: fraction of the time left that the decided epochs may take (the rest absorbs jitter)
 SAFETY = 0.97
+#: a decided plan is lengthened only when this fraction more of its epochs left (and 2 epochs) fit
+LENGTHEN_MARGIN = 0.05
 
 
 def new_record(cfg: TrainingConfig, updates_per_epoch: int, budget: bool = True) -> dict | None:
@@ -78,6 +82,7 @@ class Schedule:
             self.record = new_record(cfg, updates_per_epoch, budget=False)
         self.marks: list[tuple[int, float]] = []  # (epochs done, clock) at epoch ends measured
         self._compilations: int | None = None  # the XLA compilation count at the first mark
+        self._timed: tuple[float, int] | None = None  # seconds and epochs measured, once decided here
         self._base = schedule_fn(cfg, updates_per_epoch, np, self.span())
         self._budget = None
         if self.decided is not None:
@@ -146,7 +151,7 @@ class Schedule:
         if r is None or r["source"] != "budget":
             return None
         if self.decided is not None:
-            return self._shorten(epoch, step, now, deadline, compilations)
+            return self._replan(epoch, step, now, deadline, compilations)
         if deadline is None:  # resumed without a budget before deciding: the max_epochs run it was
             r["source"] = "max_epochs"
             r.pop("budget", None)
@@ -169,27 +174,38 @@ class Schedule:
                        "decided_after_epoch": epoch, "budget_min": cfg.max_time_min, "epoch_s": epoch_s,
                        "updates_per_s": self.updates_per_epoch / epoch_s}
         self._budget = self._budget_fn(r["budget"])
+        self._timed, self.marks = (now - t0, measured), [(epoch, now)]
         return self.describe()
 
-    def _shorten(self, epoch: int, step: int, now: float, deadline: float | None,
-                 compilations: int | None) -> str | None:
-        """In the invocation that decided: after an epoch that compiled (a batch shape first
-        met after the decision: seconds the measurement did not hold), end the decay sooner
-        when the epochs planned no longer fit, from the rate reached to the floor at the new
-        last epoch (recorded as the budget's span: a resumed run follows it)."""
+    def _replan(self, epoch: int, step: int, now: float, deadline: float | None,
+                compilations: int | None) -> str | None:
+        """In the invocation that decided, after each epoch: the mean epoch time measured
+        so far (an epoch that compiled, seconds the measurement does not hold, left out)
+        against the time left. When the epochs planned no longer fit, or clearly more fit,
+        the decay goes from the rate reached to the floor at the new last epoch (recorded as
+        the budget's span: a resumed run follows it)."""
         b, cfg = self.decided, self.cfg
-        if deadline is None or compilations is None or self._compilations in (None, compilations):
+        if deadline is None or self._timed is None or epoch >= b["end_epoch"]:
             return None
+        (e0, t0), self.marks = self.marks[-1], [(epoch, now)]
+        compiled = compilations is not None and compilations != self._compilations
         self._compilations = compilations
-        fit = math.floor(max(deadline - now, 0.0) * SAFETY / b["epoch_s"])
+        if not compiled and epoch > e0:
+            self._timed = (self._timed[0] + now - t0, self._timed[1] + epoch - e0)
+        epoch_s = self._timed[0] / self._timed[1]
+        fit = math.floor(max(deadline - now, 0.0) * SAFETY / epoch_s)
         end_epoch = min(cfg.max_epochs, epoch + max(fit, 1))
-        if end_epoch >= b["end_epoch"]:
+        planned = b["end_epoch"]
+        if planned <= end_epoch < planned + max(2, LENGTHEN_MARGIN * (planned - epoch)):
             return None
         start = max(step // cfg.accumulate, self.record["start"])
         end = max((step + (end_epoch - epoch) * self.steps_per_epoch) // cfg.accumulate, start + 1)
-        b.update(start=start, end=end, peak=self.lr(start), end_epoch=end_epoch, shortened_after_epoch=epoch)
+        b.update(start=start, end=end, peak=self.lr(start), end_epoch=end_epoch, replanned_after_epoch=epoch,
+                 replanned_epoch_s=epoch_s)
         self._budget = self._budget_fn(b)
-        return f"{self.describe()} (shortened after epoch {epoch}, which compiled a new batch shape)"
+        why = "which compiled a new batch shape" if compiled else f"epochs take {epoch_s:.4g} s"
+        change = "shortened" if end_epoch < planned else "lengthened"
+        return f"{self.describe()} ({change} after epoch {epoch}, {why})"
 
     def saved(self, now: float) -> None:
         """Note a checkpoint write that ended at ``now``: one right after the first measured
