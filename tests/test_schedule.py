@@ -142,8 +142,8 @@ def test_budget_span_decided_once_from_whole_epochs():
     assert shapes.lr(35) == pytest.approx(0.1) and shapes.end_epoch() == 7
     assert shapes.epoch_end(6, 60, 52.0, 60.0, compilations=72) is None  # 7 s, but epoch 7 still fits
     # epochs slower than measured (5 s, then 7 s): fewer fit, the decay ends sooner; faster: more
-    slow, fast, noisy = (Schedule(cfg, 5, 10, stored=None) for _ in range(3))
-    for sched in (slow, fast, noisy):
+    slow, fast, noisy, late = (Schedule(cfg, 5, 10, stored=None) for _ in range(4))
+    for sched in (slow, fast, noisy, late):
         sched.epoch_end(1, 10, 8.0, 60.0)
         assert sched.epoch_end(2, 20, 13.0, 60.0) is not None and sched.end_epoch() == 11
     line = slow.epoch_end(3, 30, 20.0, 60.0)  # 6 s per epoch over epochs 2-3: 6 more fit in 97 % of 40 s
@@ -152,6 +152,8 @@ def test_budget_span_decided_once_from_whole_epochs():
     assert (b["start"], b["end"], b["replanned_epoch_s"]) == (15, 45, 6.0) and slow.lr(45) == pytest.approx(0.1)
     assert "lengthened after epoch 3" in fast.epoch_end(3, 30, 16.0, 60.0) and fast.end_epoch() == 13  # 4 s
     assert noisy.epoch_end(3, 30, 17.5, 60.0) is None and noisy.end_epoch() == 11  # 4.75 s: 8 fit, as planned
+    # 5.15 s: the 8 epochs planned still fit the 41.7 s left, not 97 % of it: the plan holds
+    assert late.epoch_end(3, 30, 18.3, 60.0) is None and late.end_epoch() == 11
     resumed = Schedule(cfg, 5, 10, stored={"schedule": shapes.record})
     assert resumed.epoch_end(8, 80, 1.0, 60.0, compilations=90) is None and resumed.lr(30) == shapes.lr(30)
     # the checkpoint written after the first epoch is not measured: the measurement starts after it

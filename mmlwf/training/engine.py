@@ -412,15 +412,16 @@ class _Run:
         row.update(epoch_cost(acc, self.compiles.count))
         s.history.append(json_ready(row))
         write_history(RunDir(self.job.run_dir).history_csv, s.history, self.p.columns)
+        first = self.p.schedule.decided is None  # the decision on the terminal; later re-plans in train.log
         decided = self.p.schedule.epoch_end(s.epoch, s.step, self.clock(), deadline, self.compiles.count)
         if decided:
-            self.log.line(decided)
+            self.log.line(decided, terminal=first or self.log.progress.verbose)
         status = self.done_reason()
         if status is None and self.stop.signum is not None:
             status = "interrupted"
         elif status is None and deadline is not None and self.clock() > deadline:
             status = "time_limit"
-        if status is not None or decided or self.cadence.latest_due(epoch_no):  # a decided span: kept for resume
+        if status is not None or decided and first or self.cadence.latest_due(epoch_no):  # a decided span: kept
             self.save_latest(status or "running")
             self.p.schedule.saved(self.clock())
         keys = ["train_loss", "valid_loss", "valid_energy_mae_eV", "valid_forces_mae_eV_per_A",

@@ -21,7 +21,7 @@ given (both may change on resume; they change when it stops):
   that epoch, and the run completes there (validated, best checkpoint) rather than being cut
   by the time limit. After every later epoch of that invocation the plan is checked against
   the mean epoch time measured so far (epochs that compiled left out): it is shortened when
-  the epochs planned no longer fit, and lengthened when clearly more fit
+  the epochs planned no longer fit the time left, and lengthened when clearly more fit
   (:data:`LENGTHEN_MARGIN`; :meth:`Schedule._replan`). From then on the
   host passes the ratio of that rate to the optimiser's as the jitted step's ``lr_factor``
   (no recompilation). A run stopped before the decision
@@ -181,9 +181,9 @@ class Schedule:
                 compilations: int | None) -> str | None:
         """In the invocation that decided, after each epoch: the mean epoch time measured
         so far (an epoch that compiled, seconds the measurement does not hold, left out)
-        against the time left. When the epochs planned no longer fit, or clearly more fit,
-        the decay goes from the rate reached to the floor at the new last epoch (recorded as
-        the budget's span: a resumed run follows it)."""
+        against the time left. When the epochs planned no longer fit the time left, or clearly
+        more fit :data:`SAFETY` of it, the decay goes from the rate reached to the floor at the
+        new last epoch (recorded as the budget's span: a resumed run follows it)."""
         b, cfg = self.decided, self.cfg
         if deadline is None or self._timed is None or epoch >= b["end_epoch"]:
             return None
@@ -196,7 +196,8 @@ class Schedule:
         fit = math.floor(max(deadline - now, 0.0) * SAFETY / epoch_s)
         end_epoch = min(cfg.max_epochs, epoch + max(fit, 1))
         planned = b["end_epoch"]
-        if planned <= end_epoch < planned + max(2, LENGTHEN_MARGIN * (planned - epoch)):
+        fits = (planned - epoch) * epoch_s <= max(deadline - now, 0.0)  # without the safety margin
+        if end_epoch == planned or fits and end_epoch < planned + max(2, LENGTHEN_MARGIN * (planned - epoch)):
             return None
         start = max(step // cfg.accumulate, self.record["start"])
         end = max((step + (end_epoch - epoch) * self.steps_per_epoch) // cfg.accumulate, start + 1)
