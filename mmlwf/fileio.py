@@ -60,6 +60,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+def write_json(path: str | os.PathLike, obj) -> None:
+    """``obj`` as indented JSON in ``path``, written atomically (:func:`atomic_write`)."""
+    import json
+
+    with atomic_write(path) as fh:
+        json.dump(obj, fh, indent=2)
+        fh.write("\n")
+
+
 def make_temp_dir(prefix: str, parent: str | os.PathLike, suffix: str = "") -> Path:
     """A new temporary directory in ``parent`` with the permissions the umask gives any new
     directory (:func:`tempfile.mkdtemp` makes it 0700, which would stay with the output)."""

@@ -43,6 +43,7 @@ from .settings import (
     EXPERIMENT_KEYS,
     NAME_PATTERN,
     DatasetSettings,
+    EnsembleSettings,
     SettingError,
     SplitSettings,
     StatsSettings,
@@ -186,6 +187,8 @@ def _check_experiment(name: str, exp: dict, datasets: Mapping) -> dict:
     _declared(functools.partial(parse, TrainingSettings), exp["training"], f"{where}.training")
     exp["model"] = {"type": model.type, **dict(exp["model"] or {})}
     exp["training"] = dict(exp["training"] or {})
+    _declared(functools.partial(parse, EnsembleSettings), exp.get("ensemble"), f"{where}.ensemble")
+    exp["ensemble"] = dict(exp.get("ensemble") or {})
     return exp
 
 

@@ -194,6 +194,10 @@ def main(argv) -> int:
     # the same training on two devices and on one device with the steps' batches merged
     results["par"] = _run(out / "par", data)
     results["one"] = _run(out / "one", data, ["training.data_parallel=off"], MergedLoader(tl, 2))
+    # an ensemble: members vmapped inside the per-device step
+    results["par_ens"] = _run(out / "par_ens", data, ["ensemble.size=2"])
+    results["one_ens"] = _run(out / "one_ens", data, ["training.data_parallel=off", "ensemble.size=2"],
+                              MergedLoader(tl, 2))
     # on two devices, stopped after its first step (time limit), then resumed
     results["stopped"] = _run(out / "resumed", data, ["training.max_time_min=1e-6"])
     results["stopped_meta"] = {k: v for k, v in checkpoint_meta(out / "resumed", "latest").items()
@@ -286,6 +290,24 @@ def test_two_device_training_equals_one_device_on_merged_batches(two_devices, da
         assert _rel(pp, p1) < 1e-4
     log = (out / "par" / "train.log").read_text()
     assert "data parallel over 2 devices" in log
+
+
+def test_two_device_ensemble_equals_one_device_on_merged_batches(two_devices):
+    """An ensemble's members are vmapped inside the per-device step: 2 devices train the same
+    members as one device on the steps' merged batches."""
+    from mmlwf.training import load_params, read_history
+
+    out, res = two_devices
+    assert res["par_ens"]["status"] == res["one_ens"]["status"] == "completed"
+    assert res["par_ens"]["devices"] == 2 and res["par_ens"]["steps"] == res["one_ens"]["steps"]
+    hp, h1 = read_history(out / "par_ens" / "history.csv"), read_history(out / "one_ens" / "history.csv")
+    for rp, r1 in zip(hp, h1, strict=True):
+        for k in ("train_loss", "valid_loss", "valid_loss_m0", "valid_loss_m1", "valid_forces_mae_eV_per_A"):
+            assert rp[k] == pytest.approx(r1[k], rel=1e-4), (rp["epoch"], k)
+    pp, info = load_params(out / "par_ens", "latest")
+    p1, _ = load_params(out / "one_ens", "latest")
+    assert info["ensemble"]["size"] == 2 and all(np.shape(x)[0] == 2 for x in jax.tree.leaves(pp))
+    assert _rel(pp, p1) < 1e-4
 
 
 def test_two_device_resume_is_exact(two_devices):

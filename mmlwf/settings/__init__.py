@@ -25,6 +25,7 @@ from .data import (
     SplitSettings,
     StatsSettings,
 )
+from .ensemble import ENSEMBLE_KINDS, EnsembleSettings
 from .models import DEFAULT_MODEL, MODELS, DCMNetSettings, ModelSettings, PhysNetSettings, model_settings
 from .training import TrainingSettings
 from .workflow import EXPERIMENT_KEYS, EvaluationSettings, ExperimentSettings, SweepSettings, WorkflowSettings
@@ -39,6 +40,8 @@ __all__ = [
     "NAME_PATTERN",
     "DCMNetSettings",
     "DatasetSettings",
+    "ENSEMBLE_KINDS",
+    "EnsembleSettings",
     "DemoSettings",
     "EvaluationSettings",
     "ExperimentSettings",

@@ -36,6 +36,9 @@ class ExperimentSettings(Settings):
                                   json_schema_extra={"schema": {"$ref": "#/$defs/model"}})
     training: dict[str, Any] = Field({}, description="the training settings",
                                      json_schema_extra={"schema": {"$ref": "#/$defs/training"}})
+    ensemble: dict[str, Any] = Field({}, description="an ensemble of models trained together (size: members; "
+                                     "their spread is the uncertainty)",
+                                     json_schema_extra={"schema": {"$ref": "#/$defs/ensemble"}})
 
 
 #: the experiment keys a sweep may set besides ``base`` and ``grid``

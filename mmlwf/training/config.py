@@ -1,9 +1,11 @@
-"""Training configuration: a YAML file with a ``model:`` and a ``training:`` section.
+"""Training configuration: a YAML file with a ``model:``, a ``training:`` and an optional
+``ensemble:`` section.
 
 ``model:`` is a free mapping handed to the caller's ``build_model(config)`` (which checks it
 against the model's declaration in :mod:`mmlwf.settings.models`); ``training:`` is checked
 against :class:`TrainingConfig` (declared in :mod:`mmlwf.settings.training`, whose fields carry
-their defaults, bounds and meaning): no setting is restated here.
+their defaults, bounds and meaning): no setting is restated here; ``ensemble:`` likewise
+against :class:`~mmlwf.settings.EnsembleSettings` (absent: one model).
 :func:`load_config` reads the file, applies ``section.key=value`` overrides (values parsed by
 ``yaml.safe_load``), and rejects unknown keys and bad values with a one-line
 :class:`~mmlwf.errors.ConfigError`.
@@ -21,9 +23,11 @@ import yaml
 
 from .. import settings
 from ..errors import ConfigError, did_you_mean
-from ..settings import SettingError, TrainingSettings
+from ..settings import EnsembleSettings, SettingError, TrainingSettings
 
-SECTIONS = ("model", "training")
+SECTIONS = ("model", "training", "ensemble")
+#: the sections checked against a declaration (their defaults filled in)
+DECLARED_SECTIONS = {"training": TrainingSettings, "ensemble": EnsembleSettings}
 
 #: training keys that may change between a run and its resume (they do not change the
 #: epochs already done; every other key must match the stored config). The span of a
@@ -64,22 +68,44 @@ def training_config(values: Mapping[str, Any] | None = None) -> TrainingConfig:
         raise ConfigError(f"training.{exc.key} {exc.problem}") from None
 
 
+def ensemble_config(values: Mapping[str, Any] | None = None) -> EnsembleSettings:
+    """A checked :class:`~mmlwf.settings.EnsembleSettings` (missing keys: their defaults)."""
+    try:
+        return settings.parse(EnsembleSettings, values)
+    except SettingError as exc:
+        if exc.known is not None:
+            raise _unknown(f"ensemble.{exc.key}", exc.known) from None
+        raise ConfigError(f"ensemble.{exc.key} {exc.problem}") from None
+
+
 @dataclass(frozen=True)
 class Config:
-    """A resolved configuration: the model mapping and the checked training settings."""
+    """A resolved configuration: the model mapping, the checked training and ensemble settings."""
 
     model: dict
     training: TrainingConfig
+    ensemble: EnsembleSettings = EnsembleSettings()
+
+    @property
+    def members(self) -> int:
+        """Models trained together (``ensemble.size``; 1: a single model)."""
+        return int(self.ensemble.size)
 
     def to_dict(self) -> dict:
-        return {"model": dict(self.model), "training": self.training.model_dump()}
+        """The three sections; ``ensemble`` only for an ensemble (a single model's config reads
+        as it did before ensembles existed)."""
+        out = {"model": dict(self.model), "training": self.training.model_dump()}
+        if self.members > 1:
+            out["ensemble"] = self.ensemble.model_dump()
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
 
     def replace(self, **training_changes) -> Config:
         """A copy with some training settings changed (checked)."""
-        return Config(dict(self.model), training_config({**self.training.model_dump(), **training_changes}))
+        return Config(dict(self.model), training_config({**self.training.model_dump(), **training_changes}),
+                      self.ensemble)
 
 
 def _set(tree: dict, path: list[str], value: Any, full: str) -> None:
@@ -105,8 +131,9 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
             raise ConfigError(f"override '{item}': the key must name a section and a setting (e.g. training.max_epochs)")
         if parts[0] not in SECTIONS:
             raise _unknown(parts[0], SECTIONS)
-        if parts[0] == "training" and (len(parts) != 2 or parts[1] not in TrainingSettings.model_fields):
-            raise _unknown(key, list(TrainingSettings.model_fields))
+        declared = DECLARED_SECTIONS.get(parts[0])
+        if declared is not None and (len(parts) != 2 or parts[1] not in declared.model_fields):
+            raise _unknown(key, list(declared.model_fields))
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as exc:
@@ -119,7 +146,7 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
 
 
 def config_from_dict(data: Mapping[str, Any] | None, overrides: Sequence[str] = ()) -> Config:
-    """A checked :class:`Config` from a mapping with ``model`` and ``training`` sections."""
+    """A checked :class:`Config` from a mapping with ``model``, ``training`` (and ``ensemble``) sections."""
     data = dict(data or {})
     for key in data:
         if key not in SECTIONS:
@@ -128,7 +155,8 @@ def config_from_dict(data: Mapping[str, Any] | None, overrides: Sequence[str] = 
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ConfigError(f"section '{key}' must be a mapping, got {type(data[key]).__name__}")
     data = apply_overrides({k: v or {} for k, v in data.items()}, overrides)
-    return Config(dict(data.get("model") or {}), training_config(data.get("training") or {}))
+    return Config(dict(data.get("model") or {}), training_config(data.get("training") or {}),
+                  ensemble_config(data.get("ensemble") or {}))
 
 
 def load_config(path: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -178,6 +206,8 @@ def config_changes(stored: Mapping, current: Mapping, ignore: Sequence[str] = RE
         a, b = dict(stored.get(section) or {}), dict(current.get(section) or {})
         if section == "training":
             a, b = _training_as_run(a), _training_as_run(b)
+        elif section == "ensemble":  # absent: one model
+            a, b = ensemble_config(a).model_dump(), ensemble_config(b).model_dump()
         for key in sorted(set(a) | set(b)):
             if section == "training" and key in ignore:
                 continue

@@ -53,7 +53,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError, TrainingDiverged
-from ..fileio import atomic_write, writing
+from ..fileio import atomic_write, write_json, writing
 from .cadence import Cadence
 from .checkpoint import CheckpointStore
 from .config import Config, config_changes
@@ -61,25 +61,18 @@ from .history import RunLog, count_batch, epoch_cost, format_metrics, write_hist
 from .loaders import Batch, Loader, epoch_batches
 from .loop_state import META_VERSION, EpochSums, LoopState, json_ready
 from .losses import loss_from_sums, metrics_from_sums, prepare_batch
+from .members import record_spread_scales
 from .monitor import CompileCounter
 from .progress import TrainingProgress, summary_line
 from ..rundir import RunDir
 from .cleanup import entries_before, remove_fresh_run
 from .setup import Prepared, TrainingJob, data_parallel, model_info, prepare
-from .state import evaluate_sums
+from .state import MEMBER_SUMS, evaluate_sums
 from .signals import EXIT_CODES, EXIT_INTERRUPTED, StopFlag, exit_code, signal_handlers
 from .step_metrics import PendingStep, take_step
 
 __all__ = ["EXIT_CODES", "EXIT_INTERRUPTED", "META_VERSION", "TrainingDiverged", "data_parallel",
            "evaluate_sums", "exit_code", "model_info", "train"]
-
-
-def _write_json(path: Path, obj) -> None:
-    import json
-
-    with atomic_write(path) as fh:
-        json.dump(obj, fh, indent=2)
-        fh.write("\n")
 
 
 # ----------------------------------------------------------------------------- train
@@ -201,10 +194,6 @@ class _Run:
             return
         state, meta = got
         self.init_note = (r.info if (r := RunDir(self.job.run_dir)).is_run() else {}).get("initialised_from_stats")
-        changes = config_changes(meta.get("config", {}), self.config_json())
-        if changes:
-            raise ConfigError(f"{self.job.run_dir} holds a run with another config ({changes[0]}); "
-                              "use a new run directory or the same settings")
         self.state = state if self.p.parallel is None else self.p.parallel.replicate(state)
         s = LoopState.from_meta(meta)
         s.config = self.config_json()
@@ -276,11 +265,15 @@ class _Run:
     def run(self) -> dict:
         job, cfg = self.job, self.cfg
         stored = self.store.restore_latest({})  # the meta only: the schedule's span, before the optimiser
+        changes = [] if stored is None else config_changes(stored[1].get("config", {}), self.config_json())
+        if changes:  # before the state is built: another ensemble size has other shapes
+            raise ConfigError(f"{self.job.run_dir} holds a run with another config ({changes[0]}); "
+                              "use a new run directory or the same settings")
         self.p = prepare(job, self.log, None if stored is None else stored[1])
         self.state, self.init_note = self.p.state, self.p.init_note
         self.resume()
         self.wall0 = float(self.s.wall_time_s)
-        _write_json(RunDir(job.run_dir).model_json,
+        write_json(RunDir(job.run_dir).model_json,
                     model_info(job.config, job.element_energies, self.p.outputs, job.metadata,
                                n_parameters=self.p.n_parameters, init_note=self.init_note, model=job.model))
         with atomic_write(RunDir(job.run_dir).config_yaml) as fh:
@@ -307,6 +300,9 @@ class _Run:
         except TrainingDiverged:
             self.cadence.flush_best()  # the best epoch before the divergence stays, as it was
             raise
+        if status in ("completed", "early_stopped"):
+            self.cadence.flush_best()
+            record_spread_scales(job, self.p.table, self.log)
         extra = f" (+{self.s.batch} batches)" if self.s.batch else ""
         self.log.line(f"{status} after epoch {self.s.epoch}{extra}, "
                       f"step {self.s.step}; best epoch {self.s.best_epoch}; {self.compile_note()}")
@@ -376,8 +372,12 @@ class _Run:
         if sums is None:
             return None
         weights = {t: w for t, w in self.p.weights.items() if f"{t}_n" in sums}
+        members = sums.pop(MEMBER_SUMS, None)
         out = {"valid_loss": float(loss_from_sums(sums, weights, self.cfg.energy_loss, np))}
         out.update(metrics_from_sums(sums, "valid"))
+        if members is not None:  # an ensemble: valid_loss is its mean prediction's, then each member's
+            losses = loss_from_sums(members, weights, self.cfg.energy_loss, np)
+            out.update({f"valid_loss_m{k}": float(v) for k, v in enumerate(losses)})
         if not np.isfinite(out["valid_loss"]):
             raise TrainingDiverged(f"non-finite validation loss ({out['valid_loss']!r}) after epoch {epoch_no}; "
                                    "no checkpoint written, the last good one is kept")

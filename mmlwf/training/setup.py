@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..ensemble import ENSEMBLE_KEY, stack_members
 from ..errors import ConfigError
 from ..units import CANONICAL
 from .config import Config
@@ -158,10 +159,16 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
 
     raw_first = first_batch(job.train_loader)
     first = prepare_batch(raw_first, None)
-    key = jax.random.PRNGKey(cfg.seed)
-    init_key, rng = jax.random.split(key)
-    variables = jax.jit(job.model.init)(init_key, *model_inputs(first))
-    variables, init_note = init_from_stats(job.model, variables, job.init_stats)
+    members = job.config.members
+    init = jax.jit(job.model.init)
+    stacked = []
+    for k in range(members):  # member k starts as a single run with seed + k would
+        init_key, key_k = jax.random.split(jax.random.PRNGKey(cfg.seed + k))
+        variables, init_note = init_from_stats(job.model, init(init_key, *model_inputs(first)), job.init_stats)
+        stacked.append(variables)
+        if k == 0:
+            rng = key_k
+    variables = stacked[0]  # one member's: shapes, outputs, the parameter count
     out = jax.eval_shape(job.forward, variables, first)
     if "energy" not in out and "esp" not in out:
         raise ConfigError("the model's output has neither 'energy' nor 'esp'")
@@ -194,11 +201,12 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
     if job.valid_loader is not None:
         vfirst = prepare_batch(first_batch(job.valid_loader), table)
         valid_terms = available_terms(jax.eval_shape(sums_of, variables, vfirst))
-    state = init_state(variables, tx, cfg.ema_decay > 0)
+    state = init_state(variables if members == 1 else stack_members(stacked), tx, cfg.ema_decay > 0, members)
     if parallel is not None:
         state = parallel.replicate(state)
     columns = (["epoch", "step", "train_loss"] + metric_columns(terms, "train")
                + (["valid_loss"] + metric_columns(valid_terms, "valid") if job.valid_loader is not None else [])
+               + (member_columns(members) if job.valid_loader is not None and members > 1 else [])
                + ["learning_rate", "wall_time_s", *COST_COLUMNS])
     return Prepared(
         parallel=parallel,
@@ -212,12 +220,18 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
         valid_terms=valid_terms,
         weights=weights,
         state=state,
-        train_step=make_train_step(job.forward, tx, weights, cfg.energy_loss, cfg.ema_decay, parallel),
-        eval_step=make_eval_step(job.forward, parallel),
+        train_step=make_train_step(job.forward, tx, weights, cfg.energy_loss, cfg.ema_decay, parallel, members),
+        eval_step=make_eval_step(job.forward, parallel, members),
         columns=columns,
         n_parameters=count_parameters(variables),
         init_note=init_note,
     )
+
+
+def member_columns(members: int) -> list[str]:
+    """The ``history.csv`` columns of an ensemble's members: each member's validation loss
+    (``valid_loss`` is the ensemble's, of the member mean)."""
+    return [f"valid_loss_m{k}" for k in range(members)]
 
 
 def init_from_stats(model: Any, variables: Any, stats: Mapping | None) -> tuple[Any, str | None]:
@@ -261,7 +275,10 @@ def model_info(config: Config, element_energies: Mapping | None, outputs, metada
         "params": "checkpoints/best (ema_params when ema is true, else params)",
     }
     if n_parameters is not None:
-        info["n_parameters"] = int(n_parameters)
+        info["n_parameters"] = int(n_parameters)  # of one member for an ensemble
+    if config.members > 1:
+        info[ENSEMBLE_KEY] = {"size": config.members, "kind": config.ensemble.kind,
+                              "member_seeds": [config.training.seed + k for k in range(config.members)]}
     if init_note is not None:
         info["initialised_from_stats"] = init_note
     if metadata:
