@@ -29,13 +29,16 @@ from .losses import prepare_batch
 SCALED = (("energy", "E_target", "graph_mask"), ("forces", "F", "atom_mask"))
 
 
-def fit_spread_scales(forward: Callable, params: Any, loader: Loader, table: np.ndarray | None) -> dict[str, float]:
-    """``{"energy": s_E, "forces": s_F}`` of the stacked ``params`` on every batch of ``loader``
-    (the quantities the model predicts and the data hold; points with zero spread left out)."""
+def member_errors(forward: Callable, params: Any, loader: Loader,
+                  table: np.ndarray | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{name: (error, spread)}`` of the stacked ``params`` on every batch of ``loader``, for
+    each of :data:`SCALED` the model predicts and the data hold: the error of the member mean
+    (energies ``(n,)`` eV, forces ``(n_atoms, 3)`` eV/Å) and the raw spread ``(n,)`` per
+    structure or atom, real entries only (float64)."""
     import jax
 
     run = jax.jit(ensemble_forward(forward))
-    sums: dict[str, list[float]] = {}
+    parts: dict[str, tuple[list, list]] = {}
     for raw in loader.epoch(0):
         batch = prepare_batch(raw, table)
         out = jax.device_get(run(params, batch))
@@ -43,14 +46,23 @@ def fit_spread_scales(forward: Callable, params: Any, loader: Loader, table: np.
             reference = getattr(batch, target)
             if name not in out or reference is None:
                 continue
-            err = np.asarray(out[name], np.float64) - np.asarray(reference, np.float64)
-            sq = (err * err).reshape(len(err), -1).sum(axis=1)
-            spread = np.asarray(out[f"{name}_spread"], np.float64)
-            keep = np.asarray(getattr(batch, mask), bool) & (spread > 0)
-            acc = sums.setdefault(name, [0.0, 0.0])
-            acc[0] += float(np.sum(sq[keep] / spread[keep] ** 2))
-            acc[1] += float(np.count_nonzero(keep))
-    return {name: float(np.sqrt(total / n)) for name, (total, n) in sums.items() if n > 0}
+            keep = np.asarray(getattr(batch, mask), bool)
+            errors, spreads = parts.setdefault(name, ([], []))
+            errors.append((np.asarray(out[name], np.float64) - np.asarray(reference, np.float64))[keep])
+            spreads.append(np.asarray(out[f"{name}_spread"], np.float64)[keep])
+    return {name: (np.concatenate(e), np.concatenate(s)) for name, (e, s) in parts.items()}
+
+
+def fit_spread_scales(forward: Callable, params: Any, loader: Loader, table: np.ndarray | None) -> dict[str, float]:
+    """``{"energy": s_E, "forces": s_F}``: ``s = sqrt(mean(|error|^2 / spread^2))`` over the
+    points of :func:`member_errors` (points with zero spread left out)."""
+    scales = {}
+    for name, (error, spread) in member_errors(forward, params, loader, table).items():
+        sq = (error * error).reshape(len(error), -1).sum(axis=1)
+        keep = spread > 0
+        if np.any(keep):
+            scales[name] = float(np.sqrt(np.mean(sq[keep] / spread[keep] ** 2)))
+    return scales
 
 
 def record_spread_scales(job, table: np.ndarray | None, log: RunLog) -> dict[str, float] | None:
