@@ -11,7 +11,7 @@ import pytest
 
 from mmlwf.ensemble import ensemble_size, member
 from mmlwf.errors import ConfigError
-from mmlwf.training import load_config, load_params, train
+from mmlwf.training import checkpoint_meta, load_config, load_params, train
 
 from .test_training import (
     BASE,
@@ -55,6 +55,11 @@ def test_members_equal_single_models_with_their_seeds(data, tmp_path, x64):
         assert ensemble_size(single_info) == 1
         for a, b in zip(jax.tree.leaves(member(stacked, k)), jax.tree.leaves(single)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-9)
+        # the best checkpoint holds each member's own best epoch, as the single run chose it
+        best, _ = load_params(tmp_path / "ens", "best")
+        single_best, _ = load_params(tmp_path / f"single{k}", "best")
+        for a, b in zip(jax.tree.leaves(member(best, k)), jax.tree.leaves(single_best)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-9)
     first = [np.asarray(leaf) for leaf in jax.tree.leaves(member(stacked, 0))]
     second = [np.asarray(leaf) for leaf in jax.tree.leaves(member(stacked, 1))]
     assert any(not np.allclose(a, b) for a, b in zip(first, second))
@@ -92,19 +97,27 @@ def _check_scale(run_dir, data):
 
 
 def test_ensemble_resume_after_sigterm_is_exact(data, tmp_path):
+    """Stopped mid-epoch and resumed: the same history, latest and best (per-member bests read
+    back from the best checkpoint) as the uninterrupted run."""
+    overrides = (*ENSEMBLE[:1], "training.max_epochs=5", "training.early_stopping_patience=1")
     ref = tmp_path / "ref"
-    run_training(ref, data, ENSEMBLE)
+    ref_summary = run_training(ref, data, overrides)
     run = tmp_path / "run"
-    proc = start_subprocess(run, data, "--sigterm-at", "1,3", *ENSEMBLE)
+    proc = start_subprocess(run, data, "--sigterm-at", "2,3", *overrides)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 75, err
     assert json.loads(out.strip().splitlines()[-1])["status"] == "interrupted"
-    summary = run_training(run, data, ENSEMBLE)
-    assert summary["status"] == "completed"
+    summary = run_training(run, data, overrides)
+    assert summary["status"] == ref_summary["status"] and summary["best_epoch"] == ref_summary["best_epoch"]
     assert_same_history(ref, run)
     assert_same_latest_params(ref, run)
-    best, info = load_params(run, "best")
-    assert all(np.asarray(leaf).shape[0] == 2 for leaf in jax.tree.leaves(best))
+    a, _ = load_params(ref, "best")
+    b, _ = load_params(run, "best")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert np.shape(x)[0] == 2
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    meta = checkpoint_meta(run, "latest")["members"]
+    assert len(meta["best_epoch"]) == 2 and max(meta["best_epoch"]) == summary["best_epoch"]
 
 
 def test_ensemble_settings_checked_and_not_changed_on_resume(data, tmp_path):

@@ -61,7 +61,7 @@ from .history import RunLog, count_batch, epoch_cost, format_metrics, write_hist
 from .loaders import Batch, Loader, epoch_batches
 from .loop_state import META_VERSION, EpochSums, LoopState, json_ready
 from .losses import loss_from_sums, metrics_from_sums, prepare_batch
-from .members import record_spread_scales
+from .members import MemberSelection, record_spread_scales
 from .monitor import CompileCounter
 from .progress import TrainingProgress, summary_line
 from ..rundir import RunDir
@@ -171,6 +171,8 @@ class _Run:
         self.p: Prepared  # set by run()
         self.s: LoopState  # set by resume()
         self.state: dict  # the train state arrays (params, opt_state, ema_params)
+        members = job.config.members
+        self.members = MemberSelection(members) if members > 1 else None  # an ensemble's best per member
         self.cadence = Cadence(store, self.cfg.checkpoint_every, self.cfg.checkpoint_interval_min, self.clock,
                                self.saveable)
 
@@ -205,6 +207,9 @@ class _Run:
         s.schedule = self.p.schedule.record  # one record: the one the schedule decides in
         self.s = s
         self.store.prune_best(s.best_epoch)  # best checkpoints after 'latest' are redone
+        if self.members is not None:
+            self.members = MemberSelection(self.job.config.members, s.extra.get(MemberSelection.META_KEY))
+            self.members.resume(self.job.run_dir, self.state["ema_params"] is not None)
         self.log.line(f"resumed from checkpoint {self.store.latest_step()}: epoch {s.epoch} "
                       f"+ {s.batch} batches, step {s.step} (status was {s.status})")
 
@@ -383,6 +388,20 @@ class _Run:
                                    "no checkpoint written, the last good one is kept")
         return out
 
+    def keep_best(self, epoch_no: int, monitor: float, row: dict) -> bool:
+        """Hold a new best epoch's parameters (an ensemble's per member: :mod:`.members`)."""
+        s = self.s
+        meta = json_ready({"epoch": epoch_no, "loss": monitor, "metrics": row})
+        params, ema = self.state["params"], self.state["ema_params"]
+        if self.members is not None and "valid_loss_m0" in row:
+            return self.members.keep_best(s, self.cadence, epoch_no, row, self.cfg.early_stopping_patience,
+                                          [None if t is None else self.saveable(t) for t in (params, ema)], meta)
+        if s.best_loss is None or monitor < s.best_loss:
+            s.best_loss, s.best_epoch = float(monitor), epoch_no
+            self.cadence.keep_best(epoch_no, params, ema, meta)
+            return True
+        return False
+
     def finish_epoch(self, deadline: float | None) -> str | None:
         s, cfg = self.s, self.cfg
         epoch_no = s.epoch + 1
@@ -401,10 +420,7 @@ class _Run:
         row["learning_rate"] = self.learning_rate()
         improved = False
         if validated:
-            if s.best_loss is None or monitor < s.best_loss:
-                s.best_loss, s.best_epoch, improved = float(monitor), epoch_no, True
-                meta = json_ready({"epoch": epoch_no, "loss": monitor, "metrics": row})
-                self.cadence.keep_best(epoch_no, self.state["params"], self.state["ema_params"], meta)
+            improved = self.keep_best(epoch_no, monitor, row)
             if s.plateau.observe(monitor, cfg):
                 self.log.line(f"plateau: learning-rate factor now {s.plateau.factor:g}")
         s.epoch, s.batch, s.acc = epoch_no, 0, EpochSums()

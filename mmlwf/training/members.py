@@ -79,3 +79,83 @@ def record_spread_scales(job, table: np.ndarray | None, log: RunLog) -> dict[str
     log.line("ensemble spreads scaled on the validation split (best parameters): "
              + ", ".join(f"{k} x{v:.3g}" for k, v in scale.items()), terminal=False)
     return scale
+
+
+class MemberSelection:
+    """The ``best`` parameters of an ensemble chosen per member, as a single run chooses its own.
+
+    Member ``k``'s best epoch is the one of its lowest validation loss (``valid_loss_m{k}``,
+    its EMA parameters when kept); the ``best`` checkpoint stacks each member's best
+    parameters (so it may combine epochs). With ``early_stopping_patience`` a member stops
+    being selected once that many epochs have passed since its best, as a single run would
+    stop there; the run stops when every member has (the loop's ``best_epoch`` is the last
+    epoch any member improved, ``best_loss`` the mean of the members' best losses). The
+    members' bests are kept in the checkpoint meta under :data:`META_KEY`; the held best
+    parameters are read back from the ``best`` checkpoint on resume.
+    """
+
+    META_KEY = "members"
+
+    def __init__(self, size: int, meta: dict | None = None) -> None:
+        meta = dict(meta or {})
+        self.loss: list[float | None] = list(meta.get("best_loss") or [None] * size)
+        self.epoch: list[int | None] = list(meta.get("best_epoch") or [None] * size)
+        self.held: tuple[Any, Any] | None = None  # (params, ema_params) of the best so far
+
+    def to_meta(self) -> dict:
+        return {"best_loss": self.loss, "best_epoch": self.epoch}
+
+    def resume(self, run_dir, ema: bool) -> None:
+        """Hold the ``best`` checkpoint's parameters (none before the first best epoch)."""
+        if all(e is None for e in self.epoch):
+            return
+        params, _ = load_params(run_dir, "best", ema=False)
+        self.held = (params, load_params(run_dir, "best", ema=True)[0] if ema else None)
+
+    def improved(self, epoch_no: int, row: dict, patience: int | None) -> np.ndarray:
+        """Members whose validation loss after epoch ``epoch_no`` is their best (and who have
+        not stopped); updates their best loss and epoch."""
+        out = np.zeros(len(self.loss), bool)
+        for k, best in enumerate(self.loss):
+            stopped = patience is not None and self.epoch[k] is not None and epoch_no - 1 - self.epoch[k] >= patience
+            loss = float(row[f"valid_loss_m{k}"])
+            if not stopped and (best is None or loss < best):
+                self.loss[k], self.epoch[k], out[k] = loss, epoch_no, True
+        return out
+
+    def select(self, improved: np.ndarray, params: Any, ema_params: Any) -> tuple[Any, Any]:
+        """The stacked best trees: ``params``/``ema_params`` for the ``improved`` members, the
+        held best for the others (held afterwards)."""
+        import jax
+        import jax.numpy as jnp
+
+        def merge(current, held):
+            if current is None:
+                return None
+            if held is None:  # a copy: the state's buffers are donated to the next step
+                return jax.tree.map(jnp.copy, current)
+            mask = jnp.asarray(improved)
+            return jax.tree.map(lambda c, h: jnp.where(mask.reshape(-1, *([1] * (c.ndim - 1))), c, h), current, held)
+
+        held = self.held or (None, None)
+        self.held = (merge(params, held[0]), merge(ema_params, held[1]))
+        return self.held
+
+    def keep_best(self, loop, cadence, epoch_no: int, row: dict, patience: int | None, trees: list,
+                  meta: dict) -> bool:
+        """After epoch ``epoch_no``'s validation: record the members' bests in ``loop``
+        (:class:`~.loop_state.LoopState`) and hand ``cadence`` (:class:`~.cadence.Cadence`)
+        the stacked best ``trees`` (params, ema_params: as saved) when a member improved."""
+        improved = self.improved(epoch_no, row, patience)
+        loop.extra[self.META_KEY] = self.to_meta()
+        if not improved.any():
+            return False
+        loop.best_epoch, loop.best_loss = self.best()
+        cadence.keep_best(epoch_no, *self.select(improved, *trees), meta)
+        return True
+
+    def best(self) -> tuple[int | None, float | None]:
+        """``(best_epoch, best_loss)`` for the loop (see the class docstring)."""
+        epochs = [e for e in self.epoch if e is not None]
+        losses = [v for v in self.loss if v is not None]
+        return (max(epochs) if epochs else None, float(np.mean(losses)) if losses else None)
