@@ -31,7 +31,7 @@ from .captions import caption
 from .compare import ERROR_COLUMNS, column_groups, compare_runs
 from .evaluate import read_metrics, run_predictions
 from .plots import PLOT_FILES, make_plots
-from .uncertainty import calibration_rows
+from .uncertainty import calibration_table
 from .uncertainty_plots import UNCERTAINTY_PLOTS
 from .quantities import field_unit, in_field_units, parse, run_training_config, term_weights, trained
 
@@ -157,9 +157,9 @@ def calibration_html(section: Mapping) -> str:
             "<p>Error of the ensemble mean against the spread over its members, per structure (energy, dipole), "
             "per atom (forces) or per grid point (ESP), in eV, eV/Å, e·Å, V; raw spreads and spreads times the "
             f"scale fitted on the validation split ({html.escape(scales)}; 1 where none was fitted). "
-            f"Spearman ρ: ranking (1 best); miscalibration area: 0 when calibrated; NLL: lower is better."
+            "Spearman ρ: ranking (1 best); miscalibration area: 0 when calibrated; NLL: lower is better."
             f"{html.escape(note)}</p>"
-            + _table(["quantity", "metric", "raw", "scaled"], calibration_rows(section)))
+            + _table(*calibration_table(section)))
 
 
 def _figure_html(path: Path) -> str:

@@ -90,19 +90,18 @@ def uncertainty_metrics(pred: Mapping, info: Mapping | None) -> dict | None:
     return doc
 
 
-def calibration_rows(section: Mapping) -> list[tuple]:
-    """Rows ``(quantity, metric, raw, scaled)`` of a calibration section (for the report):
-    per quantity the Spearman correlation of |error| with spread, the miscalibration area, the
-    Gaussian NLL, the RMS spread, the RMS normalised error and the scale applied."""
+def calibration_table(section: Mapping) -> tuple[list[str], list[list]]:
+    """``(header, rows)`` of a calibration section for the report: one row per metric (the
+    Spearman correlation of |error| with spread, the miscalibration area, the Gaussian NLL,
+    the RMS spread, the RMS normalised error, the scale applied), two columns per quantity
+    (raw and scaled spreads), in the units of the metric names (eV, eV/Å, e·Å, V)."""
     metrics = (("spread_spearman", "Spearman ρ(|error|, spread)"),
                ("miscalibration_area", "miscalibration area"), ("nll_{unit}", "Gaussian NLL per point"),
                ("rms_spread_{unit}", "RMS spread"), ("rms_normalised_error", "RMS |error| / spread (1: calibrated)"),
-               ("spread_scale", "spread scale applied"))
+               ("spread_scale", "spread scale"))
     raw, scaled = section.get("raw") or {}, section.get("scaled") or {}
-    rows = []
-    for q in QUANTITIES:
-        for key, text in metrics:
-            name = f"{q.name}_{key.format(unit=q.unit)}"
-            if name in raw or name in scaled:
-                rows.append((q.label, text, raw.get(name), scaled.get(name)))
-    return rows
+    found = [q for q in QUANTITIES if f"{q.name}_spread_scale" in raw]
+    header = ["metric"] + [f"{q.label}, {which}" for q in found for which in ("raw", "scaled")]
+    rows = [[text] + [col.get(f"{q.name}_{key.format(unit=q.unit)}") for q in found for col in (raw, scaled)]
+            for key, text in metrics]
+    return header, rows

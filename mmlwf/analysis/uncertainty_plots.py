@@ -50,6 +50,18 @@ def _save(fig, path: Path) -> Path:
     return save(fig, Path(path))
 
 
+def _log_ticks(axis, lo: float, hi: float) -> None:
+    """Decimal tick labels on a log axis from ``lo`` to ``hi``, labelled at 1, 2, 3, 5, 7
+    times powers of ten over up to a decade, 1, 2, 5 over up to three, powers of ten beyond."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    decades = np.log10(hi / lo)
+    subs = (1.0, 2.0, 3.0, 5.0, 7.0) if decades <= 1 else (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.6g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def binned_rms(error_norm: np.ndarray, spread: np.ndarray, n_bins: int = N_BINS) -> tuple[np.ndarray, np.ndarray]:
     """``(RMS spread, RMS |error|)`` of equal-count bins of points sorted by spread
     (``min(n_bins, n // 5)`` bins, at least one)."""
@@ -73,15 +85,20 @@ def _error_vs_spread(ax, q: Quantity, pred: Mapping, scale: float) -> None:
     else:
         ax.scatter(scale * sigma, shown, s=7, alpha=0.35, color="0.45", edgecolors="none", label="points")
     x, y = binned_rms(norm, scale * sigma)
-    ax.plot(x, y, "o-", color="tab:blue", label=f"binned RMS, spread × {scale:.3g}")
+    ax.plot(x, y, "o-", color="tab:blue", label="binned RMS" + (f", spread × {scale:.3g}" if scale != 1.0 else ""))
     if scale != 1.0:
         xr, yr = binned_rms(norm, sigma)
         ax.plot(xr, yr, "s--", color="tab:orange", ms=4, label="binned RMS, raw spread")
-    lo = min(float(np.min(scale * sigma)), float(np.min(sigma)), float(np.min(shown)))
-    hi = max(float(np.max(scale * sigma)), float(np.max(sigma)), float(np.max(shown)))
+    values = np.concatenate([scale * sigma, sigma, shown])
+    lo, hi = float(np.min(values)) / 1.3, float(np.max(values)) * 1.3
     ax.plot([lo, hi], [lo, hi], color="0.2", lw=0.8, ls=":", label="y = x (calibrated)")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    _log_ticks(ax.xaxis, lo, hi)
+    _log_ticks(ax.yaxis, lo, hi)
     ax.set_xlabel(f"spread ({unit})")
     ax.set_ylabel(f"|error| of the mean ({unit})")
     ax.set_title(f"{_NAMES[q.name]}: {norm.size} points")
