@@ -106,13 +106,17 @@ def load_run(run_dir: str | os.PathLike, which: str = "best") -> TrainedModel:
     return TrainedModel(model, params, info, reference_table(info["element_energies_by_Z"]), Path(run_dir))
 
 
-@functools.lru_cache(maxsize=16)
 def jitted_forward(model, ensemble: bool = False) -> Callable:
     """``jit(forward)`` of a model (energy and forces, or the ESP: its kind's forward), shared
     by every prediction and calculator of the same configuration, so XLA compiles once per
     padded shape and dtype. ``ensemble``: the forward of stacked parameters (leading member
     axis), one program giving the member means, ``<name>_spread`` and ``<name>_members``
     (:func:`mmlwf.ensemble.ensemble_forward`)."""
+    return _jitted_forward(model, bool(ensemble))  # one cache key however it is called
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_forward(model, ensemble: bool) -> Callable:
     import jax
 
     from .models.registry import kind_of_model

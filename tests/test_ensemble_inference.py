@@ -17,7 +17,7 @@ from ase import Atoms
 from mmlwf.calculator import MMLWFCalculator
 from mmlwf.errors import DataError
 
-from .analysis_fixtures import trained_run  # noqa: F401
+from .analysis_fixtures import trained_dcmnet, trained_run  # noqa: F401
 from .ensemble_fixtures import ENSEMBLE_SIZE, SCALE, ensemble_run, member_models  # noqa: F401
 
 
@@ -72,6 +72,7 @@ def test_trained_model_forward_is_one_program(ensemble_run):  # noqa: F811
     assert run.spread_scale("energy") == SCALE["energy"] and run.spread_scale("dipole") == 1.0
     assert run.forward is jitted_forward(run.model, ensemble=True)
     assert run.forward is not jitted_forward(run.model)
+    assert jitted_forward(run.model) is jitted_forward(run.model, ensemble=False)  # one cache entry
 
 
 def test_export_round_trip_of_an_ensemble(ensemble_run, trained_run, tmp_path):  # noqa: F811
@@ -183,3 +184,19 @@ def test_uncertainty_plots_and_report(evaluated, ensemble_run, tmp_path):  # noq
     assert f"Calibration of the uncertainties ({ENSEMBLE_SIZE} members)" in text
     assert "miscalibration area" in text and "energy × 2" in text
     assert 'alt="error vs spread"' in text and 'alt="calibration curve"' in text
+
+
+@pytest.mark.slow
+def test_dcmnet_ensemble_esp_spreads(trained_dcmnet, tmp_path):  # noqa: F811
+    """A DCMNet ensemble: ESP spreads per grid point, their calibration and table column."""
+    from mmlwf.analysis.evaluate import evaluate_run, predictions_table
+
+    from .ensemble_fixtures import make_ensemble_run
+
+    run = make_ensemble_run(trained_dcmnet.run, tmp_path / "dcm_ensemble")
+    doc, pred = evaluate_run(run, trained_dcmnet.data, trained_dcmnet.split, subset="test")
+    assert pred["esp_spread"].shape == pred["esp_pred"].shape and np.all(pred["esp_spread"] > 0)
+    assert np.isfinite(doc["calibration"]["raw"]["esp_miscalibration_area"])
+    table = predictions_table(pred)
+    g = pred["grid_offsets"]
+    np.testing.assert_allclose(table["esp_spread_rms_V"][0], np.sqrt(np.mean(pred["esp_spread"][g[0]:g[1]] ** 2)))
