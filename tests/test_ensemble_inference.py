@@ -54,6 +54,8 @@ def test_calculator_uncertainty_matches_members(ensemble_run, trained_run):  # n
     assert got["forces_uncertainty"].shape == (len(atoms),)
     np.testing.assert_allclose(got["forces_uncertainty"], SCALE["forces"] * per_atom, rtol=1e-3, atol=2e-7)
     assert {"energy_uncertainty", "forces_uncertainty"} <= set(calc.implemented_properties)
+    atoms.calc = calc  # through ASE's property interface as well
+    np.testing.assert_array_equal(calc.get_property("forces_uncertainty", atoms), got["forces_uncertainty"])
 
 
 def test_single_model_has_no_uncertainty(trained_run):  # noqa: F811
