@@ -20,6 +20,12 @@ isolated-atom references, ``model.json`` ``metadata.element_energies_source``, t
 ``energies - E_atom(Z)`` is the atom's share of the atomisation energy), ``forces`` (eV/Å, -dE/dR), and for models with charges
 ``charges`` (e, summing to ``charge``) and ``dipole`` (e·Å, about the centroid of the atoms,
 which for a neutral molecule is the same about any origin).
+
+An ensemble (:mod:`mmlwf.ensemble`) is evaluated in one compiled program: every property is
+the member mean, and ``energy_uncertainty`` (eV) and ``forces_uncertainty`` (eV/Å, per atom:
+``sqrt(mean over members |F_m - F_mean|^2)``) are added, each the raw spread times the
+model's fitted scale (``model.json`` ``ensemble.scale``, :attr:`MMLWFCalculator.spread_scale`).
+A single model has neither key.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ class MMLWFCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "charges", "dipole"]
+    #: the properties an ensemble adds (eV and eV/Å per atom, scaled)
+    uncertainty_properties = ("energy_uncertainty", "forces_uncertainty")
 
     def __init__(self, trained, *, charge: float = 0.0, dtype: str = "float32", **kwargs) -> None:
         import jax
@@ -80,11 +88,16 @@ class MMLWFCalculator(Calculator):
         self.charge = float(charge)
         self.dtype = np.dtype(dtype)
         self.params = jax.tree.map(lambda a: jax.numpy.asarray(a, self.dtype), trained.params)
-        self._evaluate = jitted_forward(self.model)
+        self.members = trained.members
+        self._evaluate = jitted_forward(self.model, ensemble=self.members > 1)
+        #: factors multiplying the raw spreads, ``{"energy": s_E, "forces": s_F}`` (ensembles)
+        self.spread_scale = {q: trained.spread_scale(q) for q in ("energy", "forces")}
         self.shapes_compiled: set[tuple[int, ...]] = set()  # (atoms, pairs[, long pairs]) buckets seen
         props = ["energy", "free_energy", "energies", "forces"]
         if getattr(self.model, "charges", False):
             props += ["charges", "dipole"]
+        if self.members > 1:
+            props += list(self.uncertainty_properties)
         self.implemented_properties = props
 
     # -- construction
@@ -175,3 +188,7 @@ class MMLWFCalculator(Calculator):
         if "charges" in out:
             self.results["charges"] = np.asarray(out["charges"][:n], np.float64)
             self.results["dipole"] = np.asarray(out["dipole"][0], np.float64)
+        if self.members > 1:
+            self.results["energy_uncertainty"] = float(out["energy_spread"][0]) * self.spread_scale["energy"]
+            self.results["forces_uncertainty"] = (np.asarray(out["forces_spread"][:n], np.float64)
+                                                  * self.spread_scale["forces"])

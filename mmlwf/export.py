@@ -9,6 +9,11 @@ The file is an uncompressed NumPy ``.npz`` (a zip; read with ``allow_pickle=Fals
   :func:`content_sha256`), checked on every load.
 - ``p00000``, ``p00001``, ...: the parameter arrays in the order of ``paths``.
 
+An ensemble (``model_info`` has ``ensemble``, :mod:`mmlwf.ensemble`) is written as
+``format_version`` 2: the same layout, every parameter array with its leading member axis
+``(M, ...)`` and ``ensemble`` (size, kind, member seeds, spread scale) in the meta as well. A
+single model is still written as version 1, byte for byte as before; both are read.
+
 Loading (:func:`load_exported`) needs numpy, jax, flax and e3x only — not orbax or optax, so
 a model can be used (ASE calculator, MD) without the training dependencies. The same run
 exported twice gives a byte-identical file.
@@ -25,11 +30,16 @@ from typing import Any
 
 import numpy as np
 
+from .ensemble import ensemble_info, ensemble_size
 from .errors import ConfigError, DataError
 from .inference import reference_table
 
 FORMAT = "mmlwf-export"
 FORMAT_VERSION = 1
+#: the version of an ensemble's file (stacked parameter arrays); single models stay at 1
+ENSEMBLE_FORMAT_VERSION = 2
+#: every version this mmlwf reads
+READ_VERSIONS = (FORMAT_VERSION, ENSEMBLE_FORMAT_VERSION)
 _META = "__meta__"
 
 
@@ -78,14 +88,19 @@ def export_model(run_dir: str | os.PathLike, output: str | os.PathLike, which: s
     variables = run.params if "params" in run.params else {"params": run.params}
     paths, arrays = _flatten(variables)
     info = json.loads(json.dumps(run.info))  # JSON-clean copy
+    ensemble = ensemble_info(info)
+    if ensemble is not None:
+        _check_members(arrays, paths, int(ensemble["size"]), run_dir)
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if ensemble is None else ENSEMBLE_FORMAT_VERSION,
         "model_info": info,
         "source": {"run_dir": str(run_dir.resolve()), "checkpoint": which, "ema": bool(info.get("ema", False))},
         "paths": paths,
         "sha256": content_sha256(info, paths, arrays),
     }
+    if ensemble is not None:
+        meta["ensemble"] = ensemble
     members = {f"p{k:05d}": a for k, a in enumerate(arrays)}
     members[_META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
     save_npz_deterministic(output, members)
@@ -108,9 +123,10 @@ def read_exported(path: str | os.PathLike) -> tuple[dict, Any]:
             meta = json.loads(bytes(npz[_META]).decode())
             if meta.get("format") != FORMAT:
                 raise DataError(f"format is {meta.get('format')!r}, expected {FORMAT!r}", path=path, field="format")
-            if meta.get("format_version") != FORMAT_VERSION:
+            if meta.get("format_version") not in READ_VERSIONS:
                 raise DataError(f"format_version {meta.get('format_version')} is not supported "
-                                f"(this mmlwf reads {FORMAT_VERSION})", path=path, field="format_version")
+                                f"(this mmlwf reads {', '.join(map(str, READ_VERSIONS))})", path=path,
+                                field="format_version")
             paths = list(meta["paths"])
             arrays = [npz[f"p{k:05d}"] for k in range(len(paths))]
     except DataError:
@@ -120,8 +136,22 @@ def read_exported(path: str | os.PathLike) -> tuple[dict, Any]:
     digest = content_sha256(meta["model_info"], paths, arrays)
     if digest != meta.get("sha256"):
         raise DataError("content does not match its sha256 (corrupted or edited file)", path=path, field="sha256")
+    size = ensemble_size(meta["model_info"])
+    if (size > 1) != (meta["format_version"] == ENSEMBLE_FORMAT_VERSION):
+        raise DataError(f"format_version {meta['format_version']} does not match a model of {size} member(s)",
+                        path=path, field="format_version")
+    if size > 1:
+        _check_members(arrays, paths, size, path)
     variables = unflatten_dict({tuple(p.split("/")): a for p, a in zip(paths, arrays)})
     return meta, variables
+
+
+def _check_members(arrays: list[np.ndarray], paths: list[str], size: int, where) -> None:
+    """Every array of an ensemble of ``size`` members has the leading member axis."""
+    for path, arr in zip(paths, arrays):
+        if arr.ndim == 0 or arr.shape[0] != size:
+            raise DataError(f"parameter {path} has shape {arr.shape}, an ensemble of {size} members needs "
+                            f"({size}, ...)", path=where, field="ensemble.size")
 
 
 def _exportable_kinds() -> str:

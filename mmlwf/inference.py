@@ -2,6 +2,10 @@
 (:func:`load_run`) and the jitted forward of a model (:func:`jitted_forward`, one cache for
 prediction, the calculator and MD).
 
+An ensemble (``model.json`` ``ensemble``, :mod:`mmlwf.ensemble`) is a :class:`TrainedModel`
+whose parameters carry a leading member axis; :attr:`TrainedModel.forward` is then one
+compiled program giving the member means and the raw spreads (``<name>_spread``).
+
 Below the analysis layer: the calculator, export and analysis all load models from here.
 Which model a run holds comes from :mod:`mmlwf.models.registry` (``model.json``'s
 ``model.type``).
@@ -35,6 +39,32 @@ class TrainedModel:
     info: dict
     reference: np.ndarray  # (Z_TABLE_SIZE,) eV by atomic number
     run_dir: Path
+
+    @property
+    def members(self) -> int:
+        """Members of the model (1: a single model, parameters without a member axis)."""
+        from .ensemble import ensemble_size
+
+        return ensemble_size(self.info)
+
+    @property
+    def is_ensemble(self) -> bool:
+        """Whether the parameters carry a member axis (``model.json`` ``ensemble``)."""
+        return self.members > 1
+
+    def spread_scale(self, quantity: str) -> float:
+        """The factor multiplying the raw spread of ``quantity`` (``"energy"``, ``"forces"``)
+        fitted on the validation split (``model.json`` ``ensemble.scale``; 1.0 when none)."""
+        from .ensemble import spread_scale
+
+        return spread_scale(self.info, quantity)
+
+    @property
+    def forward(self) -> Callable:
+        """The jitted ``forward(params, batch) -> outputs`` for :attr:`params`: the model's own,
+        or for an ensemble the member means with ``<name>_spread`` (raw) and
+        ``<name>_members`` (:func:`mmlwf.ensemble.ensemble_forward`)."""
+        return jitted_forward(self.model, ensemble=self.is_ensemble)
 
     @property
     def kind(self):
@@ -76,11 +106,17 @@ def load_run(run_dir: str | os.PathLike, which: str = "best") -> TrainedModel:
     return TrainedModel(model, params, info, reference_table(info["element_energies_by_Z"]), Path(run_dir))
 
 
-@functools.lru_cache(maxsize=16)
-def jitted_forward(model) -> Callable:
+def jitted_forward(model, ensemble: bool = False) -> Callable:
     """``jit(forward)`` of a model (energy and forces, or the ESP: its kind's forward), shared
     by every prediction and calculator of the same configuration, so XLA compiles once per
-    padded shape and dtype."""
+    padded shape and dtype. ``ensemble``: the forward of stacked parameters (leading member
+    axis), one program giving the member means, ``<name>_spread`` and ``<name>_members``
+    (:func:`mmlwf.ensemble.ensemble_forward`)."""
+    return _jitted_forward(model, bool(ensemble))  # one cache key however it is called
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_forward(model, ensemble: bool) -> Callable:
     import jax
 
     from .models.registry import kind_of_model
@@ -88,4 +124,9 @@ def jitted_forward(model) -> Callable:
     kind = kind_of_model(model)
     if kind is None:
         raise TypeError(f"{type(model).__name__} is not the model of a registered model kind")
-    return jax.jit(kind.make_forward(model))
+    forward = kind.make_forward(model)
+    if ensemble:
+        from .ensemble import ensemble_forward
+
+        forward = ensemble_forward(forward)
+    return jax.jit(forward)

@@ -70,11 +70,9 @@ def member_mean_spread(values: np.ndarray, vector_ndim: int = 0) -> tuple[np.nda
     values = np.asarray(values, np.float64)
     if values.ndim < 2 + vector_ndim:
         raise ValueError(f"member values need shape (M, n{', v' * vector_ndim}), got {values.shape}")
-    mean = values.mean(axis=0)
-    sq = (values - mean) ** 2
-    if vector_ndim:
-        sq = sq.sum(axis=tuple(range(-vector_ndim, 0)))
-    return mean, np.sqrt(sq.mean(axis=0))
+    from ..ensemble import member_stats  # the one definition, shared with inference and MD
+
+    return member_stats(values, vector_ndim)
 
 
 def _points(error: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

@@ -47,6 +47,20 @@ CAPTIONS: dict[str, str] = {
         "nuclei (circles in element colours, element symbols beside them) and the model's off-centre "
         "charges (diamonds coloured by charge, e), each joined to its atom by a line, in two projections "
         "of the molecule's principal-axes frame (Å)."),
+    "error_vs_spread.png": (
+        "Ensembles only. Error against spread: the length of the error of the ensemble mean against the "
+        "spread over its members (the root mean squared deviation of the members from their mean; per "
+        "structure for energies, per atom for forces), times the scale factor fitted on the validation split "
+        "when the run has one, on log axes in the units of the field. Blue: the RMS error in equal-count bins "
+        "of spread against the bins' RMS spread (orange dashed: with the raw spreads); a calibrated ensemble's "
+        "bins lie on the dotted line y = x, bins above it are overconfident. The rank correlation of error "
+        "and spread is in the calibration table."),
+    "calibration_curve.png": (
+        "Ensembles only. Calibration curve: for each expected proportion p, the fraction of points whose "
+        "error lies inside the central region of probability p of a Gaussian with the spread as its width "
+        "(isotropic in three dimensions for forces), for the raw spreads (orange) and the spreads times the "
+        "fitted scale (blue, when the run has one). On the diagonal when calibrated, below it when "
+        "overconfident; the miscalibration area (0 to 0.5) is the area between curve and diagonal."),
 }
 
 

@@ -7,7 +7,9 @@ structure; :func:`evaluate_run` does both for a run directory with the parameter
 best checkpoint (the EMA weights when the run kept an EMA, as validation used).
 
 Which predictions and metrics a run makes depends on its model kind (``model.json``:
-``model.type``; :mod:`mmlwf.models.registry`).
+``model.type``; :mod:`mmlwf.models.registry`). An ensemble's predictions are the member means
+with their raw spreads beside them (``*_spread`` columns and arrays), and its metrics document
+gets a ``calibration`` section (:func:`mmlwf.analysis.uncertainty.uncertainty_metrics`).
 """
 
 from __future__ import annotations
@@ -26,14 +28,17 @@ from ..integrity import check_split, verify_dataset
 from ..packed import PackedDataset
 from ..rundir import ATOMS_FILE, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, RunDir  # noqa: F401 (re-exported)
 from ..units import ESP
+from .uncertainty import uncertainty_metrics
 
 #: one volt (eV/e) in kcal/(mol·e)
 KCAL_PER_MOL_PER_EV = 1.0 / ESP["kcal/mol/e"]
 SUBSETS = ("test", "valid", "train", "all")
 #: per-atom arrays kept in the atom predictions file (besides ``Z``, ``offsets``, ``index``)
-ATOM_ARRAYS = ("F_ref", "F_pred", "q_ref", "q_pred", "R", "dcm_charges", "dcm_positions")
+ATOM_ARRAYS = ("F_ref", "F_pred", "q_ref", "q_pred", "R", "dcm_charges", "dcm_positions", "F_spread", "q_spread")
 #: per-grid-point arrays kept there (with ``grid_offsets``)
-GRID_ARRAYS = ("grid", "esp_ref", "esp_pred")
+GRID_ARRAYS = ("grid", "esp_ref", "esp_pred", "esp_spread")
+#: per-structure spreads of an ensemble in the table (raw, unscaled): prediction key -> column
+SPREAD_COLUMNS = {"E_spread": "E_spread_eV", "D_spread": "D_spread_eA"}
 
 
 def _mae_rmse(diff: np.ndarray, name: str, unit: str) -> dict[str, float]:
@@ -131,7 +136,10 @@ def _owner(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def predictions_table(pred: Mapping[str, np.ndarray]):
     """One row per structure (:class:`pandas.DataFrame`): ``index``, ``n_atoms``, ``formula``,
     reference, prediction and error of each predicted quantity (units in the column names),
-    and the structure's force MAE/RMSE and largest force-error norm."""
+    and the structure's force MAE/RMSE and largest force-error norm. An ensemble's table also
+    has the raw spreads: ``E_spread_eV``, ``D_spread_eA``, the largest and the RMS per-atom
+    force spread ``F_spread_max_eV_per_A``/``F_spread_rms_eV_per_A`` and ``esp_spread_rms_V``
+    (per atom and grid point in the atom predictions file)."""
     import pandas as pd
 
     offsets = np.asarray(pred["offsets"])
@@ -171,7 +179,27 @@ def predictions_table(pred: Mapping[str, np.ndarray]):
             cols["esp_mae_V"] = np.bincount(mol, np.abs(dV), len(n)) / n
             cols["esp_rmse_V"] = np.sqrt(np.bincount(mol, dV * dV, len(n)) / n)
         cols["esp_rmse_kcal_per_mol_e"] = cols["esp_rmse_V"] * KCAL_PER_MOL_PER_EV
+    cols |= _spread_columns(pred, offsets)
     return pd.DataFrame(cols)
+
+
+def _spread_columns(pred: Mapping[str, np.ndarray], offsets: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-structure spread columns of an ensemble's table (none for a single model)."""
+    cols = {col: np.asarray(pred[key], np.float64) for key, col in SPREAD_COLUMNS.items() if key in pred}
+    if "F_spread" in pred:
+        spread = np.asarray(pred["F_spread"], np.float64)
+        mol, n = _owner(offsets)
+        largest = np.full(len(n), np.nan)
+        np.fmax.at(largest, mol, spread)
+        cols["F_spread_max_eV_per_A"] = largest
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cols["F_spread_rms_eV_per_A"] = np.sqrt(np.bincount(mol, spread * spread, len(n)) / n)
+    if "esp_spread" in pred:
+        spread = np.asarray(pred["esp_spread"], np.float64)
+        mol, n = _owner(np.asarray(pred["grid_offsets"]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cols["esp_spread_rms_V"] = np.sqrt(np.bincount(mol, spread * spread, len(n)) / n)
+    return cols
 
 
 # ----------------------------------------------------------------------------- runs
@@ -209,7 +237,8 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str
     """``(metrics document, prediction dict)`` of a run's ``which`` checkpoint on ``subset``.
 
     The document records the run, model type, checkpoint (which, epoch, EMA), dataset,
-    split, subset and counts, the overall metrics and the per-element force errors.
+    split, subset and counts, the overall metrics and the per-element force errors; for an
+    ensemble also the calibration of its spreads (``calibration``: raw and scaled).
     """
     run_dir = Path(run_dir)
     rd = RunDir(run_dir)
@@ -241,6 +270,9 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str
         "metrics": kind.compute_metrics(pred),
         "per_element": per_element_metrics(pred),
     }
+    calibration = uncertainty_metrics(pred, info)
+    if calibration is not None:
+        doc["calibration"] = calibration
     return doc, pred
 
 
@@ -319,7 +351,8 @@ def load_predictions(table: str | os.PathLike, atoms: str | os.PathLike | None =
         if col not in df:
             raise DataError("not a predictions table", path=table, field=col)
     pred: dict[str, np.ndarray] = {"index": df["index"].to_numpy(np.int64), "n_atoms": df["n_atoms"].to_numpy(np.int64)}
-    pairs = {"E_ref": "E_ref_eV", "E_pred": "E_pred_eV", "Q_ref": "Qtot_ref_e", "Q_pred": "Qtot_pred_e"}
+    pairs = {"E_ref": "E_ref_eV", "E_pred": "E_pred_eV", "Q_ref": "Qtot_ref_e", "Q_pred": "Qtot_pred_e",
+             **SPREAD_COLUMNS}
     for key, col in pairs.items():
         if col in df:
             pred[key] = df[col].to_numpy(np.float64)
@@ -333,8 +366,6 @@ def load_predictions(table: str | os.PathLike, atoms: str | os.PathLike | None =
             raise DataError(f"its structures differ from those of {table}", path=atoms, field="index")
         pred |= {k: v for k, v in arr.items() if k != "index" and k != "n_atoms"}
     return pred
-
-
 
 
 def run_predictions(run_dir: str | os.PathLike, predictions: str | os.PathLike | None = None,

@@ -408,8 +408,10 @@ def plot_charge_positions(pred: Mapping, path: Path) -> Path:
 def make_plots(run_dir: str | os.PathLike, out_dir: str | os.PathLike, pred: Mapping,
                model_type: str = DEFAULT_MODEL) -> list[Path]:
     """Write :data:`PLOT_FILES` ``[model_type]`` into ``out_dir`` from the run's history and
-    the prediction dict ``pred``; returns the paths in that order."""
+    the prediction dict ``pred`` (and an ensemble's uncertainty figures, :mod:`.uncertainty_plots`);
+    returns the paths in that order."""
     from .evaluate import per_element_metrics
+    from .uncertainty import has_spreads
 
     from ..models.registry import kinds
 
@@ -441,4 +443,7 @@ def make_plots(run_dir: str | os.PathLike, out_dir: str | os.PathLike, pred: Map
     if unknown:
         raise DataError(f"model type '{model_type}' asks for unknown plots {', '.join(unknown)} "
                         f"(known: {', '.join(makers)})", path=run_dir)
-    return [makers[name](out / name) for name in kind.plots]
+    paths = [makers[name](out / name) for name in kind.plots]
+    from .uncertainty_plots import make_uncertainty_plots  # an ensemble's: error vs spread, calibration
+
+    return paths + make_uncertainty_plots(pred, out, RunDir(run_dir).info) if has_spreads(pred) else paths

@@ -4,6 +4,10 @@ PhysNet (:func:`predict`): the model's energy is relative to the per-element ref
 energies of ``model.json``; they are added back here in float64. DCMNet
 (:func:`predict_esp`): the ESP at the grid points and the distributed charges. Loading a
 run (:class:`TrainedModel`, :func:`load_run`) lives in :mod:`mmlwf.inference` (re-exported here).
+
+For an ensemble (:mod:`mmlwf.ensemble`) every prediction is the member mean and the raw
+(unscaled) spreads over the members come beside it: ``E_spread (k,)`` eV, ``F_spread (A,)``
+eV/Å per atom, ``D_spread (k,)`` e·Å, ``q_spread (A,)`` e, and for DCMNet ``esp_spread (G,)`` V.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import numpy as np
 
 from ..batching import BatchLoader
-from ..inference import TrainedModel, jitted_forward, load_run
+from ..inference import TrainedModel, jitted_forward, load_run  # noqa: F401 (re-exported)
 from ..packed import PackedDataset
 
 __all__ = ["TrainedModel", "energy_force_metrics", "load_run", "predict", "predict_esp"]
@@ -38,10 +42,10 @@ def predict(run: TrainedModel, data: PackedDataset | str | os.PathLike, indices=
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices, np.int64)
     loader = BatchLoader(ds, idx, batch_size=batch_size, cutoff=run.pair_cutoff, long_cutoff=run.long_pair_cutoff,
                          shuffle=False)
-    step = jitted_forward(run.model)
+    step = run.forward
     has_F = "F" in ds.fields
-    mol_out: dict[str, dict[int, np.ndarray]] = {"E": {}, "D": {}}  # per structure
-    atom_out: dict[str, dict[int, np.ndarray]] = {"F": {}, "q": {}}  # per atom, by structure
+    mol_out: dict[str, dict[int, np.ndarray]] = {"E": {}, "D": {}, "E_spread": {}, "D_spread": {}}  # per structure
+    atom_out: dict[str, dict[int, np.ndarray]] = {"F": {}, "q": {}, "F_spread": {}, "q_spread": {}}  # per atom
     for batch in loader.epoch(0):
         out = jax.device_get(step(run.params, device_fields(batch)))
         gm, am, graph = batch.graph_mask, batch.atom_mask, batch.atom_graph
@@ -56,6 +60,12 @@ def predict(run: TrainedModel, data: PackedDataset | str | os.PathLike, indices=
                 mol_out["D"][mol] = np.asarray(out["dipole"])[k]
             if "charges" in out:
                 atom_out["q"][mol] = np.asarray(out["charges"])[atoms]
+            for name, key in (("energy", "E_spread"), ("dipole", "D_spread")):
+                if f"{name}_spread" in out:
+                    mol_out[key][mol] = np.float64(out[f"{name}_spread"][k])
+            for name, key in (("forces", "F_spread"), ("charges", "q_spread")):
+                if f"{name}_spread" in out and (name != "forces" or has_F):
+                    atom_out[key][mol] = np.asarray(out[f"{name}_spread"])[atoms]
     order = idx
     result = {
         "index": order,
@@ -79,6 +89,12 @@ def predict(run: TrainedModel, data: PackedDataset | str | os.PathLike, indices=
         result["D_pred"] = np.array([mol_out["D"][int(i)] for i in order], np.float64).reshape(-1, 3)
         if "D" in g:
             result["D_ref"] = np.asarray(g["D"], np.float64)
+    for key in ("E_spread", "D_spread"):
+        if mol_out[key]:
+            result[key] = np.array([mol_out[key][int(i)] for i in order], np.float64)
+    for key in ("F_spread", "q_spread"):
+        if atom_out[key]:
+            result[key] = _stack(atom_out[key], order, (0,))
     return result
 
 
@@ -105,9 +121,10 @@ def predict_esp(run: TrainedModel, data: PackedDataset | str | os.PathLike, indi
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices, np.int64)
     loader = BatchLoader(ds, idx, batch_size=batch_size, cutoff=run.pair_cutoff, long_cutoff=run.long_pair_cutoff,
                          shuffle=False)
-    step = jitted_forward(run.model)
+    step = run.forward
     per_atom: dict[str, dict[int, np.ndarray]] = {"dcm_charges": {}, "dcm_positions": {}, "charges": {}}
     esp: dict[int, np.ndarray] = {}
+    esp_spread: dict[int, np.ndarray] = {}
     dipole: dict[int, np.ndarray] = {}
     for batch in loader.epoch(0):
         out = jax.device_get(step(run.params, device_fields(batch)))
@@ -119,6 +136,8 @@ def predict_esp(run: TrainedModel, data: PackedDataset | str | os.PathLike, indi
             for key, store in per_atom.items():
                 store[mol] = np.asarray(out[key])[atoms]
             esp[mol] = np.asarray(out["esp"])[gmask & (ggraph == k)]
+            if "esp_spread" in out:
+                esp_spread[mol] = np.asarray(out["esp_spread"])[gmask & (ggraph == k)]
             dipole[mol] = np.asarray(out["dipole"])[k]
     g = ds.gather(idx, fields=("Z", "R", "grid", "esp") + tuple(f for f in ("q", "D", "Qtot") if f in ds.fields))
     result = {
@@ -136,6 +155,8 @@ def predict_esp(run: TrainedModel, data: PackedDataset | str | os.PathLike, indi
         result["D_ref"] = np.asarray(g["D"], np.float64)
     if "q" in g:
         result["q_ref"] = np.asarray(g["q"], np.float64)
+    if esp_spread:
+        result["esp_spread"] = _stack(esp_spread, idx, (0,))
     return result
 
 

@@ -6,7 +6,9 @@ URI, so the page can be mailed, archived or opened offline. Content: the compari
 cost and the hyperparameters), and per run its metrics (overall and per element, in field
 units: :mod:`.quantities`), training summary, figures with captions (:mod:`.captions`) and
 configuration. Figures come from the run's
-``plots/`` folder; a run without them gets them made into a temporary folder.
+``plots/`` folder; a run without them gets them made into a temporary folder. An ensemble's
+section also has its calibration (:mod:`.uncertainty`: raw and scaled spreads) and its
+uncertainty figures (:mod:`.uncertainty_plots`); a single model's is as it was.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .. import __version__
+from ..ensemble import ensemble_size
 from ..fileio import atomic_write
 from ..rundir import METRICS_FILE, PLOTS_DIR, RunDir
 from ..units import DEBYE_PER_E_ANGSTROM
@@ -28,6 +31,8 @@ from .captions import caption
 from .compare import ERROR_COLUMNS, column_groups, compare_runs
 from .evaluate import read_metrics, run_predictions
 from .plots import PLOT_FILES, make_plots
+from .uncertainty import calibration_table
+from .uncertainty_plots import UNCERTAINTY_PLOTS
 from .quantities import field_unit, in_field_units, parse, run_training_config, term_weights, trained
 
 #: shown for a value a run does not have
@@ -142,6 +147,21 @@ def comparison_html(table) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
+def calibration_html(section: Mapping) -> str:
+    """The calibration table of an ensemble's metrics (``calibration`` section of metrics.json):
+    per quantity how its spread ranks and sizes the error, raw and times the fitted scale."""
+    scales = ", ".join(f"{q} × {s:.4g}" for q, s in (section.get("spread_scale") or {}).items())
+    zero = {q: n for q, n in (section.get("n_zero_spread") or {}).items() if n}
+    note = f" Points with zero spread left out: {zero}." if zero else ""
+    return (f"<h3>Calibration of the uncertainties ({html.escape(str(section.get('members')))} members)</h3>"
+            "<p>Error of the ensemble mean against the spread over its members, per structure (energy, dipole), "
+            "per atom (forces) or per grid point (ESP), in eV, eV/Å, e·Å, V; raw spreads and spreads times the "
+            f"scale fitted on the validation split ({html.escape(scales)}; 1 where none was fitted). "
+            "Spearman ρ: ranking (1 best); miscalibration area: 0 when calibrated; NLL: lower is better."
+            f"{html.escape(note)}</p>"
+            + _table(*calibration_table(section)))
+
+
 def _figure_html(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     text = html.escape(caption(path.name))
@@ -152,7 +172,9 @@ def _figure_html(path: Path) -> str:
 
 def _run_figures(run_dir: Path, kind: str, tmp: Path) -> list[Path]:
     """The run's figures from ``plots/``, or made now into ``tmp`` when any is missing."""
-    names = PLOT_FILES.get(kind, ())
+    names = tuple(PLOT_FILES.get(kind, ()))
+    if ensemble_size(RunDir(run_dir).info) > 1:
+        names += UNCERTAINTY_PLOTS
     have = [run_dir / PLOTS_DIR / n for n in names]
     if names and all(p.exists() for p in have):
         return have
@@ -187,6 +209,8 @@ def _run_section(run_dir: Path, summary: Mapping, tmp: Path) -> str:
             rows = [[el] + [None if _missing(row.get(c)) else row[c] * f for c, f in zip(cols, scale)]
                     for el, row in per_el.items()]
             parts.append("<h3>Errors per element</h3>" + _table(header, rows))
+        if doc.get("calibration"):
+            parts.append(calibration_html(doc["calibration"]))
     else:
         parts.append(f'<p class="note">No {METRICS_FILE} (run mmlwf evaluate); metrics from '
                      f"{html.escape(str(summary.get('metrics_source')))} are in the comparison table.</p>")
