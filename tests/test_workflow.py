@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from mmlwf.analysis.plots import PLOT_FILES
+from mmlwf.analysis.uncertainty_plots import UNCERTAINTY_PLOTS
 
 pytestmark = pytest.mark.workflow
 
@@ -35,8 +36,8 @@ TINY = {
     },
     "experiments": {
         "tiny": {"dataset": "demo", "model": TINY_MODEL, "training": {"batch_size": 2, "max_epochs": 2}},
-        "tiny_b": {"dataset": "demo", "model": TINY_MODEL,
-                   "training": {"batch_size": 2, "max_epochs": 2, "learning_rate": 3.0e-3}},
+        "tiny_b": {"dataset": "demo", "model": TINY_MODEL,  # an ensemble: train -> evaluate -> report as any run
+                   "training": {"batch_size": 2, "max_epochs": 2, "learning_rate": 3.0e-3}, "ensemble": {"size": 2}},
         "tiny_dcm": {"dataset": "esp", "model": {"type": "dcmnet", "n_dcm": 2, "features": 8, "num_iterations": 1,
                                                  "num_basis_functions": 4},
                      "training": {"batch_size": 2, "max_epochs": 2}},
@@ -48,7 +49,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """``python -m snakemake`` on the repository's Snakefile in ``workdir``."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
            "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # a loaded machine
 
 
 def write_config(workdir: Path, config: dict) -> None:
@@ -156,8 +157,13 @@ def test_demo_runs_end_to_end(demo_run):
         assert np.isfinite(metrics["metrics"]["energy_mae_eV"])
         assert len((run / "predictions.csv").read_text().splitlines()) == 3  # header + 2 structures
         plots = sorted(p.name for p in (run / "plots").iterdir() if not p.name.startswith("."))
-        assert plots == sorted(PLOT_FILES["physnet"])
+        extra = UNCERTAINTY_PLOTS if experiment == "tiny_b" else ()
+        assert plots == sorted([*PLOT_FILES["physnet"], *extra])
         assert (workdir / f"logs/evaluate/{experiment}.log").stat().st_size > 0
+    ensemble = json.loads((workdir / "results/runs/tiny_b/model.json").read_text())["ensemble"]
+    assert ensemble["size"] == 2 and set(ensemble["scale"]) == {"energy", "forces"}
+    calibration = json.loads((workdir / "results/runs/tiny_b/metrics.json").read_text())["calibration"]
+    assert np.isfinite(calibration["scaled"]["forces_spread_spearman"])
     # the DCMNet chain: pyscf labels -> convert ... -> train -> evaluate (ESP errors, its plots)
     esp = json.loads((workdir / "results/datasets/esp/packed/manifest.json").read_text())
     assert esp["n_molecules"] == 4 and {"grid", "esp", "E", "D"} <= set(esp["fields"])
@@ -169,7 +175,7 @@ def test_demo_runs_end_to_end(demo_run):
     table = (workdir / "results/report/comparison.csv").read_text().splitlines()
     assert len(table) == 4 and "tiny_b" in table[2] and "tiny_dcm" in table[3]
     html = (workdir / "results/report/index.html").read_text()
-    n_images = 2 * len(PLOT_FILES["physnet"]) + len(PLOT_FILES["dcmnet"])
+    n_images = 2 * len(PLOT_FILES["physnet"]) + len(UNCERTAINTY_PLOTS) + len(PLOT_FILES["dcmnet"])
     assert "tiny_dcm" in html and html.count("data:image/png;base64,") >= n_images
 
 

@@ -6,6 +6,8 @@ Re-running on the same run directory resumes it from its latest checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -13,7 +15,7 @@ from typing import Mapping, Sequence
 from ..errors import ConfigError
 from ..integrity import check_provenance, verify_in_background
 from ..packed import PackedDataset
-from .config import Config, load_config
+from .config import load_config
 from .data import (as_list, data_facts, element_energies_from_stats, element_energies_source, init_statistics,
                    make_loaders, mixture_element_energies)
 from .engine import train
@@ -57,7 +59,7 @@ def run_training(
     kind = kind_of_config(cfg.model)
     try:  # "auto" model settings (PhysNet's physics) decided once, here, from the training data
         resolved, physics = kind.resolve_settings(cfg.model, data_facts([PackedDataset(p) for p in data]))
-        cfg = Config(resolved, cfg.training)
+        cfg = dataclasses.replace(cfg, model=resolved)
         model = kind.build_model(cfg.model)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None
