@@ -77,6 +77,8 @@ def evaluate_step(run_dir: PathLike, data: PathLike | Sequence[PathLike],
     write_metrics(doc, metrics)  # last: its presence means the evaluation is complete
     m = doc["metrics"]
     shown = ", ".join(f"{k} {m[k]:.5g}" for k in _SHOWN if k in m)
+    scaled = (doc.get("calibration") or {}).get("scaled") or {}  # an ensemble: how well its spread ranks the error
+    shown += "".join(f", {k} {scaled[k]:.3f}" for k in ("energy_spread_spearman", "forces_spread_spearman") if k in scaled)
     tell.info(f"wrote {metrics}: {m['n_structures']} {subset} structures; {shown}")
     return doc
 
