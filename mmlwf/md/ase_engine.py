@@ -42,7 +42,8 @@ def run_md(calc, atoms, settings: MDSettings, outdir: str | os.PathLike, *, over
     atoms = atoms.copy()
     atoms.calc = calc
     n = len(atoms)
-    calc.check_atoms(atoms)
+    if hasattr(calc, "check_atoms"):  # MMLWFCalculator: pbc, elements as one-line DataErrors
+        calc.check_atoms(atoms)
     if settings.ensemble == "nvt":  # the Langevin noise would otherwise move the centre of mass
         from ase.constraints import FixCom
 
