@@ -77,7 +77,7 @@ class EnsembleCalculator(Calculator):
     """Test double of an ensemble's ASE calculator: member-mean energy and forces, and
     ``forces_uncertainty`` (per atom, the spread times the ensemble's force scale)."""
 
-    implemented_properties = ["energy", "forces"]
+    implemented_properties = ("energy", "forces")
 
     def __init__(self, members, scale):
         from mmlwf.calculator import MMLWFCalculator
@@ -186,7 +186,7 @@ def test_replicas_run_batched_as_they_run_alone(toy, tmp_path, x64):
 def test_uncertainty_stop_at_the_step_of_the_first_exceedance_in_both_engines(toy, tmp_path, x64):
     ensemble, members = _ensemble(toy)
     start = chain(4)  # hot: the chain is driven out of where the members agree
-    base = dict(steps=80, temperature_K=3000.0, min_distance_A=0.0, traj_every=10, seed=2)
+    base = {"steps": 80, "temperature_K": 3000.0, "min_distance_A": 0.0, "traj_every": 10, "seed": 2}
     # the step-by-step reference: the ASE engine with the test-double ensemble calculator
     calc = EnsembleCalculator(members, scale=1.5)
     ref = run_md(calc, start, MDSettings(**base, uncertainty_lower_eV_per_A=1e-9), tmp_path / "ref")
@@ -225,3 +225,76 @@ def test_uncertainty_levels_need_an_ensemble(toy, tmp_path):
         run_md_jax(_model(toy), [chain()], MDSettings(steps=2, uncertainty_upper_eV_per_A=1.0), [tmp_path / "o"])
     with pytest.raises(ConfigError, match="must be below"):
         MDSettings(steps=2, uncertainty_upper_eV_per_A=1.0, uncertainty_lower_eV_per_A=2.0).check()
+
+
+def test_the_cli_names_the_missing_extra(monkeypatch, tmp_path, capsys):
+    from mmlwf.cli import main
+
+    monkeypatch.setitem(sys.modules, "jax_md", None)
+    xyz = tmp_path / "start.xyz"
+    chain().write(xyz)
+    code = main(["md", str(tmp_path / "no-model"), "--structure", str(xyz), "--steps", "5", "--engine", "jax-md",
+                 "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "'md' extra" in err
+
+
+def _mean_and_error(T: np.ndarray, block: int) -> tuple[float, float]:
+    """Mean of a correlated series and its standard error from block means."""
+    means = T[: len(T) // block * block].reshape(-1, block).mean(axis=1)
+    return float(means.mean()), float(means.std(ddof=1) / np.sqrt(len(means)))
+
+
+@pytest.mark.slow
+def test_langevin_runs_of_both_engines_hold_the_set_temperature(toy, tmp_path):
+    from mmlwf.calculator import MMLWFCalculator
+
+    trained, atoms = _model(toy), chain(5)
+    settings = MDSettings(steps=4000, dt_fs=1.0, ensemble="nvt", temperature_K=300.0, friction_per_fs=0.05,
+                          min_distance_A=0.0, traj_every=500, seed=1)
+    run_md(MMLWFCalculator(trained), atoms, settings, tmp_path / "ase")
+    run_md_jax(trained, [atoms] * 4, settings, [tmp_path / f"jax{k}" for k in range(4)])
+    series = {"ase": _csv(tmp_path / "ase")["T_K"].to_numpy()[500:]}
+    series["jax"] = np.concatenate([_csv(tmp_path / f"jax{k}")["T_K"].to_numpy()[500:] for k in range(4)])
+    for name, T in series.items():
+        mean, err = _mean_and_error(T, 100)
+        assert err < 0.1 * 300.0, name
+        assert abs(mean - 300.0) < 4 * err, (name, mean, err)
+    com = _csv(tmp_path / "jax0")  # the centre of mass stays put: 3N - 3 degrees of freedom as ASE's FixCom
+    import ase.io
+
+    frames = ase.io.read(tmp_path / "jax0" / "trajectory.traj", ":")
+    np.testing.assert_allclose([f.get_center_of_mass() for f in frames], [atoms.get_center_of_mass()] * len(frames),
+                               atol=1e-4)
+    assert len(com) == 4001
+
+
+@pytest.mark.slow
+def test_physnet_nve_with_every_physics_term_follows_ase(tmp_path, x64):
+    """PhysNet with charges, shielded Coulomb over its own (finite) long list and ZBL, random
+    parameters: the JAX-MD trajectory is ASE's."""
+    from ase.build import molecule
+
+    from mmlwf.batch import from_molecules
+    from mmlwf.calculator import MMLWFCalculator
+    from mmlwf.element_energies import reference_table
+    from mmlwf.inference import TrainedModel
+    from mmlwf.models import build_model, init_params
+
+    config = {"type": "physnet", "features": 8, "max_degree": 1, "num_iterations": 2, "num_basis_functions": 8,
+              "cutoff": 2.5, "num_residual": 1, "charges": True, "coulomb": True, "repulsion": True,
+              "coulomb_cutoff": 4.0}
+    model = build_model(config)
+    example = from_molecules([{"Z": np.array([6, 1]), "R": np.eye(2, 3)}], n_graphs=2, n_atoms=4, n_pairs=4,
+                             long_cutoff=4.0, dtype=np.float64)
+    shapes = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), example))
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda s: rng.standard_normal(s.shape) / np.sqrt(s.shape[-2] if len(s.shape) >= 2 else 4),
+                          shapes)
+    trained = TrainedModel(model, params, {"model": config}, reference_table({1: -13.6, 6: -1029.5, 8: -2041.3}),
+                           tmp_path)
+    atoms = molecule("CH3CH2OH")
+    settings = MDSettings(steps=100, temperature_K=300.0, min_distance_A=0.0)
+    run_md(MMLWFCalculator(trained, dtype="float64"), atoms, settings, tmp_path / "ase")
+    run_md_jax(trained, [atoms], settings, [tmp_path / "jax"], dtype="float64")
+    np.testing.assert_allclose(_csv(tmp_path / "jax").to_numpy(), _csv(tmp_path / "ase").to_numpy(), atol=1e-8)

@@ -7,11 +7,9 @@ import json
 
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from mmlwf.md import MDSettings, run_md
-from mmlwf.md import stops
+from mmlwf.md import MDSettings, run_md, stops
 
 
 def test_bonds_of_the_start_structure():
@@ -55,7 +53,7 @@ def test_check_reports_the_first_condition_that_holds_in_numpy_and_jax():
 class Pull(Calculator):
     """Harmonic bonds to the start positions, and a constant force pulling atom 0 away along x (eV/Å)."""
 
-    implemented_properties = ["energy", "forces"]
+    implemented_properties = ("energy", "forces")
 
     def __init__(self, start, pull=4.0):
         super().__init__()
@@ -74,7 +72,7 @@ def test_the_ase_engine_stops_at_the_step_a_bond_breaks(tmp_path):
 
     start = molecule("H2O")
     i, j, r0 = stops.bond_list(start.numbers, start.positions)
-    base = dict(steps=400, dt_fs=0.5, temperature_K=0.0, traj_every=1, min_distance_A=0.0)
+    base = {"steps": 400, "dt_fs": 0.5, "temperature_K": 0.0, "traj_every": 1, "min_distance_A": 0.0}
     free = run_md(Pull(start), start, MDSettings(**base), tmp_path / "free")
     import ase.io
 

@@ -16,7 +16,14 @@ a complete run whose ``md.json`` says why (``stopped``: reason, step, time_fs, v
 """
 
 from .ase_engine import run_md
-from .common import energy_drift, initial_velocities, load_calculator, load_trained, min_distance, read_structure
+from .common import (
+           energy_drift,
+           initial_velocities,
+           load_calculator,
+           load_trained,
+           min_distance,
+           read_structure,
+)
 from .jax_engine import run_md_jax
 from .settings import ENGINES, ENSEMBLES, MDAborted, MDSettings
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from pathlib import Path
 
@@ -117,7 +116,6 @@ def run_md_jax(trained, starts, settings: MDSettings, outdirs, *, charge: float 
     partition, simulate, space = import_jax_md()
     from ..batch import Pairs, device_fields, from_molecules
     from ..ensemble import ensemble_forward, ensemble_size, spread_scale
-    from ..inference import jitted_forward  # noqa: F401  (the model's kind must be registered)
 
     settings.check()
     starts = [a.copy() for a in starts]
@@ -125,6 +123,9 @@ def run_md_jax(trained, starts, settings: MDSettings, outdirs, *, charge: float 
     if not starts or len(outdirs) != len(starts):
         raise ConfigError(f"md: {len(starts)} start structures for {len(outdirs)} output folders")
     _check_starts(starts)
+    for o in outdirs:  # before anything compiles
+        if o.exists() and not overwrite:
+            raise FileExistsError(f"{o} exists (use --overwrite to replace it)")
     if dtype == "float64" and not jax.config.jax_enable_x64:
         raise ConfigError("md: dtype float64 needs jax_enable_x64 (set JAX_ENABLE_X64=1)")
     kind = trained.kind
@@ -224,7 +225,7 @@ def run_md_jax(trained, starts, settings: MDSettings, outdirs, *, charge: float 
         return s, aux
 
     def one_step(carry, _):
-        state, nbrs, lnbrs, step, stop = carry
+        step, stop = carry[3], carry[4]
 
         def advance(c):
             state, nbrs, lnbrs, step, stop = c
