@@ -112,15 +112,6 @@ def _md(path):
     return json.loads((path / "md.json").read_text())
 
 
-def test_missing_jax_md_is_a_one_line_error_naming_the_extra(monkeypatch, toy, tmp_path):
-    monkeypatch.setitem(sys.modules, "jax_md", None)
-    with pytest.raises(ConfigError) as err:
-        run_md_jax(_model(toy), [chain()], MDSettings(steps=1), [tmp_path / "out"])
-    message = str(err.value)
-    assert "\n" not in message and "'md' extra" in message and "jax-md" in message
-    assert not (tmp_path / "out").exists()
-
-
 def test_nve_follows_ase_velocity_verlet_for_100_steps(toy, tmp_path, x64):
     from mmlwf.calculator import MMLWFCalculator
 
@@ -145,6 +136,7 @@ def test_nve_follows_ase_velocity_verlet_for_100_steps(toy, tmp_path, x64):
     assert jax_run["engine"] == "jax-md" and jax_run["stopped"] is None and jax_run["steps_done"] == 100
 
 
+@pytest.mark.slow  # three compilations, ~25 s on 2 busy cores
 def test_an_overflowing_neighbour_list_reruns_the_chunk_with_a_larger_one(toy, tmp_path, x64):
     trained, atoms = _model(toy), chain(2)
     settings = MDSettings(steps=60, temperature_K=3000.0, min_distance_A=0.0, traj_every=5)
@@ -164,6 +156,7 @@ def test_an_overflowing_neighbour_list_reruns_the_chunk_with_a_larger_one(toy, t
     np.testing.assert_allclose(_csv(tmp_path / "tight").to_numpy(), _csv(tmp_path / "ample").to_numpy(), atol=1e-10)
 
 
+@pytest.mark.slow  # three compilations, ~30 s on 2 busy cores
 def test_replicas_run_batched_as_they_run_alone(toy, tmp_path, x64):
     trained = _model(toy)
     starts = [chain(1), chain(1), chain(3)]
@@ -225,18 +218,6 @@ def test_uncertainty_levels_need_an_ensemble(toy, tmp_path):
         run_md_jax(_model(toy), [chain()], MDSettings(steps=2, uncertainty_upper_eV_per_A=1.0), [tmp_path / "o"])
     with pytest.raises(ConfigError, match="must be below"):
         MDSettings(steps=2, uncertainty_upper_eV_per_A=1.0, uncertainty_lower_eV_per_A=2.0).check()
-
-
-def test_the_cli_names_the_missing_extra(monkeypatch, tmp_path, capsys):
-    from mmlwf.cli import main
-
-    monkeypatch.setitem(sys.modules, "jax_md", None)
-    xyz = tmp_path / "start.xyz"
-    chain().write(xyz)
-    code = main(["md", str(tmp_path / "no-model"), "--structure", str(xyz), "--steps", "5", "--engine", "jax-md",
-                 "-o", str(tmp_path / "out")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "'md' extra" in err
 
 
 def _mean_and_error(T: np.ndarray, block: int) -> tuple[float, float]:

@@ -1,5 +1,6 @@
-"""The stop checks of both MD engines (:mod:`mmlwf.md.stops`) and the ASE engine's stops, with a
-cheap test-double calculator (no model)."""
+"""The stop checks of both MD engines (:mod:`mmlwf.md.stops`), the ASE engine's stops with a cheap
+test-double calculator (no model), and the one-line error of a missing ``md`` extra (these run
+without jax-md; tests/test_md_jax.py needs it)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,31 @@ def test_the_ase_engine_stops_at_the_step_a_bond_breaks(tmp_path):
     assert run["stopped"]["value"] == pytest.approx(ratios[step]) and run["stopped"]["atoms"][0] == 0
     assert json.loads((tmp_path / "stop" / "md.json").read_text())["stopped"] == run["stopped"]
     assert "max_force_uncertainty_eV_per_A" not in (tmp_path / "stop" / "energy.csv").read_text()
+
+
+def test_missing_jax_md_is_a_one_line_error_naming_the_extra(monkeypatch, tmp_path, capsys):
+    import sys
+
+    from mmlwf.cli import main
+    from mmlwf.errors import ConfigError
+    from mmlwf.md import run_md_jax
+
+    monkeypatch.setitem(sys.modules, "jax_md", None)
+    start = molecule_h2o()
+    with pytest.raises(ConfigError) as err:
+        run_md_jax(None, [start], MDSettings(steps=1), [tmp_path / "out"])
+    message = str(err.value)
+    assert "\n" not in message and "'md' extra" in message and "jax-md" in message
+    xyz = tmp_path / "start.xyz"
+    start.write(xyz)
+    code = main(["md", str(tmp_path / "no-model"), "--structure", str(xyz), "--steps", "5", "--engine", "jax-md",
+                 "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "'md' extra" in err
+    assert not (tmp_path / "out").exists()
+
+
+def molecule_h2o():
+    from ase.build import molecule
+
+    return molecule("H2O")
