@@ -65,15 +65,14 @@ def _cmd_md(args: argparse.Namespace) -> int:
         from ..md import load_trained, run_md_jax
 
         runs = run_md_jax(load_trained(args.model, args.which), starts, settings, outdirs, charge=args.charge,
-                          overwrite=args.overwrite, info=info | {"indices": indices})
-        for run, index in zip(runs, indices):
-            run["index"] = index
+                          overwrite=args.overwrite, info=[info | {"index": i, "seed": settings.seed + k}
+                                                          for k, i in enumerate(indices)])
     else:
         from ..md import load_calculator, run_md
 
         calc = load_calculator(args.model, args.which, charge=args.charge)
         runs = [run_md(calc, a, dataclasses.replace(settings, seed=settings.seed + k), o, overwrite=args.overwrite,
-                       info=info | {"index": i})
+                       info=info | {"index": i, "seed": settings.seed + k})
                 for k, (a, o, i) in enumerate(zip(starts, outdirs, indices))]
     stopped = 0
     for s, o in zip(runs, outdirs):

@@ -100,7 +100,7 @@ def _check_starts(starts) -> None:
 
 
 def run_md_jax(trained, starts, settings: MDSettings, outdirs, *, charge: float = 0.0, dtype: str = "float32",
-               overwrite: bool = False, info: dict | None = None, capacity: int | None = None,
+               overwrite: bool = False, info: dict | list[dict] | None = None, capacity: int | None = None,
                long_capacity: int | None = None, chunk_steps: int = CHUNK_STEPS, skin_A: float = SKIN_A) -> list[dict]:
     """Run ``settings.steps`` steps of each start (``ase.Atoms``, one composition) as one batch; write
     ``outdirs[k]`` for start ``k`` as :mod:`mmlwf.md.output` describes; return their ``md.json`` contents.
@@ -108,7 +108,7 @@ def run_md_jax(trained, starts, settings: MDSettings, outdirs, *, charge: float 
     Replica ``k`` draws its velocities with seed ``settings.seed + k``. ``capacity`` /
     ``long_capacity``: initial neighbour-list slots (default: the next power of two above what the
     starts need); an overflow doubles them and re-runs the chunk. ``dtype``: the network's float
-    type (``float64`` needs ``jax_enable_x64``)."""
+    type (``float64`` needs ``jax_enable_x64``). ``info``: added to every ``md.json`` (a list: one per start)."""
     import jax
     import jax.numpy as jnp
     from ase import units
@@ -297,9 +297,9 @@ def run_md_jax(trained, starts, settings: MDSettings, outdirs, *, charge: float 
         lists = {"skin_A": skin_A, "capacity": cap, "long_capacity": lcap, "grown_at_start": grown, "chunk_reruns": reruns,
                  "pair_cutoff_A": cutoff, "long_pair_cutoff_A": long_cutoff}
         extra = {"engine": "jax-md", "replicas": r, "ensemble_members": members, "dtype": dtype,
-                 "chunk_steps": blocks * settings.traj_every, "compile_s": compile_s, "neighbour_lists": lists,
-                 **(info or {})}
-        return host.finish(wall, first_s, extra)
+                 "chunk_steps": blocks * settings.traj_every, "compile_s": compile_s, "neighbour_lists": lists}
+        infos = info if isinstance(info, list) else [info or {}] * r
+        return host.finish(wall, first_s, [{**extra, **i} for i in infos])
     except BaseException:
         host.discard()
         raise
@@ -395,10 +395,10 @@ class _Host:
                 if on_grid and self.last_frame[k] < s <= last and s in seen:
                     self._frame(k, s, R[k, b], P[k, b], F[k, b], seen[s])
 
-    def finish(self, wall: float, first_s: float, extra: dict) -> list[dict]:
+    def finish(self, wall: float, first_s: float, extras: list[dict]) -> list[dict]:
         return [w.finish(n_atoms=len(a), formula=a.get_chemical_formula(), steps_done=d, wall_s=wall,
-                         first_s=first_s, stopped=s, extra=extra)
-                for w, a, d, s in zip(self.writers, self.starts, self.steps_done, self.stopped)]
+                         first_s=first_s, stopped=s, extra=e)
+                for w, a, d, s, e in zip(self.writers, self.starts, self.steps_done, self.stopped, extras)]
 
     def discard(self) -> None:
         for w in self.writers:

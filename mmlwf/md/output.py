@@ -55,7 +55,7 @@ class RunWriter:
     def distance(self, step: int, d: float, i: int, j: int) -> None:
         """Record the closest pair of ``step`` (every step)."""
         if d < self.closest["min_distance_A"]:
-            self.closest.update(min_distance_A=float(d), step=int(step), pair=[int(i), int(j)])
+            self.closest.update(min_distance_A=float(d), step=int(step), pair=sorted([int(i), int(j)]))
 
     def row(self, step: int, epot: float, ekin: float, T: float, d: float, u: float | None = None) -> None:
         """One energy.csv row (eV, K, Å, eV/Å)."""

@@ -84,12 +84,12 @@ def check(energy, closest, bond, u_atoms, lim, xp: Any = np):
 
 def stop_record(code: int, step: int, dt_fs: float, value: float, a: int, b: int) -> dict | None:
     """``md.json``'s ``stopped`` entry (None for code 0): reason, step, time, value with its unit,
-    the atoms involved (0-based)."""
+    the atoms involved (0-based, ascending)."""
     code = int(code)
     if code == 0:
         return None
     reason, unit = REASONS[code]
-    atoms = [int(x) for x in (a, b) if int(x) >= 0]
+    atoms = sorted(int(x) for x in (a, b) if int(x) >= 0)
     return {"reason": reason, "step": int(step), "time_fs": int(step) * dt_fs, "value": float(value), "unit": unit,
             "atoms": atoms}
 
