@@ -55,8 +55,8 @@ def chain(seed: int = 0, n: int = 8) -> Atoms:
     return Atoms(numbers=[6, 1, 8, 6, 1, 1, 8, 6][:n], positions=R)
 
 
-def _model(toy, seed=0):
-    return _trained(toy, {"type": "toy_pair_long", "cutoff": SHORT, "long_cutoff": LONG}, seed=seed)
+def _model(toy, seed=0, long_cutoff=LONG):
+    return _trained(toy, {"type": "toy_pair_long", "cutoff": SHORT, "long_cutoff": long_cutoff}, seed=seed)
 
 
 def _ensemble(toy, members=3, noise=0.1):
@@ -134,6 +134,19 @@ def test_nve_follows_ase_velocity_verlet_for_100_steps(toy, tmp_path, x64):
         np.testing.assert_allclose(y.get_momenta(), x.get_momenta(), atol=1e-8)
     assert jax_run["nve"]["max_abs_dEtot_meV"] == pytest.approx(ase_run["nve"]["max_abs_dEtot_meV"], rel=1e-4)
     assert jax_run["engine"] == "jax-md" and jax_run["stopped"] is None and jax_run["steps_done"] == 100
+
+
+def test_a_long_list_of_every_pair_is_fixed_and_follows_ase(toy, tmp_path, x64):
+    """``long_pair_cutoff`` inf (every ordered pair of the molecule, no JAX-MD list)."""
+    from mmlwf.calculator import MMLWFCalculator
+
+    trained, atoms = _model(toy, long_cutoff=None), chain(6)
+    assert trained.long_pair_cutoff == float("inf")
+    settings = MDSettings(steps=30, temperature_K=600.0, min_distance_A=0.0, traj_every=10)
+    run_md(MMLWFCalculator(trained, dtype="float64"), atoms, settings, tmp_path / "ase")
+    [j] = run_md_jax(trained, [atoms], settings, [tmp_path / "jax"], dtype="float64")
+    assert j["neighbour_lists"]["long_capacity"] is None
+    np.testing.assert_allclose(_csv(tmp_path / "jax").to_numpy(), _csv(tmp_path / "ase").to_numpy(), atol=1e-8)
 
 
 @pytest.mark.slow  # three compilations, ~25 s on 2 busy cores
