@@ -175,7 +175,10 @@ def run_md_jax(trained, starts, settings: MDSettings, outdirs, *, charge: float 
     static_long = None
     if long_cutoff is not None and math.isinf(long_cutoff):
         i, j = np.nonzero(~np.eye(n, dtype=bool))
-        static_long = Pairs(jnp.asarray(i, jnp.int32), jnp.asarray(j, jnp.int32), jnp.ones(i.size, bool), None)
+        # carried per replica, not a constant of the compiled chunk (XLA would fold the model's gathers over it)
+        static_long = Pairs(*(jnp.broadcast_to(jnp.asarray(x), (r, i.size)) for x in (i.astype(np.int32),
+                                                                                      j.astype(np.int32),
+                                                                                      np.ones(i.size, bool))), None)
     pad_row = jnp.asarray(base.R[n:], ftype)
     bonds = stops.bond_list(Z, starts[0].positions) if settings.bond_factor is not None else \
         (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
@@ -189,10 +192,11 @@ def run_md_jax(trained, starts, settings: MDSettings, outdirs, *, charge: float 
     def evaluate(R, nbrs, lnbrs):
         """Forces (n, 3) eV/Å and ``(energy eV, per-atom uncertainty or None, lists, closest pair)``."""
         nbrs = nbrs.update(R)
-        lnbrs = None if lnbrs is None else lnbrs.update(R)
+        if lnbrs is not None and static_long is None:
+            lnbrs = lnbrs.update(R)
         Rp = jnp.concatenate([R, pad_row]).astype(dtype)
         pairs = pairs_of(nbrs)
-        lp = static_long if static_long is not None else (None if lnbrs is None else pairs_of(lnbrs))
+        lp = lnbrs if static_long is not None else (None if lnbrs is None else pairs_of(lnbrs))
         batch = base._replace(R=Rp, pairs=pairs, long_pairs=lp)
         out = forward(params, batch)
         u = out["forces_spread"][:n].astype(ftype) * u_scale if members > 1 else None
@@ -263,7 +267,7 @@ def run_md_jax(trained, starts, settings: MDSettings, outdirs, *, charge: float 
     reruns, grown = 0, 0
     t0 = time.perf_counter()
     while True:  # lists that hold every pair of the starts (checked before anything compiles)
-        nbrs, lnbrs = short.allocate(R0, cap), None if long is None else long.allocate(R0, lcap)
+        nbrs, lnbrs = short.allocate(R0, cap), static_long if long is None else long.allocate(R0, lcap)
         cap, lcap, overflowed = _grown((None, nbrs, lnbrs), cap, lcap)
         if not overflowed:
             break
@@ -291,7 +295,7 @@ def run_md_jax(trained, starts, settings: MDSettings, outdirs, *, charge: float 
                 reruns += 1
                 positions = start[0].position
                 carry = (start[0], short.allocate(positions, cap),
-                         None if long is None else long.allocate(positions, lcap), start[3], start[4])
+                         start[2] if long is None else long.allocate(positions, lcap), start[3], start[4])
                 continue
             host.chunk(jax.device_get(carry), out)
         lists = {"skin_A": skin_A, "capacity": cap, "long_capacity": lcap, "grown_at_start": grown, "chunk_reruns": reruns,
@@ -310,7 +314,7 @@ def _grown(carry, cap: int, lcap: int | None) -> tuple[int, int | None, bool]:
     import numpy as np
 
     over = bool(np.any(np.asarray(carry[1].did_buffer_overflow)))
-    lover = carry[2] is not None and bool(np.any(np.asarray(carry[2].did_buffer_overflow)))
+    lover = hasattr(carry[2], "did_buffer_overflow") and bool(np.any(np.asarray(carry[2].did_buffer_overflow)))
     return cap * 2 if over else cap, (lcap * 2 if lover else lcap), over or lover
 
 
