@@ -319,7 +319,7 @@ def test_md_nve_and_nvt_write_trajectory_and_energy_log(exported, run_dir, tmp_p
     assert "exists" in capsys.readouterr().err
 
 
-def test_md_aborts_when_atoms_come_too_close(exported, tmp_path, capsys):
+def test_md_stops_when_atoms_come_too_close(exported, tmp_path, capsys):
     import ase.io
 
     xyz = tmp_path / "ethanol.xyz"
@@ -327,7 +327,8 @@ def test_md_aborts_when_atoms_come_too_close(exported, tmp_path, capsys):
     assert _md(exported, xyz, tmp_path / "out", "--min-distance", "1.5") == 3
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "apart" in err and "step 0" in err
-    assert not (tmp_path / "out").exists() and (tmp_path / "out.aborted" / "energy.csv").exists()
+    stopped = json.loads((tmp_path / "out" / "md.json").read_text())["stopped"]  # a recorded outcome
+    assert stopped["reason"] == "too_close" and stopped["step"] == 0 and stopped["value"] < 1.5
 
 
 # -- bad inputs

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..errors import ConfigError
+from ..md.settings import ENGINES
 from .common import TERMINAL, default_of
 
 _SUBSETS = ("test", "valid", "train", "all")
@@ -32,25 +33,57 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_md(args: argparse.Namespace) -> int:
-    from ..md import MDAborted, MDSettings, load_calculator, read_structure, run_md
+    import dataclasses
+    from pathlib import Path
+
+    from ..md import MDSettings, read_structure
+    from ..md.stops import describe
 
     settings = MDSettings(steps=args.steps, dt_fs=args.dt_fs, ensemble=args.ensemble,
                           temperature_K=args.temperature_K, friction_per_fs=args.friction, seed=args.seed,
                           log_every=args.log_every, traj_every=args.traj_every,
-                          min_distance_A=args.min_distance).check()
-    atoms = read_structure(args.structure, args.index)
-    calc = load_calculator(args.model, args.which, charge=args.charge)
-    try:
-        s = run_md(calc, atoms, settings, args.output, overwrite=args.overwrite,
-                   info={"model": str(args.model), "structure": str(args.structure), "index": args.index})
-    except MDAborted as exc:
-        print(f"mmlwf md: aborted: {exc} (partial run in {args.output}.aborted)", file=sys.stderr)
-        return 3
-    drift = s.get("nve", {}).get("drift_meV_per_atom_per_ps")
-    extra = "" if drift is None else f", drift {drift:.3g} meV/atom/ps"
-    print(f"wrote {args.output}: {s['steps_done']} steps ({s['simulated_ps']:g} ps), {s['steps_per_s']:.0f} steps/s, "
-          f"closest approach {s['closest_approach']['min_distance_A']:.3f} Å{extra}")
-    return 0
+                          min_distance_A=args.min_distance, bond_factor=args.bond_factor,
+                          uncertainty_upper_eV_per_A=args.uncertainty_upper,
+                          uncertainty_lower_eV_per_A=args.uncertainty_lower).check()
+    if args.replicas < 1:
+        raise ConfigError(f"md: --replicas must be >= 1, got {args.replicas}")
+    if args.engine == "jax-md":
+        from ..md.jax_engine import import_jax_md
+
+        import_jax_md()  # a missing extra is said before anything is loaded
+    indices = [i for i in args.index for _ in range(args.replicas)]
+    starts = [read_structure(args.structure, i) for i in args.index for _ in range(args.replicas)]
+    out = Path(args.output)
+    if len(starts) == 1:
+        outdirs = [out]
+    else:  # OUTDIR/replica_000, ... : start k has seed --seed + k
+        if out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists (use --overwrite to replace it)")
+        outdirs = [out / f"replica_{k:03d}" for k in range(len(starts))]
+    info = {"model": str(args.model), "structure": str(args.structure)}
+    if args.engine == "jax-md":
+        from ..md import load_trained, run_md_jax
+
+        runs = run_md_jax(load_trained(args.model, args.which), starts, settings, outdirs, charge=args.charge,
+                          overwrite=args.overwrite, info=[info | {"index": i, "seed": settings.seed + k}
+                                                          for k, i in enumerate(indices)])
+    else:
+        from ..md import load_calculator, run_md
+
+        calc = load_calculator(args.model, args.which, charge=args.charge)
+        runs = [run_md(calc, a, dataclasses.replace(settings, seed=settings.seed + k), o, overwrite=args.overwrite,
+                       info=info | {"index": i, "seed": settings.seed + k})
+                for k, (a, o, i) in enumerate(zip(starts, outdirs, indices))]
+    stopped = 0
+    for s, o in zip(runs, outdirs):
+        drift = s.get("nve", {}).get("drift_meV_per_atom_per_ps")
+        extra = "" if drift is None else f", drift {drift:.3g} meV/atom/ps"
+        print(f"wrote {o}: {s['steps_done']} steps ({s['simulated_ps']:g} ps), {s['steps_per_s']:.0f} steps/s, "
+              f"closest approach {s['closest_approach']['min_distance_A']:.3f} Å{extra}")
+        if s["stopped"]:
+            stopped += 1
+            print(f"mmlwf md: stopped: {describe(s['stopped'])} ({o}/md.json)", file=sys.stderr)
+    return 3 if stopped else 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -120,13 +153,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint (default %(default)s)")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("md", help="molecular dynamics (NVE / Langevin NVT) of one molecule with ASE",
+    p = sub.add_parser("md", help="molecular dynamics (NVE / Langevin NVT) of one molecule (ASE or JAX-MD)",
                        description="Writes OUT/trajectory.traj, OUT/energy.csv (step, time_fs, Epot_eV, "
-                       "Ekin_eV, Etot_eV, T_K, min_distance_A) and OUT/md.json (timing, closest approach, "
-                       "NVE energy drift). Exits 3 if atoms come closer than --min-distance.")
+                       "Ekin_eV, Etot_eV, T_K, min_distance_A, and max_force_uncertainty_eV_per_A for an ensemble) "
+                       "and OUT/md.json (timing, closest approach, NVE energy drift, stopped, candidates). "
+                       "A run stops early (md.json 'stopped': reason, step, time_fs, value, atoms) when atoms "
+                       "come closer than --min-distance, a bond of the start stretches beyond --bond-factor, the "
+                       "energy is not finite or an ensemble's largest force uncertainty exceeds "
+                       "--uncertainty-upper; OUT then holds the run up to that step and the command exits 3. "
+                       "Several starts (--index, --replicas) go to OUT/replica_000, ...; --engine jax-md "
+                       "runs them as one batch (the 'md' extra).")
     p.add_argument("model", metavar="RUN_OR_MODEL", help="run directory or file from 'mmlwf export'")
     p.add_argument("--structure", required=True, metavar="FILE", help="starting structure (any ase.io format)")
-    p.add_argument("--index", type=int, default=0, help="frame of FILE (default %(default)s)")
+    p.add_argument("--index", type=int, nargs="+", default=[0],
+                   help="frame(s) of FILE, one composition (default %(default)s)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="trajectories per start, seeds --seed, --seed + 1, ... (default %(default)s)")
+    p.add_argument("--engine", choices=list(ENGINES), default="ase",
+                   help="ase: one step per Python call; jax-md: many compiled steps per call, starts batched "
+                   "(needs the 'md' extra) (default %(default)s)")
     p.add_argument("--steps", type=int, required=True, metavar="N")
     p.add_argument("--dt-fs", type=float, default=0.5, help="time step in fs (default %(default)s)")
     p.add_argument("--ensemble", choices=["nve", "nvt"], default="nve", help="default %(default)s")
@@ -139,7 +184,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int, default=1, help="energy.csv row every N steps (default %(default)s)")
     p.add_argument("--traj-every", type=int, default=10, help="trajectory frame every N steps (default %(default)s)")
     p.add_argument("--min-distance", type=float, default=0.5,
-                   help="abort when two atoms come closer, Å (default %(default)s)")
+                   help="stop when two atoms come closer, Å; 0: never (default %(default)s)")
+    p.add_argument("--bond-factor", type=float, metavar="F",
+                   help="stop when a bond of the start structure stretches beyond F times its length (default: never)")
+    p.add_argument("--uncertainty-upper", type=float, metavar="EV_PER_A",
+                   help="stop when an ensemble's largest per-atom force uncertainty exceeds this, eV/Å")
+    p.add_argument("--uncertainty-lower", type=float, metavar="EV_PER_A",
+                   help="frames above this (and not above --uncertainty-upper) are md.json's candidates, eV/Å")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     p.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists")
     p.set_defaults(func=_cmd_md)
