@@ -206,7 +206,10 @@ def test_uncertainty_stop_at_the_step_of_the_first_exceedance_in_both_engines(to
     lower = 0.9 * float(np.min(u[: s_star : 10]))  # the frames before the stop are candidates
     settings = MDSettings(**base, uncertainty_upper_eV_per_A=upper, uncertainty_lower_eV_per_A=lower)
     [j] = run_md_jax(ensemble, [start], settings, [tmp_path / "jax"], dtype="float64", chunk_steps=40)
-    a = run_md(calc, start, settings, tmp_path / "ase")
+    from mmlwf.calculator import MMLWFCalculator
+
+    # the ASE engine with the package's own ensemble calculator (its forces_uncertainty, scaled)
+    a = run_md(MMLWFCalculator(ensemble, dtype="float64"), start, settings, tmp_path / "ase")
     for run, out in ((j, tmp_path / "jax"), (a, tmp_path / "ase")):
         stopped = run["stopped"]
         assert stopped["reason"] == "uncertainty" and stopped["step"] == s_star == run["steps_done"]
