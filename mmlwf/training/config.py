@@ -58,24 +58,25 @@ def _unknown(key: str, known: Sequence[str]) -> ConfigError:
     return ConfigError(f"unknown setting '{key}'{did_you_mean(name, known, f'{section}.' if section else '')}")
 
 
-def training_config(values: Mapping[str, Any] | None = None) -> TrainingConfig:
-    """A checked :class:`TrainingConfig` from a mapping (missing keys take their defaults)."""
+def _section(name: str, values: Mapping[str, Any] | None):
+    """The checked settings of the declared section ``name`` (:data:`DECLARED_SECTIONS`;
+    missing keys take their defaults), a bad key or value as one-line :class:`ConfigError`."""
     try:
-        return settings.parse(TrainingSettings, values)
+        return settings.parse(DECLARED_SECTIONS[name], values)
     except SettingError as exc:
         if exc.known is not None:
-            raise _unknown(f"training.{exc.key}", exc.known) from None
-        raise ConfigError(f"training.{exc.key} {exc.problem}") from None
+            raise _unknown(f"{name}.{exc.key}", exc.known) from None
+        raise ConfigError(f"{name}.{exc.key} {exc.problem}") from None
+
+
+def training_config(values: Mapping[str, Any] | None = None) -> TrainingConfig:
+    """A checked :class:`TrainingConfig` from a mapping (missing keys take their defaults)."""
+    return _section("training", values)
 
 
 def ensemble_config(values: Mapping[str, Any] | None = None) -> EnsembleSettings:
     """A checked :class:`~mmlwf.settings.EnsembleSettings` (missing keys: their defaults)."""
-    try:
-        return settings.parse(EnsembleSettings, values)
-    except SettingError as exc:
-        if exc.known is not None:
-            raise _unknown(f"ensemble.{exc.key}", exc.known) from None
-        raise ConfigError(f"ensemble.{exc.key} {exc.problem}") from None
+    return _section("ensemble", values)
 
 
 @dataclass(frozen=True)
