@@ -58,7 +58,11 @@ def experiment_weights(wildcards):
 def experiment_training_config(wildcards):
     """Params: the experiment's model, training and ensemble sections (a change re-runs its training)."""
     exp = experiment_config(wildcards)
-    return {"model": exp["model"], "training": exp["training"], "ensemble": exp["ensemble"]}
+    return {
+        "model": exp["model"],
+        "training": exp["training"],
+        "ensemble": exp["ensemble"],
+    }
 
 
 def experiment_gpus(wildcards):
