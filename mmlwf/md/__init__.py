@@ -15,17 +15,20 @@ uncertainty exceeds the upper trust level; the run up to that step is written to
 a complete run whose ``md.json`` says why (``stopped``: reason, step, time_fs, value, atoms).
 """
 
-from .ase_engine import run_md
-from .common import (
-           energy_drift,
-           initial_velocities,
-           load_calculator,
-           load_trained,
-           min_distance,
-           read_structure,
-)
-from .jax_engine import run_md_jax
 from .settings import ENGINES, ENSEMBLES, MDAborted, MDSettings
+
+#: names imported from the engines when first used (``mmlwf md --help`` stays free of numpy,
+#: ase and jax: tests/test_steps.py)
+_LAZY = {"run_md": "ase_engine", "run_md_jax": "jax_engine", **{name: "common" for name in (
+    "energy_drift", "initial_velocities", "load_calculator", "load_trained", "min_distance", "read_structure")}}
 
 __all__ = ["ENGINES", "ENSEMBLES", "MDAborted", "MDSettings", "energy_drift", "initial_velocities",
            "load_calculator", "load_trained", "min_distance", "read_structure", "run_md", "run_md_jax"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+import math
 
 from ..errors import ConfigError
 
@@ -55,19 +55,19 @@ class MDSettings:
                 raise ConfigError(f"md: {what}")
 
         need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        need(np.isfinite(self.dt_fs) and self.dt_fs > 0, f"dt_fs must be > 0, got {self.dt_fs}")
+        need(math.isfinite(self.dt_fs) and self.dt_fs > 0, f"dt_fs must be > 0, got {self.dt_fs}")
         need(self.ensemble in ENSEMBLES, f"ensemble must be one of {', '.join(ENSEMBLES)}, got {self.ensemble!r}")
-        need(np.isfinite(self.temperature_K) and self.temperature_K >= 0,
+        need(math.isfinite(self.temperature_K) and self.temperature_K >= 0,
              f"temperature_K must be >= 0, got {self.temperature_K}")
-        need(np.isfinite(self.friction_per_fs) and self.friction_per_fs > 0,
+        need(math.isfinite(self.friction_per_fs) and self.friction_per_fs > 0,
              f"friction must be > 0 (1/fs), got {self.friction_per_fs}")
         need(self.log_every >= 1 and self.traj_every >= 1, "log_every and traj_every must be >= 1")
         need(self.min_distance_A >= 0, f"min_distance_A must be >= 0, got {self.min_distance_A}")
-        need(self.bond_factor is None or (np.isfinite(self.bond_factor) and self.bond_factor > 1),
+        need(self.bond_factor is None or (math.isfinite(self.bond_factor) and self.bond_factor > 1),
              f"bond_factor must be > 1, got {self.bond_factor}")
         for name in ("uncertainty_upper_eV_per_A", "uncertainty_lower_eV_per_A"):
             value = getattr(self, name)
-            need(value is None or (np.isfinite(value) and value > 0), f"{name} must be > 0, got {value}")
+            need(value is None or (math.isfinite(value) and value > 0), f"{name} must be > 0, got {value}")
         lo, hi = self.uncertainty_lower_eV_per_A, self.uncertainty_upper_eV_per_A
         need(lo is None or hi is None or lo < hi,
              f"uncertainty_lower_eV_per_A ({lo}) must be below uncertainty_upper_eV_per_A ({hi})")
