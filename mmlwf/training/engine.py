@@ -35,11 +35,8 @@ device, and equals one step on a batch holding all their molecules (:mod:`.paral
 step, the step counters and the schedule mean then). Checkpoints are written from the first
 device and read back on any number of devices.
 
-Modules: :mod:`.setup` (what a run is given and builds before its first step,
-``model.json``), :mod:`.loop_state` (the host state in the checkpoints), :mod:`.cadence`
-(when checkpoints are written), :mod:`.step_metrics` (a step's metrics to the epoch sums,
-the divergence check), :mod:`.loaders` (what the loop needs of a loader), :mod:`.signals`
-(graceful stops, exit codes).
+Modules (``docs/architecture.md`` §7): :mod:`.setup`, :mod:`.loop_state`, :mod:`.cadence`,
+:mod:`.step_metrics`, :mod:`.members` (an ensemble's best per member), :mod:`.loaders`, :mod:`.signals`.
 """
 
 from __future__ import annotations
