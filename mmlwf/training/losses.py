@@ -142,7 +142,7 @@ def batch_sums(out: Mapping, batch: Mapping, weight=None) -> dict:
     gm = batch["graph_mask"].astype(jnp.float32)
     am = batch["atom_mask"].astype(jnp.float32)
     gw = gm if weight is None else gm * weight  # (B,) what each graph's errors count
-    aw = am * gw[batch["atom_graph"]]  # (A,)
+    aw = am if weight is None else am * gw[batch["atom_graph"]]  # (A,)
     sums = {}
 
     def add(term, diff, w, prefix=None, per=1.0):
