@@ -3,6 +3,7 @@
     python benchmarks/ensemble_calibration.py calibration          # rMD17 aspirin, N = 4, 15 epochs
     python benchmarks/ensemble_calibration.py ood                  # ethanol test: demo-trained vs ethanol-trained
     python benchmarks/ensemble_calibration.py calibration --epochs 30 --members 8
+    python benchmarks/ensemble_calibration.py calibration --bootstrap   # members on their own resamples
 
 ``calibration``: an ensemble (``ensemble.size`` ``--members``, every other setting the project's
 default, ``--epochs`` epochs) trained on the shared rMD17 aspirin training file (950 train /
@@ -38,10 +39,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from accuracy_rmd17 import DATA, FILES, prepare  # noqa: E402
 
 
-def train_ensemble(data: dict, run_dir: Path, members: int, epochs: int) -> None:
+def train_ensemble(data: dict, run_dir: Path, members: int, epochs: int, bootstrap: bool = False) -> None:
     from mmlwf.training.runner import run_training
 
-    config = {"model": {"type": "physnet"}, "training": {"max_epochs": epochs}, "ensemble": {"size": members}}
+    config = {"model": {"type": "physnet"}, "training": {"max_epochs": epochs},
+              "ensemble": {"size": members, "bootstrap": bootstrap}}
     summary = run_training(config, data["train"], data["split_npz"], data["stats"], run_dir, progress=False)
     print(f"  trained {run_dir.name}: {summary['status']} after {summary['epochs']} epochs, "
           f"{summary['wall_time_s']:.0f} s", flush=True)
@@ -70,10 +72,10 @@ def calibration(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="mmlwf-calibration-") as tmp:
         work = Path(tmp)
         data = prepare(work, train_xyz, test_xyz)
-        train_ensemble(data, work / "run", args.members, args.epochs)
+        train_ensemble(data, work / "run", args.members, args.epochs, args.bootstrap)
         info = json.loads((work / "run" / "model.json").read_text())
         errs = errors_on(work / "run", data["test"])
-    out = {"members": args.members, "epochs": args.epochs, "scale": info["ensemble"].get("scale")}
+    out = {"members": args.members, "epochs": args.epochs, "bootstrap": args.bootstrap, "scale": info["ensemble"].get("scale")}
     for name, unit in (("energy", "eV"), ("forces", "eV_per_A")):
         error, spread = errs[name]
         out[f"{name}_mae"] = float(np.mean(np.abs(error)))  # forces: per component
@@ -98,15 +100,15 @@ def ood(args) -> dict:
         work = Path(tmp)
         own = prepare(work / "ethanol", train_xyz, test_xyz)
         demo_data = prepare(work / "demo", demo, test_xyz, element_energies=str(isolated))
-        train_ensemble(own, work / "run_ethanol", args.members, args.epochs)
-        train_ensemble(demo_data, work / "run_demo", args.members, args.epochs)
+        train_ensemble(own, work / "run_ethanol", args.members, args.epochs, args.bootstrap)
+        train_ensemble(demo_data, work / "run_demo", args.members, args.epochs, args.bootstrap)
         spread_own = errors_on(work / "run_ethanol", own["test"])["forces"][1]
         spread_demo = errors_on(work / "run_demo", own["test"])["forces"][1]
     ratio = float(np.median(spread_demo) / np.median(spread_own))
     print(f"force spread on ethanol test (median per atom, eV/Å): trained on ethanol {np.median(spread_own):.4f}, "
           f"on the demo molecules {np.median(spread_demo):.4f}: ratio {ratio:.1f} (target >= 3)")
     return {"median_spread_ethanol": float(np.median(spread_own)), "median_spread_demo": float(np.median(spread_demo)),
-            "ratio": ratio, "members": args.members, "epochs": args.epochs}
+            "ratio": ratio, "members": args.members, "epochs": args.epochs, "bootstrap": args.bootstrap}
 
 
 def main() -> int:
@@ -114,6 +116,7 @@ def main() -> int:
     ap.add_argument("part", choices=["calibration", "ood"])
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--bootstrap", action="store_true", help="ensemble.bootstrap: each member on its own resample")
     ap.add_argument("--demo", default=str(REPO / "results" / "demo" / "demo.extxyz"))
     args = ap.parse_args()
     out = calibration(args) if args.part == "calibration" else ood(args)

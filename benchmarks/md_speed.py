@@ -4,6 +4,7 @@ Python call), same model, same start, NVE, on aspirin (21 atoms) and a water clu
     python benchmarks/md_speed.py                        # train 3 min on aspirin, 10 000 steps each
     python benchmarks/md_speed.py --run RUN_OR_MODEL     # reuse a trained run or exported file (H, C, O)
     python benchmarks/md_speed.py --steps 200 --ase-steps 50   # a short run
+    python benchmarks/md_speed.py --systems aspirin             # 10 000 steps of aspirin only
 
 The model: ``--run``, else PhysNet trained for ``--minutes`` on ``rmd17_aspirin_train.xyz``
 (``../shared/data/mlff``; elements H, C, O, so it also covers water; its water is out of
@@ -100,6 +101,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10_000, help="NVE steps of the JAX-MD runs (default %(default)s)")
     ap.add_argument("--ase-steps", type=int, help="NVE steps of the ASE runs (default: --steps)")
     ap.add_argument("--waters", type=int, default=167, help="molecules of the water cluster (default %(default)s)")
+    ap.add_argument("--systems", default="aspirin,water", help="comma-separated: aspirin, water (default %(default)s)")
     ap.add_argument("--json", type=Path, default=REPO / "results" / "benchmarks" / "md_speed.json",
                     help="write the result here (default %(default)s)")
     args = ap.parse_args()
@@ -111,8 +113,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mmlwf-md-speed-") as tmp:
         work = Path(tmp)
         model = args.run or train(work, args.minutes)
-        systems = {"aspirin": read_structure(DATA / "rmd17_aspirin_test.xyz", 0) if (DATA / "rmd17_aspirin_test.xyz").exists()
-                   else None, "water": water_cluster(args.waters)}
+        wanted = set(args.systems.split(","))
+        systems = {"aspirin": read_structure(DATA / "rmd17_aspirin_test.xyz", 0)
+                   if "aspirin" in wanted and (DATA / "rmd17_aspirin_test.xyz").exists() else None,
+                   "water": water_cluster(args.waters) if "water" in wanted else None}
         result = {"steps": args.steps, "ase_steps": args.ase_steps or args.steps, "model": str(args.run or "trained")}
         for name, atoms in systems.items():
             if atoms is None:

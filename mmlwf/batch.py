@@ -81,6 +81,8 @@ class GraphBatch(NamedTuple):
     grid_graph: Array | None = None  # (G,) int32 graph of each point
     grid_mask: Array | None = None  # (G,) bool
     esp: Array | None = None  # (G,) potential, V
+    # training only
+    sample_weight: Array | None = None  # (M, B) float32 each ensemble member's weight of each graph (bootstrap)
     # host-side bookkeeping
     index: Array | None = None  # (B,) int64 structure index in its dataset, -1 for padding
     dataset: Array | None = None  # () int32 number of the dataset of a loader's mixture

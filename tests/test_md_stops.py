@@ -88,6 +88,41 @@ def test_the_ase_engine_stops_at_the_step_a_bond_breaks(tmp_path):
     assert "max_force_uncertainty_eV_per_A" not in (tmp_path / "stop" / "energy.csv").read_text()
 
 
+class BlowsUp(Pull):
+    """:class:`Pull` that refuses a non-finite energy (as MMLWFCalculator does) from call ``at`` on."""
+
+    def __init__(self, start, at: int) -> None:
+        super().__init__(start)
+        self.calls, self.at = 0, at
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        self.calls += 1
+        if self.calls > self.at:
+            from mmlwf.errors import DataError
+
+            raise DataError("the model's energy is not finite (nan)", field="energy")
+        super().calculate(atoms, properties, system_changes)
+
+
+def test_the_ase_engine_stops_where_the_calculator_refuses_a_non_finite_energy(tmp_path):
+    from ase.build import molecule
+
+    start = molecule("H2O")
+    base = {"steps": 50, "dt_fs": 0.5, "temperature_K": 0.0, "traj_every": 1, "min_distance_A": 0.0}
+    run = run_md(BlowsUp(start, at=21), start, MDSettings(**base), tmp_path / "nan")  # call 1: step 0
+    assert run["stopped"]["reason"] == "non_finite_energy" and run["stopped"]["step"] == 21 == run["steps_done"]
+    assert run["stopped"]["value"] is None
+    assert json.loads((tmp_path / "nan" / "md.json").read_text())["stopped"] == run["stopped"]
+    with pytest.raises(Exception, match="not finite"):  # any other data error is not a stop
+        from mmlwf.errors import DataError
+
+        class Bad(Pull):
+            def calculate(self, *args, **kwargs):
+                raise DataError("the model's energy is not finite", field="R")
+
+        run_md(Bad(start), start, MDSettings(**base), tmp_path / "bad")
+
+
 def test_missing_jax_md_is_a_one_line_error_naming_the_extra(monkeypatch, tmp_path, capsys):
     import sys
 

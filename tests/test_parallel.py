@@ -53,6 +53,7 @@ class MergedLoader:
         from mmlwf.batching import BatchLoader, Budget
 
         self.inner, self.n, self.seed = inner, n, inner.seed
+        self.members = inner.members  # the datasets and training structures (bootstrap weights)
         full = max(inner.budgets)  # n batches of any shape fit n times the full budget
         big = Budget(n * full.n_graphs, n * full.n_atoms, n * full.n_pairs)
         m = inner.members[0]
@@ -194,10 +195,11 @@ def main(argv) -> int:
     # the same training on two devices and on one device with the steps' batches merged
     results["par"] = _run(out / "par", data)
     results["one"] = _run(out / "one", data, ["training.data_parallel=off"], MergedLoader(tl, 2))
-    # an ensemble: members vmapped inside the per-device step
-    results["par_ens"] = _run(out / "par_ens", data, ["ensemble.size=2"])
-    results["one_ens"] = _run(out / "one_ens", data, ["training.data_parallel=off", "ensemble.size=2"],
-                              MergedLoader(tl, 2))
+    # a bootstrapped ensemble: members vmapped inside the per-device step, each weighting the
+    # structures of every device's batch with its own draw counts
+    ens = ["ensemble.size=2", "ensemble.bootstrap=true"]
+    results["par_ens"] = _run(out / "par_ens", data, ens)
+    results["one_ens"] = _run(out / "one_ens", data, ["training.data_parallel=off", *ens], MergedLoader(tl, 2))
     # on two devices, stopped after its first step (time limit), then resumed
     results["stopped"] = _run(out / "resumed", data, ["training.max_time_min=1e-6"])
     results["stopped_meta"] = {k: v for k, v in checkpoint_meta(out / "resumed", "latest").items()
@@ -293,8 +295,8 @@ def test_two_device_training_equals_one_device_on_merged_batches(two_devices, da
 
 
 def test_two_device_ensemble_equals_one_device_on_merged_batches(two_devices):
-    """An ensemble's members are vmapped inside the per-device step: 2 devices train the same
-    members as one device on the steps' merged batches."""
+    """A (bootstrapped) ensemble's members are vmapped inside the per-device step: 2 devices train
+    the same members as one device on the steps' merged batches."""
     from mmlwf.training import load_params, read_history
 
     out, res = two_devices

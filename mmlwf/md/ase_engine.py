@@ -1,7 +1,9 @@
 """The ASE engine of ``mmlwf md`` (the default): ASE's velocity Verlet (NVE) or Langevin (NVT,
 centre of mass fixed) with the :class:`~mmlwf.calculator.MMLWFCalculator`, one model call per
 step from Python. After every step (and on the start structure as step 0) the checks of
-:mod:`mmlwf.md.stops` run; a stop ends the run and is recorded in ``md.json`` ``stopped``.
+:mod:`mmlwf.md.stops` run; a stop ends the run and is recorded in ``md.json`` ``stopped`` (a
+calculator that refuses a non-finite energy, as :class:`~mmlwf.calculator.MMLWFCalculator`
+does, stops the run at that step as ``non_finite_energy``).
 An ensemble's calculator puts the per-atom force uncertainty (eV/Å, scaled) into
 ``calc.results["forces_uncertainty"]``.
 """
@@ -13,7 +15,7 @@ import time
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from . import stops
 from .common import initial_velocities, min_distance
 from .output import RunWriter
@@ -93,8 +95,12 @@ def run_md(calc, atoms, settings: MDSettings, outdir: str | os.PathLike, *, over
             dyn.run(settings.steps)
         except _Stop:
             pass
+        except DataError as exc:  # the calculator's energy at the next step's positions is not finite
+            if exc.field != "energy":
+                raise
+            state["stopped"] = stops.stop_record(stops.NON_FINITE, dyn.nsteps + 1, settings.dt_fs, np.nan, -1, -1)
         wall = time.perf_counter() - t1
-        steps_done = int(dyn.nsteps)
+        steps_done = int(dyn.nsteps) if state["stopped"] is None else state["stopped"]["step"]
         return writer.finish(n_atoms=n, formula=atoms.get_chemical_formula(), steps_done=steps_done, wall_s=wall,
                              first_s=first_s, stopped=state["stopped"],
                              extra={"engine": "ase",

@@ -15,6 +15,8 @@ import numpy as np
 #: code -> (reason, unit of its value); code 0 is "no stop"
 REASONS = {1: ("non_finite_energy", "eV"), 2: ("too_close", "A"), 3: ("bond_broken", "ratio"),
            4: ("uncertainty", "eV/A")}
+#: the code of a non-finite energy
+NON_FINITE = 1
 #: a start-structure pair is bonded when closer than this times the sum of covalent radii
 BOND_SCALE = 1.2
 
@@ -83,14 +85,16 @@ def check(energy, closest, bond, u_atoms, lim, xp: Any = np):
 
 
 def stop_record(code: int, step: int, dt_fs: float, value: float, a: int, b: int) -> dict | None:
-    """``md.json``'s ``stopped`` entry (None for code 0): reason, step, time, value with its unit,
-    the atoms involved (0-based, ascending)."""
+    """``md.json``'s ``stopped`` entry (None for code 0): reason, step, time, value with its unit
+    (null when not finite), the atoms involved (0-based, ascending)."""
     code = int(code)
     if code == 0:
         return None
     reason, unit = REASONS[code]
     atoms = sorted(int(x) for x in (a, b) if int(x) >= 0)
-    return {"reason": reason, "step": int(step), "time_fs": int(step) * dt_fs, "value": float(value), "unit": unit,
+    value = float(value)  # a non-finite energy is recorded as null (JSON has no NaN)
+    return {"reason": reason, "step": int(step), "time_fs": int(step) * dt_fs,
+            "value": value if np.isfinite(value) else None, "unit": unit,
             "atoms": atoms}
 
 

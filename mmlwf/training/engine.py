@@ -57,7 +57,7 @@ from .config import Config, config_changes
 from .history import RunLog, count_batch, epoch_cost, format_metrics, write_history
 from .loaders import Batch, Loader, epoch_batches
 from .loop_state import META_VERSION, EpochSums, LoopState, json_ready
-from .losses import loss_from_sums, metrics_from_sums, prepare_batch
+from .losses import loss_from_sums, metrics_from_sums
 from .members import MemberSelection, record_spread_scales
 from .monitor import CompileCounter
 from .progress import TrainingProgress, summary_line
@@ -313,13 +313,13 @@ class _Run:
     def steps(self, batches: Iterator[Batch]) -> Iterator[tuple[list[Batch], dict]]:
         """``(loader batches, device batch)`` of each step: one batch, or a group of up to
         ``n`` stacked over the devices."""
-        parallel, table = self.p.parallel, self.p.table
+        parallel = self.p.parallel
         if parallel is None:
             for batch in batches:
-                yield [batch], prepare_batch(batch, table)
+                yield [batch], self.p.train_batch(batch)
             return
         for group in parallel.groups(batches):
-            yield group, parallel.stack([prepare_batch(b, table) for b in group])
+            yield group, parallel.stack([self.p.train_batch(b) for b in group])
 
     def run_epoch(self, deadline: float | None) -> str | None:
         """Train (the rest of) one epoch and finish it; a status when the run stops."""

@@ -125,50 +125,58 @@ def energy_and_forces(apply_fn: Callable, params, batch: Mapping) -> dict:
     return out
 
 
-def batch_sums(out: Mapping, batch: Mapping) -> dict:
+def batch_sums(out: Mapping, batch: Mapping, weight=None) -> dict:
     """Masked error sums of one batch: ``<term>_sse``, ``<term>_sae`` and ``<term>_n`` (the
     count each is divided by) for every term the batch and the predictions support, plus
     ``energy_atom_sse``/``energy_atom_sae`` (errors divided by the molecule's atom count),
     ``energy_sqrt_atom_sse``/``_sae`` (divided by its square root) and,
     for a model with a ``nh_penalty (A,)`` output, ``nh_loss_sse``/``nh_loss_n`` (its sum and
-    the real atoms: the loss term ``nh``, PhysNet's non-hierarchicality penalty)."""
+    the real atoms: the loss term ``nh``, PhysNet's non-hierarchicality penalty).
+
+    ``weight (B,)``: each graph's weight (a bootstrap member's draw count,
+    :mod:`.bootstrap`); every sum and count is then that of the batch with graph ``b``
+    repeated ``weight[b]`` times."""
     import jax
     import jax.numpy as jnp
 
     gm = batch["graph_mask"].astype(jnp.float32)
     am = batch["atom_mask"].astype(jnp.float32)
+    gw = gm if weight is None else gm * weight  # (B,) what each graph's errors count
+    aw = am if weight is None else am * gw[batch["atom_graph"]]  # (A,)
     sums = {}
 
-    def add(term, diff, n, prefix=None):
+    def add(term, diff, w, prefix=None, per=1.0):
         p = prefix or term
-        sums[f"{p}_sse"] = jnp.sum(diff * diff)
-        sums[f"{p}_sae"] = jnp.sum(jnp.abs(diff))
-        sums[f"{term}_n"] = n
+        sums[f"{term}_n"] = per * jnp.sum(w)
+        w = w.reshape(w.shape + (1,) * (diff.ndim - w.ndim))  # (A,) -> (A, 1) for (A, 3) errors
+        sums[f"{p}_sse"] = jnp.sum(w * diff * diff)
+        sums[f"{p}_sae"] = jnp.sum(w * jnp.abs(diff))
 
     if "energy" in out and "E_target" in batch:
         dE = (out["energy"] - batch["E_target"]) * gm
-        add("energy", dE, jnp.sum(gm))
+        add("energy", dE, gw)
         n_atoms = jnp.maximum(batch["n_atoms"], 1).astype(jnp.float32)
-        add("energy", dE / n_atoms, jnp.sum(gm), "energy_atom")
-        add("energy", dE / jnp.sqrt(n_atoms), jnp.sum(gm), "energy_sqrt_atom")
+        add("energy", dE / n_atoms, gw, "energy_atom")
+        add("energy", dE / jnp.sqrt(n_atoms), gw, "energy_sqrt_atom")
     if "F" in batch and "forces" in out:
-        add("forces", (out["forces"] - batch["F"]) * am[:, None], 3.0 * jnp.sum(am))
+        add("forces", (out["forces"] - batch["F"]) * am[:, None], aw, per=3.0)
     if "D" in batch and "dipole" in out:
-        add("dipole", (out["dipole"] - batch["D"]) * gm[:, None], 3.0 * jnp.sum(gm))
+        add("dipole", (out["dipole"] - batch["D"]) * gm[:, None], gw, per=3.0)
     if "charges" in out:
         Q = jax.ops.segment_sum(out["charges"] * am, batch["atom_graph"], num_segments=gm.shape[0])
-        add("charge", (Q - batch["Qtot"]) * gm, jnp.sum(gm))
+        add("charge", (Q - batch["Qtot"]) * gm, gw)
     if "charges" in out and "q" in batch:
-        add("mono", (out["charges"] - batch["q"]) * am, jnp.sum(am))
+        add("mono", (out["charges"] - batch["q"]) * am, aw)
     if "nh_penalty" in out:  # PhysNet's non-hierarchicality penalty: its mean over the real atoms
-        sums["nh_loss_sse"] = jnp.sum(out["nh_penalty"] * am)
-        sums["nh_loss_n"] = jnp.sum(am)
+        sums["nh_loss_sse"] = jnp.sum(out["nh_penalty"] * aw)
+        sums["nh_loss_n"] = jnp.sum(aw)
     if "esp" in out and "esp" in batch:
         gpm = batch["grid_mask"].astype(jnp.float32) * gm[batch["grid_graph"]]
+        pw = gpm * (1.0 if weight is None else weight[batch["grid_graph"]])  # (G,)
         dV = (out["esp"] - batch["esp"]) * gpm
-        add("esp", dV, jnp.sum(gpm))
+        add("esp", dV, pw)
         if "esp_loss_weight" in out:
-            w = out["esp_loss_weight"] * gpm
+            w = out["esp_loss_weight"] * pw
             sums["esp_loss_sse"] = jnp.sum(w * dV * dV)
             sums["esp_loss_n"] = jnp.sum(w)
     return sums

@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..batch import GraphBatch, as_batch
 from ..ensemble import ENSEMBLE_KEY, stack_members
 from ..errors import ConfigError
 from ..units import CANONICAL
 from .config import Config
+from .bootstrap import SampleWeights
 from .history import COST_COLUMNS, RunLog
-from .loaders import Loader, first_batch, loader_seed
+from .loaders import Batch, Loader, first_batch, loader_seed
 from .losses import (
     PENALTIES,
     TERMS,
@@ -93,7 +95,8 @@ class Prepared:
     ``terms``/``valid_terms``: the loss terms the training/validation data and model have;
     ``weights``: the terms trained on and their weights; ``state``: the fresh train state
     (replicated with ``parallel``); ``columns``: of ``history.csv``; ``n_parameters``: of the model;
-    ``init_note``: how parameters were set from the training statistics (None: not at all).
+    ``init_note``: how parameters were set from the training statistics (None: not at all);
+    ``sample_weights``: a bootstrapped ensemble's member weights (None: every member sees every batch whole).
     """
 
     parallel: DataParallel | None
@@ -112,6 +115,14 @@ class Prepared:
     columns: list[str]
     n_parameters: int
     init_note: str | None = None
+    sample_weights: SampleWeights | None = None
+
+    def train_batch(self, batch: Batch) -> GraphBatch:
+        """The device batch of a training loader batch (with its members' sample weights)."""
+        prepared = prepare_batch(batch, self.table)
+        if self.sample_weights is None:
+            return prepared
+        return prepared._replace(sample_weight=self.sample_weights.of(as_batch(batch)))
 
     @property
     def n_devices(self) -> int:
@@ -225,6 +236,8 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
         columns=columns,
         n_parameters=count_parameters(variables),
         init_note=init_note,
+        sample_weights=(SampleWeights.of_loader(job.train_loader, members, cfg.seed)
+                        if job.config.ensemble.bootstrap else None),
     )
 
 
@@ -278,6 +291,7 @@ def model_info(config: Config, element_energies: Mapping | None, outputs, metada
         info["n_parameters"] = int(n_parameters)  # of one member for an ensemble
     if config.members > 1:
         info[ENSEMBLE_KEY] = {"size": config.members, "kind": config.ensemble.kind,
+                              "bootstrap": config.ensemble.bootstrap,
                               "member_seeds": [config.training.seed + k for k in range(config.members)]}
     if init_note is not None:
         info["initialised_from_stats"] = init_note

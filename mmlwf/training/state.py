@@ -76,12 +76,20 @@ def init_state(variables, tx, ema: bool, members: int = 1) -> dict:
 
 def member_functions(forward: Callable, members: int = 1) -> tuple[Callable, Callable]:
     """``(forward, sums_fn)`` of ``members`` models: as given for one, else vmapped over the
-    leading member axis of the parameters with the batch shared (outputs and sums ``(M, ...)``)."""
+    leading member axis of the parameters with the batch shared (outputs and sums ``(M, ...)``);
+    a batch's ``sample_weight (M, B)`` (bootstrap, :mod:`.bootstrap`) weights member ``m``'s
+    sums with its row ``m``."""
     if members == 1:
         return forward, batch_sums
     import jax
 
-    return jax.vmap(forward, in_axes=(0, None)), jax.vmap(batch_sums, in_axes=(0, None))
+    def sums_fn(out, batch):
+        weight = batch.get("sample_weight")
+        if weight is None:
+            return jax.vmap(batch_sums, in_axes=(0, None))(out, batch)
+        return jax.vmap(batch_sums, in_axes=(0, None, 0))(out, batch, weight)
+
+    return jax.vmap(forward, in_axes=(0, None)), sums_fn
 
 
 def make_loss_fn(forward: Callable, weights: Mapping[str, float], energy_loss: str, parallel=None,
