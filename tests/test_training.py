@@ -205,7 +205,9 @@ def reference(data, tmp_path_factory):
     return run_dir, summary
 
 
-def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Until the subprocess has committed its first `latest` checkpoint (generous: a loaded CI
+    machine takes minutes to import, compile and write)."""
     latest = run_dir / "checkpoints" / "latest"
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout and proc.poll() is None:
