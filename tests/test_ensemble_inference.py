@@ -164,7 +164,7 @@ def test_single_model_evaluation_has_no_spreads(trained_run):  # noqa: F811
     assert not any("spread" in c for c in predictions_table(pred).columns)
 
 
-def test_uncertainty_plots_and_report(evaluated, ensemble_run, tmp_path):  # noqa: F811
+def test_uncertainty_plots_and_report(evaluated, ensemble_run, trained_run, tmp_path):  # noqa: F811
     from mmlwf.analysis.evaluate import write_atom_predictions, write_metrics, write_predictions
     from mmlwf.analysis.plots import PLOT_FILES, make_plots
     from mmlwf.analysis.report import build_report
@@ -182,10 +182,19 @@ def test_uncertainty_plots_and_report(evaluated, ensemble_run, tmp_path):  # noq
     write_metrics(doc, run / METRICS_FILE)
     write_predictions(pred, run / PREDICTIONS_FILE)
     write_atom_predictions(pred, run / ATOMS_FILE)
-    text = build_report([run])
+    text = build_report([run, trained_run.run])
     assert f"Calibration of the uncertainties ({ENSEMBLE_SIZE} members)" in text
     assert "miscalibration area" in text and "energy × 2" in text
     assert 'alt="error vs spread"' in text and 'alt="calibration curve"' in text
+    # the comparison table: the ensemble's size and calibration, empty for the single model
+    from mmlwf.analysis.compare import UNCERTAINTY_COLUMNS, compare_runs
+
+    table = compare_runs([run, trained_run.run])
+    assert [c for c in table.columns if c in UNCERTAINTY_COLUMNS] == list(UNCERTAINTY_COLUMNS)
+    assert table["ensemble_members"].iloc[0] == ENSEMBLE_SIZE and np.isnan(table["ensemble_members"].iloc[1])
+    for col in UNCERTAINTY_COLUMNS[1:]:
+        assert table[col].iloc[0] == doc["calibration"]["scaled"][col] and np.isnan(table[col].iloc[1])
+    assert "forces: Spearman ρ(|error|, spread)" in text and "Uncertainty (ensembles" in text
 
 
 @pytest.mark.slow

@@ -4,7 +4,9 @@ Per run, in this order: the experiment name (the run directory's name); the head
 in the units of the field (:data:`~.quantities.HEADLINE`; column names carry the unit, e.g.
 ``energy_mae_meV``, ``dipole_mae_D``), from the run's ``metrics.json`` when present, else
 from the best validation row of its ``history.csv`` (the ``metrics_source`` column says
-which), errors of terms the run did not train (loss weight 0) left empty; the cost (epochs,
+which), errors of terms the run did not train (loss weight 0) left empty; for an ensemble its
+size and the calibration of its spreads on the evaluated subset (:data:`UNCERTAINTY_COLUMNS`,
+from ``metrics.json``'s ``calibration``, spreads with the fitted scale); the cost (epochs,
 training time, parameter count, training throughput, batch padding efficiency, XLA
 compilations: :data:`COST_COLUMNS`); then the hyperparameters: the model type and its full
 configuration (defaults filled in, lengths in Å) and the main training settings.
@@ -32,6 +34,9 @@ THROUGHPUT_COLUMNS = ("train_structures_per_s", "train_atoms_per_s", "padding_ef
 COMPILATIONS_COLUMN = "xla_compilations"
 #: the cost columns of the table
 COST_COLUMNS = ("epochs", "training_time_s", "n_params", *THROUGHPUT_COLUMNS, COMPILATIONS_COLUMN)
+#: an ensemble's columns: its size and the calibration of its (scaled) spreads, from metrics.json
+UNCERTAINTY_COLUMNS = ("ensemble_members", "energy_spread_spearman", "forces_spread_spearman",
+                       "forces_miscalibration_area")
 #: training settings in the table
 TRAINING_KEYS = ("learning_rate", "batch_atoms", "batch_size", "optimizer", "schedule", "ema_decay", "max_epochs", "seed")
 #: model keys that are lengths (shown with an ``_A`` suffix)
@@ -116,6 +121,7 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
     row: dict = {"experiment": run_dir.resolve().name}
     row |= {field_name(k): v * field_unit(k)[0] for k, v in metrics.items() if trained(k, weights)}
     row["metrics_source"] = source
+    row |= _uncertainty(rd, doc if (run_dir / METRICS_FILE).exists() else None)
     row["epochs"] = int(history["epoch"].iloc[-1])
     row["training_time_s"] = float(history["wall_time_s"].iloc[-1]) if "wall_time_s" in history else None
     row["n_params"] = parameter_count(run_dir)
@@ -123,6 +129,18 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
     row["model_type"] = kind
     row |= _model_settings(kind, dict(cfg.get("model") or {}))
     return row | {k: training.get(k) for k in TRAINING_KEYS}
+
+
+def _uncertainty(rd: RunDir, metrics_doc: dict | None) -> dict:
+    """The :data:`UNCERTAINTY_COLUMNS` of an ensemble run (nothing for a single model); the
+    calibration columns only when the run was evaluated."""
+    from ..ensemble import ensemble_size
+
+    members = ensemble_size(rd.info if rd.is_run() else None)
+    if members == 1:
+        return {}
+    scaled = ((metrics_doc or {}).get("calibration") or {}).get("scaled") or {}
+    return {"ensemble_members": members} | {c: scaled[c] for c in UNCERTAINTY_COLUMNS[1:] if c in scaled}
 
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike]):
@@ -138,11 +156,13 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike]):
 
 def column_groups(columns) -> list[tuple[str, list[str]]]:
     """The table's columns in groups, in order: ``errors`` (those any run has, with
-    ``metrics_source``), ``cost``, ``model`` (``model_type`` and the model settings),
-    ``training``."""
+    ``metrics_source``), ``uncertainty`` (ensembles), ``cost``, ``model`` (``model_type`` and
+    the model settings), ``training``."""
     columns = list(columns)
-    fixed = {"experiment", "metrics_source", "model_type", *ERROR_COLUMNS, *COST_COLUMNS, *TRAINING_KEYS}
+    fixed = {"experiment", "metrics_source", "model_type", *ERROR_COLUMNS, *UNCERTAINTY_COLUMNS, *COST_COLUMNS,
+             *TRAINING_KEYS}
     return [("errors", [c for c in ERROR_COLUMNS if c in columns] + ["metrics_source"]),
+            ("uncertainty", [c for c in UNCERTAINTY_COLUMNS if c in columns]),
             ("cost", [c for c in COST_COLUMNS if c in columns]),
             ("model", ["model_type"] + [c for c in columns if c not in fixed]),
             ("training", [c for c in TRAINING_KEYS if c in columns])]

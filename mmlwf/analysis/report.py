@@ -45,8 +45,15 @@ COST_LABELS = {
     "padding_efficiency": ("batch padding efficiency (% real atoms)", 100),
     "xla_compilations": ("XLA compilations", 1),
 }
+#: labels of the ensemble rows of the comparison table (:data:`.compare.UNCERTAINTY_COLUMNS`)
+UNCERTAINTY_LABELS = {
+    "ensemble_members": "ensemble members", "energy_spread_spearman": "energy: Spearman ρ(|error|, spread)",
+    "forces_spread_spearman": "forces: Spearman ρ(|error|, spread)",
+    "forces_miscalibration_area": "forces: miscalibration area (0: calibrated)",
+}
 _GROUP_TITLES = {
     "errors": "Errors (lower is better; the best run of each row in bold)",
+    "uncertainty": "Uncertainty (ensembles; spreads with the fitted scale, on the evaluated subset)",
     "cost": "Cost (throughput: median over the epochs after the first)",
     "model": "Model (model.*)",
     "training": "Training (training.*)",
@@ -133,7 +140,7 @@ def comparison_html(table) -> str:
                 name, scale = COST_LABELS[col]
                 values = [v if _missing(v) or scale == 1 else v * scale for v in values]
             else:
-                name = "errors from" if col == "metrics_source" else col
+                name = "errors from" if col == "metrics_source" else UNCERTAINTY_LABELS.get(col, col)
             numbers = [float(v) for v in values if not _missing(v) and isinstance(v, (int, float))]
             best = min(numbers) if col in ERROR_COLUMNS and len(numbers) > 1 else None
             cells = []
