@@ -4,6 +4,7 @@
           config.yaml    the training's full configuration
           history.csv    one row per epoch        train.log   the training's notes
           checkpoints/   latest/ (resume), best/ (lowest validation loss)
+          tensorboard/   the history as TensorBoard scalars (training.tensorboard)
           metrics.json, predictions.csv, predictions_atoms.npz, plots/   written by the analysis
 
 :class:`RunDir` reads ``model.json``, the model kind, the history and the parameter count
@@ -28,6 +29,7 @@ CHECKPOINTS = "checkpoints"
 LATEST, BEST = "latest", "best"
 METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.csv"
 ATOMS_FILE, PLOTS_DIR = "predictions_atoms.npz", "plots"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class RunDir:
@@ -62,6 +64,11 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.path / CHECKPOINTS
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard's event files of the training (``training.tensorboard``)."""
+        return self.path / TENSORBOARD_DIR
 
     def checkpoint(self, which: str = BEST) -> Path:
         """The orbax directory of the ``best`` or ``latest`` checkpoint."""

@@ -66,9 +66,15 @@ def test_older_and_newer_metas():
 def test_epoch_sums_add_a_step():
     acc = EpochSums()
     acc.add_step({"loss": np.float32(2.0), "ok": True, "grad_norm": 1.0, "energy_sse": np.float32(0.5)})
-    acc.add_step({"loss": 4.0, "ok": True, "grad_norm": 1.0, "energy_sse": 1.5})
-    assert (acc.n, acc.loss_sum, acc.mean_loss(), acc.sums) == (2, 6.0, 3.0, {"energy_sse": 2.0})
+    acc.add_step({"loss": 4.0, "ok": True, "grad_norm": 2.0, "energy_sse": 1.5})
+    assert (acc.n, acc.loss_sum, acc.mean_loss(), acc.sums) == (2, 6.0, 3.0, {"energy_sse": 2.0, "grad_norm": 3.0})
+    assert acc.means() == {"train_loss": 3.0, "train_grad_norm": 1.5}
     assert EpochSums().mean_loss() is None
+    # an epoch resumed from a checkpoint that did not sum the gradient norms: its mean is unknown
+    old = EpochSums.from_dict({"loss_sum": 6.0, "n": 2, "sums": {"energy_sse": 2.0}})
+    old.add_step({"loss": 1.0, "ok": True, "grad_norm": 2.0, "energy_sse": 1.0})
+    assert old.means() == {"train_loss": 7.0 / 3, "train_grad_norm": None}
+    assert EpochSums.from_dict(acc.to_dict()).means() == acc.means()
 
 
 class _Plain:

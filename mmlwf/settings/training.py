@@ -97,6 +97,9 @@ class TrainingSettings(Settings):
                                            "'best' one is written with the next 'latest'; 0 = every checkpoint_every "
                                            "epochs")
     valid_every: int = Field(1, ge=1, description="validate every this many epochs (and after the last)")
+    tensorboard: bool = Field(True, description="also write every history.csv row as TensorBoard scalars to "
+                              "<run>/tensorboard, per epoch (watch a run with tensorboard --logdir results/runs); "
+                              "false: none")
     # -- devices
     data_parallel: Literal[DATA_PARALLEL] = Field("auto", description="with auto and n > 1 local "
                                                   "devices (jax.local_devices()) each step takes n consecutive "

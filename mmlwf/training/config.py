@@ -36,7 +36,7 @@ DECLARED_SECTIONS = {"training": TrainingSettings, "ensemble": EnsembleSettings}
 #: the run stops, not its learning rates. ``data_parallel`` (or another number of local
 #: devices) changes what a step is for the rest of the run (see :mod:`.parallel`).
 RESUMABLE_CHANGES = ("max_epochs", "max_time_min", "early_stopping_patience", "checkpoint_every",
-                     "checkpoint_interval_min", "data_parallel")
+                     "checkpoint_interval_min", "data_parallel", "tensorboard")
 
 #: the ``training:`` section, declared in :mod:`mmlwf.settings.training`
 TrainingConfig = TrainingSettings

@@ -55,6 +55,7 @@ from .cadence import Cadence
 from .checkpoint import CheckpointStore
 from .config import Config, config_changes
 from .history import RunLog, count_batch, epoch_cost, format_metrics, write_history
+from .tensorboard import EpochBoard
 from .loaders import Batch, Loader, epoch_batches
 from .loop_state import META_VERSION, EpochSums, LoopState, json_ready
 from .losses import loss_from_sums, metrics_from_sums
@@ -275,6 +276,7 @@ class _Run:
         self.state, self.init_note = self.p.state, self.p.init_note
         self.resume()
         self.wall0 = float(self.s.wall_time_s)
+        self.log.board = EpochBoard(RunDir(job.run_dir).tensorboard, self.s.epoch) if cfg.tensorboard else None
         write_json(RunDir(job.run_dir).model_json,
                     model_info(job.config, job.element_energies, self.p.outputs, job.metadata,
                                n_parameters=self.p.n_parameters, init_note=self.init_note, model=job.model))
@@ -403,7 +405,7 @@ class _Run:
         s, cfg = self.s, self.cfg
         epoch_no = s.epoch + 1
         acc = s.acc
-        row = {"epoch": epoch_no, "step": s.step // cfg.accumulate, "train_loss": acc.loss_sum / max(acc.n, 1)}
+        row = {"epoch": epoch_no, "step": s.step // cfg.accumulate, **acc.means()}
         row.update(metrics_from_sums(acc.sums, "train") if acc.n else {})
         monitor = row["train_loss"]
         validated = self.job.valid_loader is None
@@ -425,6 +427,7 @@ class _Run:
         row.update(epoch_cost(acc, self.compiles.count))
         s.history.append(json_ready(row))
         write_history(RunDir(self.job.run_dir).history_csv, s.history, self.p.columns)
+        self.log.scalars(s.history[-1])
         first = self.p.schedule.decided is None  # the decision on the terminal; later re-plans in train.log
         decided = self.p.schedule.epoch_end(s.epoch, s.step, self.clock(), deadline, self.compiles.count)
         if decided:

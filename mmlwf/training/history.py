@@ -104,6 +104,12 @@ class RunLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.fh = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed by close())
         self.progress = progress or TrainingProgress(False)
+        self.board = None  # an EpochBoard (mmlwf.training.tensorboard) when the run writes TensorBoard events
+
+    def scalars(self, row: dict) -> None:
+        """A finished epoch's ``history.csv`` row to TensorBoard (when :attr:`board` is set)."""
+        if self.board is not None:
+            self.board.add(row)
 
     def line(self, message: str, terminal: bool = True) -> None:
         """``message`` to ``train.log`` and, when ``terminal``, to the terminal."""
@@ -123,6 +129,8 @@ class RunLog:
 
     def close(self) -> None:
         self.progress.close()
+        if self.board is not None:
+            self.board.close()
         try:
             self.fh.close()
         except OSError:  # a line that could not be written (disk full) was reported by line()

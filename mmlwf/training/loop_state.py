@@ -31,7 +31,7 @@ from .optim import Plateau
 META_VERSION = 1
 
 #: the metric sums in a step's output that are not error sums
-_NOT_SUMS = ("loss", "ok", "grad_norm")
+_NOT_SUMS = ("loss", "ok")
 
 
 def json_ready(obj: Any) -> Any:
@@ -45,7 +45,8 @@ class EpochSums:
     epoch resumed midway reports all its steps).
 
     ``loss_sum``/``n``: the steps' losses and their number; ``sums``: the error sums of
-    :func:`~.losses.batch_sums` (float64 on the host); ``structures``/``atoms``/``slots``:
+    :func:`~.losses.batch_sums` (float64 on the host) and ``grad_norm``, the steps' gradient
+    norms (before clipping; an ensemble's: the members' mean); ``structures``/``atoms``/``slots``:
     real structures, real atoms and padded atom slots of the training batches; ``train_s``:
     seconds of the epoch's training loop (see :mod:`.history`).
     """
@@ -69,14 +70,26 @@ class EpochSums:
     def mean_loss(self) -> float | None:
         return self.loss_sum / self.n if self.n else None
 
+    def means(self) -> dict[str, float]:
+        """The epoch's ``train_loss`` and ``train_grad_norm``: means over its steps."""
+        grad = self.sums.get("grad_norm") if self.grad_norms_complete else None
+        n = max(self.n, 1)
+        return {"train_loss": self.loss_sum / n, "train_grad_norm": None if grad is None else grad / n}
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    #: False for an epoch resumed from a checkpoint written before the gradient norms were summed
+    #: (its mean gradient norm is then unknown); not a field: not written to checkpoints
+    grad_norms_complete = True
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> EpochSums:
         d = dict(d or {})
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        out = cls(**{k: v for k, v in d.items() if k in known})
+        out.grad_norms_complete = out.n == 0 or "grad_norm" in out.sums
+        return out
 
 
 @dataclass

@@ -218,7 +218,7 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
     columns = (["epoch", "step", "train_loss"] + metric_columns(terms, "train")
                + (["valid_loss"] + metric_columns(valid_terms, "valid") if job.valid_loader is not None else [])
                + (member_columns(members) if job.valid_loader is not None and members > 1 else [])
-               + ["learning_rate", "wall_time_s", *COST_COLUMNS])
+               + ["learning_rate", "train_grad_norm", "wall_time_s", *COST_COLUMNS])
     return Prepared(
         parallel=parallel,
         steps_per_epoch=n_batches,
