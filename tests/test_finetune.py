@@ -213,3 +213,23 @@ def test_interrupted_fine_tuning_resumes_exactly_from_its_own_checkpoint(data, t
     assert record["path"] == str(tmp_path / "source")
     with pytest.raises(ConfigError, match=r"another config \(finetune.init_from: "):
         pair_run(tmp_path / "cut", data, {"init_from": str(tmp_path / "moved")}, epochs=3)
+
+
+def test_an_ensemble_source_keeps_its_member_axis(data, physnet_source, tmp_path):
+    from mmlwf.ensemble import member
+
+    from .ensemble_fixtures import make_ensemble_run
+
+    source = make_ensemble_run(physnet_source, tmp_path / "ensemble", size=2)
+    config = source_config(load_config({"finetune": {"init_from": str(source)}, "ensemble": {"size": 2}}))
+    model = build_model(config.model)
+    fresh = [fresh_variables(model, data, k) for k in range(2)]
+    out, _ = start_variables(model, config, element_energies(data), fresh)
+    stacked = load_params(source, "best")[0]
+    for k in range(2):
+        for name, value in flat(out[k]).items():
+            np.testing.assert_array_equal(value, flat(member(stacked, k))[name])
+    assert not np.array_equal(flat(out[0])["embed/embedding"], flat(out[1])["embed/embedding"])
+    single = source_config(load_config({"finetune": {"init_from": str(source)}}))
+    with pytest.raises(ConfigError, match="the source has 2 member.*this run trains 1: fine-tune with ensemble.size 2"):
+        start_variables(model, single, element_energies(data), fresh[:1])
