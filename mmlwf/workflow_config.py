@@ -25,6 +25,13 @@ dotted key when two grid keys end alike). Splits (``splits:``) are named split s
 dataset selects with ``split: <name>`` (default ``default``) or replaces with its own mapping.
 An experiment's ``dataset`` is a name or a weighted mixture ``{name: weight}``; the resolved
 experiment carries ``members`` (``{name: weight}``, one entry for a single dataset).
+
+Fine-tuning: ``finetune.init_from`` names another experiment (the resolved experiment then
+carries ``source``, that name, and ``init_from`` becomes its run directory, :func:`run_dir`: the
+train rule takes the source's ``model.json`` as an input, so the source trains first), or a
+path that exists (a run directory or an exported file). Any other value, or experiments
+fine-tuning from each other in a cycle, is a one-line error. A fine-tuning experiment's
+``model`` gets no ``type`` (the source's settings are used).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from .settings import (
     NAME_PATTERN,
     DatasetSettings,
     EnsembleSettings,
+    FinetuneSettings,
     SettingError,
     SplitSettings,
     StatsSettings,
@@ -185,7 +193,12 @@ def _check_experiment(name: str, exp: dict, datasets: Mapping) -> dict:
         raise ConfigError(f"config '{where}.device': {exp['device']!r} is not {' or '.join(DEVICES)}")
     model = _declared(model_settings, exp["model"], f"{where}.model")
     _declared(functools.partial(parse, TrainingSettings), exp["training"], f"{where}.training")
-    exp["model"] = {"type": model.type, **dict(exp["model"] or {})}
+    finetune = dict(exp.get("finetune") or {})
+    _declared(functools.partial(parse, FinetuneSettings), finetune, f"{where}.finetune")
+    exp["finetune"] = finetune
+    # a fine-tuning experiment's model settings are its source's: only those given are compared with them
+    given = {} if finetune.get("init_from") is not None else {"type": model.type}
+    exp["model"] = {**given, **dict(exp["model"] or {})}
     exp["training"] = dict(exp["training"] or {})
     _declared(functools.partial(parse, EnsembleSettings), exp.get("ensemble"), f"{where}.ensemble")
     exp["ensemble"] = dict(exp.get("ensemble") or {})
@@ -264,5 +277,37 @@ def _resolved(cfg: dict, schema: Mapping | str | Path | None) -> dict:
         except ConfigError as exc:
             exc.experiment = name
             raise
+    _link_sources(experiments)
     cfg["splits"], cfg["datasets"], cfg["experiments"] = splits, datasets, experiments
     return cfg
+
+
+def run_dir(experiment: str) -> str:
+    """The run directory of an experiment (the train rule's output directory)."""
+    return f"results/runs/{experiment}"
+
+
+def _link_sources(experiments: dict) -> None:
+    """Resolve each ``finetune.init_from`` naming an experiment (``source``; ``init_from`` its
+    :func:`run_dir`); one-line ConfigError for a name that is neither an experiment nor an
+    existing path, and for a cycle."""
+    for name, exp in experiments.items():
+        target = (exp.get("finetune") or {}).get("init_from")
+        if target is None:
+            continue
+        key = f"config 'experiments.{name}.finetune.init_from'"
+        if target in experiments:
+            if target == name:
+                raise ConfigError(f"{key}: an experiment cannot fine-tune itself")
+            exp["source"], exp["finetune"] = target, {**exp["finetune"], "init_from": run_dir(target)}
+        elif not Path(target).exists():
+            raise ConfigError(f"{key}: {target!r} is neither an experiment (known: {', '.join(experiments)}) nor an "
+                              "existing run directory or exported model")
+    for name, exp in experiments.items():
+        seen, at = [name], exp.get("source")
+        while at is not None:
+            if at in seen:
+                cycle = " -> ".join([*seen[seen.index(at):], at])
+                raise ConfigError(f"config 'experiments.{name}.finetune.init_from': a cycle of fine-tuning ({cycle})")
+            seen.append(at)
+            at = experiments[at].get("source")

@@ -40,13 +40,17 @@ def experiment_config(wildcards):
 
 def experiment_data(wildcards):
     """Input function: the packed datasets, splits and stats of the experiment's dataset(s)."""
-    roots = [
-        f"results/datasets/{name}" for name in experiment_config(wildcards)["members"]
-    ]
+    exp = experiment_config(wildcards)
+    roots = [f"results/datasets/{name}" for name in exp["members"]]
+    source = exp["finetune"].get("init_from")
+    # another experiment's: its training runs first
+    if source is not None and "source" in exp:
+        source = f"{source}/model.json"
     return {
         "packed": [f"{root}/packed" for root in roots],
         "split": [f"{root}/split.npz" for root in roots],
         "stats": [f"{root}/stats.json" for root in roots],
+        **({"source": source} if source else {}),
     }
 
 
@@ -56,12 +60,14 @@ def experiment_weights(wildcards):
 
 
 def experiment_training_config(wildcards):
-    """Params: the experiment's model, training and ensemble sections (a change re-runs its training)."""
+    """Params: the experiment's model, training, ensemble and finetune sections (a change re-runs its training)."""
     exp = experiment_config(wildcards)
+    # finetune only when given: the params of every other training stay as they were (no re-run)
     return {
         "model": exp["model"],
         "training": exp["training"],
         "ensemble": exp["ensemble"],
+        **({"finetune": exp["finetune"]} if exp["finetune"] else {}),
     }
 
 

@@ -309,7 +309,8 @@ def test_swept_experiments_get_their_defaults_and_checks_from_the_schema():
     assert exp["model"] == {**config["experiments"]["demo_dcmnet"]["model"], "n_dcm": 3}
     assert exp["training"]["seed"] == 2 and exp["device"] == "cpu" and exp["threads"] == 2
     assert out["experiments"]["demo_dcmnet"] == {**config["experiments"]["demo_dcmnet"], "device": "cpu",
-                                                 "threads": 2, "members": {"demo_esp": 1.0}, "ensemble": {}}
+                                                 "threads": 2, "members": {"demo_esp": 1.0}, "ensemble": {},
+                                                 "finetune": {}}
     config["sweeps"]["s"]["threads"] = 0
     message = config_error(lambda c: c.update(sweeps=config["sweeps"]))
     assert "'sweeps.s.threads': must be >= 1" in message or "(an experiment of sweep 's')" in message, message

@@ -81,7 +81,12 @@ class ModelKind:
     ``f(trained, dataset, indices, *, batch_size) -> prediction dict``; ``metrics``:
     ``f(prediction dict) -> {name: value}``. ``plots``: the figure files made for a run
     (names of :mod:`mmlwf.analysis.plots` makers) and ``plot_needs`` the prediction keys they
-    use. ``exportable``: ``mmlwf export`` supports it.
+    use. ``exportable``: ``mmlwf export`` supports it. ``parts``: ``(name, pattern)`` of the
+    named parts of the model that fine-tuning freezes or resets (:mod:`mmlwf.training.finetune`),
+    ``pattern`` a regular expression matched at the start of a parameter's path below
+    ``params`` (``"embed/embedding"``); ``heads`` names the output layers. ``element_rows``:
+    patterns of the parameters indexed by atomic number on their first axis (an embedding, a
+    per-element shift), whose rows of elements new to a fine-tuning run start fresh.
     """
 
     name: str
@@ -97,6 +102,8 @@ class ModelKind:
     plots: tuple[str, ...] = ("learning_curves.png",)
     plot_needs: tuple[str, ...] = ()
     exportable: bool = False
+    parts: tuple[tuple[str, str], ...] = ()
+    element_rows: tuple[str, ...] = ()
 
     # -- the implementation, imported on use
     @property
@@ -261,6 +268,13 @@ register(ModelKind(
            "force_errors_by_element.png"),
     plot_needs=("E_ref", "E_pred", "F_ref", "F_pred", "Z"),
     exportable=True,
+    parts=(("embedding", r"embed/"),
+           ("interaction", r"(message|neighbour|self|gate|update|interaction_residual|atomic_residual)_\d"),
+           ("heads", r"output(_residual)?_\d"),
+           ("energy_shift_scale", r"energy_(shift|scale)$"),
+           ("charge_shift_scale", r"charge_(shift|scale)$"),
+           ("dispersion", r"dispersion/")),
+    element_rows=(r"embed/", r"(energy|charge)_(shift|scale)$"),
 ))
 register(ModelKind(
     name="dcmnet",

@@ -26,6 +26,7 @@ from .data import (
     StatsSettings,
 )
 from .ensemble import ENSEMBLE_KINDS, EnsembleSettings
+from .finetune import FinetuneSettings
 from .models import DEFAULT_MODEL, MODELS, DCMNetSettings, ModelSettings, PhysNetSettings, model_settings
 from .training import TrainingSettings
 from .workflow import EXPERIMENT_KEYS, EvaluationSettings, ExperimentSettings, SweepSettings, WorkflowSettings
@@ -42,6 +43,7 @@ __all__ = [
     "DatasetSettings",
     "ENSEMBLE_KINDS",
     "EnsembleSettings",
+    "FinetuneSettings",
     "DemoSettings",
     "EvaluationSettings",
     "ExperimentSettings",

@@ -26,6 +26,7 @@ from ..fileio import atomic_write
 from .base import NAME_PATTERN, Settings, _NameMarker, default_value, fills
 from .data import DatasetSettings, DemoSettings, LabelSettings, PointsSettings, SplitSettings, StatsSettings
 from .ensemble import EnsembleSettings
+from .finetune import FinetuneSettings
 from .models import DEFAULT_MODEL, MODELS
 from .training import TrainingSettings
 from .workflow import EvaluationSettings, ExperimentSettings, SweepSettings, WorkflowSettings
@@ -33,8 +34,8 @@ from .workflow import EvaluationSettings, ExperimentSettings, SweepSettings, Wor
 
 def declared() -> dict[str, type[Settings]]:
     """The sections an experiment keeps as written, by their name in ``$defs``: each model type
-    of :data:`mmlwf.settings.models.MODELS` (as registered now), training and ensemble."""
-    return {**MODELS, "training": TrainingSettings, "ensemble": EnsembleSettings}
+    of :data:`mmlwf.settings.models.MODELS` (as registered now), training, ensemble and finetune."""
+    return {**MODELS, "training": TrainingSettings, "ensemble": EnsembleSettings, "finetune": FinetuneSettings}
 
 
 #: :func:`declared` when this module was imported

@@ -39,6 +39,10 @@ class ExperimentSettings(Settings):
     ensemble: dict[str, Any] = Field({}, description="an ensemble of models trained together (size: members; "
                                      "their spread is the uncertainty)",
                                      json_schema_extra={"schema": {"$ref": "#/$defs/ensemble"}})
+    finetune: dict[str, Any] = Field({}, description="start from a trained model (init_from: another experiment's "
+                                     "name, whose training then runs first, a run directory or an exported file; "
+                                     "the model settings are the source's)",
+                                     json_schema_extra={"schema": {"$ref": "#/$defs/finetune"}})
 
 
 #: the experiment keys a sweep may set besides ``base`` and ``grid``

@@ -1,11 +1,12 @@
-"""Training configuration: a YAML file with a ``model:``, a ``training:`` and an optional
-``ensemble:`` section.
+"""Training configuration: a YAML file with a ``model:``, a ``training:`` and optional
+``ensemble:`` and ``finetune:`` sections.
 
 ``model:`` is a free mapping handed to the caller's ``build_model(config)`` (which checks it
 against the model's declaration in :mod:`mmlwf.settings.models`); ``training:`` is checked
 against :class:`TrainingConfig` (declared in :mod:`mmlwf.settings.training`, whose fields carry
 their defaults, bounds and meaning): no setting is restated here; ``ensemble:`` likewise
-against :class:`~mmlwf.settings.EnsembleSettings` (absent: one model).
+against :class:`~mmlwf.settings.EnsembleSettings` (absent: one model), ``finetune:`` against
+:class:`~mmlwf.settings.FinetuneSettings` (absent: random initialisation).
 :func:`load_config` reads the file, applies ``section.key=value`` overrides (values parsed by
 ``yaml.safe_load``), and rejects unknown keys and bad values with a one-line
 :class:`~mmlwf.errors.ConfigError`.
@@ -23,11 +24,11 @@ import yaml
 
 from .. import settings
 from ..errors import ConfigError, did_you_mean
-from ..settings import EnsembleSettings, SettingError, TrainingSettings
+from ..settings import EnsembleSettings, FinetuneSettings, SettingError, TrainingSettings
 
-SECTIONS = ("model", "training", "ensemble")
+SECTIONS = ("model", "training", "ensemble", "finetune")
 #: the sections checked against a declaration (their defaults filled in)
-DECLARED_SECTIONS = {"training": TrainingSettings, "ensemble": EnsembleSettings}
+DECLARED_SECTIONS = {"training": TrainingSettings, "ensemble": EnsembleSettings, "finetune": FinetuneSettings}
 
 #: training keys that may change between a run and its resume (they do not change the
 #: epochs already done; every other key must match the stored config). The span of a
@@ -79,13 +80,27 @@ def ensemble_config(values: Mapping[str, Any] | None = None) -> EnsembleSettings
     return _section("ensemble", values)
 
 
+def finetune_config(values: Mapping[str, Any] | None = None) -> FinetuneSettings:
+    """A checked :class:`~mmlwf.settings.FinetuneSettings` (missing keys: their defaults)."""
+    return _section("finetune", values)
+
+
 @dataclass(frozen=True)
 class Config:
-    """A resolved configuration: the model mapping, the checked training and ensemble settings."""
+    """A resolved configuration: the model mapping, the checked training, ensemble and finetune
+    settings. A fine-tuning run (``finetune.init_from`` set) trains at ``finetune.learning_rate``:
+    it replaces ``training.learning_rate`` here, so the optimiser, the schedule and ``config.yaml``
+    all see the rate used."""
 
     model: dict
     training: TrainingConfig
     ensemble: EnsembleSettings = EnsembleSettings()
+    finetune: FinetuneSettings = FinetuneSettings()
+
+    def __post_init__(self) -> None:
+        lr = self.finetune.learning_rate
+        if self.finetune.init_from is not None and self.training.learning_rate != lr:
+            object.__setattr__(self, "training", training_config({**self.training.model_dump(), "learning_rate": lr}))
 
     @property
     def members(self) -> int:
@@ -93,11 +108,13 @@ class Config:
         return int(self.ensemble.size)
 
     def to_dict(self) -> dict:
-        """The three sections; ``ensemble`` only for an ensemble (a single model's config reads
-        as it did before ensembles existed)."""
+        """The sections; ``ensemble`` only for an ensemble and ``finetune`` only for a fine-tuning
+        run (other configs read as they did before these sections existed)."""
         out = {"model": dict(self.model), "training": self.training.model_dump()}
         if self.members > 1:
             out["ensemble"] = self.ensemble.model_dump()
+        if self.finetune.init_from is not None:
+            out["finetune"] = self.finetune.model_dump()
         return out
 
     def to_yaml(self) -> str:
@@ -106,7 +123,7 @@ class Config:
     def replace(self, **training_changes) -> Config:
         """A copy with some training settings changed (checked)."""
         return Config(dict(self.model), training_config({**self.training.model_dump(), **training_changes}),
-                      self.ensemble)
+                      self.ensemble, self.finetune)
 
 
 def _set(tree: dict, path: list[str], value: Any, full: str) -> None:
@@ -157,7 +174,7 @@ def config_from_dict(data: Mapping[str, Any] | None, overrides: Sequence[str] = 
             raise ConfigError(f"section '{key}' must be a mapping, got {type(data[key]).__name__}")
     data = apply_overrides({k: v or {} for k, v in data.items()}, overrides)
     return Config(dict(data.get("model") or {}), training_config(data.get("training") or {}),
-                  ensemble_config(data.get("ensemble") or {}))
+                  ensemble_config(data.get("ensemble") or {}), finetune_config(data.get("finetune") or {}))
 
 
 def load_config(path: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -207,8 +224,8 @@ def config_changes(stored: Mapping, current: Mapping, ignore: Sequence[str] = RE
         a, b = dict(stored.get(section) or {}), dict(current.get(section) or {})
         if section == "training":
             a, b = _training_as_run(a), _training_as_run(b)
-        elif section == "ensemble":  # absent: one model
-            a, b = ensemble_config(a).model_dump(), ensemble_config(b).model_dump()
+        elif section in ("ensemble", "finetune"):  # absent: one model, random initialisation
+            a, b = _section(section, a).model_dump(), _section(section, b).model_dump()
         for key in sorted(set(a) | set(b)):
             if section == "training" and key in ignore:
                 continue

@@ -1,7 +1,8 @@
 """Optimisers and learning-rate schedules (optax).
 
 The optimiser is ``[MultiSteps(k)] o chain(clip_by_global_norm, adam|amsgrad|sgd, [decoupled
-weight decay], -schedule(update))``: gradients of ``accumulate`` batches are averaged before
+weight decay], -schedule(update))`` (inside ``multi_transform`` with zero updates for the frozen
+parameters of a fine-tuning run): gradients of ``accumulate`` batches are averaged before
 clipping and the update, so clipping sees the same gradient a ``k`` times larger batch gives.
 The schedule counts optimiser updates. The reduce-on-plateau factor is host state
 (:class:`Plateau`) that multiplies the updates, passed to the jitted step as an argument.
@@ -104,9 +105,12 @@ def schedule_fn(cfg: TrainingConfig, updates_per_epoch: int, xp: Any = np,
     return lr_at
 
 
-def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int,
-                   span: Span | None = None) -> optax.GradientTransformation:
-    """The optax transformation for ``cfg`` (see module docstring; ``span``: see :func:`schedule_fn`)."""
+def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int, span: Span | None = None,
+                   frozen: Callable[[Any], Any] | None = None) -> optax.GradientTransformation:
+    """The optax transformation for ``cfg`` (see module docstring; ``span``: see :func:`schedule_fn`).
+    ``frozen``: ``labels(params)`` of ``"frozen"``/``"trained"`` leaves
+    (:func:`~.finetune.frozen_labels`): frozen leaves get zero updates (``optax.set_to_zero``: no
+    weight decay either), the clipping norm is that of the trained ones."""
     import jax.numpy as jnp
     import optax
 
@@ -124,6 +128,8 @@ def make_optimizer(cfg: TrainingConfig, updates_per_epoch: int,
     lr = schedule_fn(cfg, updates_per_epoch, jnp, span)
     parts.append(optax.scale_by_schedule(lambda count: -lr(count)))
     tx = optax.chain(*parts)
+    if frozen is not None:
+        tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, frozen)
     if cfg.accumulate > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate)
     return tx

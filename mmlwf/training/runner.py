@@ -19,6 +19,7 @@ from .config import load_config
 from .data import (as_list, data_facts, element_energies_from_stats, element_energies_source, init_statistics,
                    make_loaders, mixture_element_energies)
 from .engine import train
+from .finetune import source_config
 
 
 def run_training(
@@ -46,7 +47,8 @@ def run_training(
     or else fitted on the union of the training splits. ``model.json`` records where the
     element energies come from (``metadata.element_energies_source``). A new run's fresh
     parameters are set from the statistics (:func:`.data.init_statistics`; PhysNet: the energy
-    shift and scale); a resumed run keeps its checkpoint's.
+    shift and scale); a resumed run keeps its checkpoint's. A fine-tuning run (``finetune.init_from``)
+    takes its model settings and first parameters from its source (:mod:`.finetune`).
     ``progress``, ``verbose``, ``summary_every``: what the terminal shows (:mod:`.progress`).
     """
     data, split = as_list(data), as_list(split)
@@ -55,7 +57,7 @@ def run_training(
     verifying = verify_in_background(data)  # checksums, overlapped with the start-up below
     from ..models.registry import kind_of_config
 
-    cfg = load_config(config, overrides)
+    cfg = source_config(load_config(config, overrides), run_dir)  # fine-tuning: the source's model settings
     kind = kind_of_config(cfg.model)
     try:  # "auto" model settings (PhysNet's physics) decided once, here, from the training data
         resolved, physics = kind.resolve_settings(cfg.model, data_facts([PackedDataset(p) for p in data]))

@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..units import CANONICAL
 from .config import Config
 from .bootstrap import SampleWeights
+from .finetune import frozen_labels, source_metadata, start_variables
 from .history import COST_COLUMNS, RunLog
 from .loaders import Batch, Loader, first_batch, loader_seed
 from .losses import (
@@ -53,8 +54,8 @@ class TrainingJob:
     ``model.json``; ``on_step``: see :data:`StepCallback`; ``clock``: seconds (monotonic) for
     the time limit and a time budget's schedule (tests give a fake one); ``init_stats``: the
     training statistics (``stats.json``) a new run's fresh parameters are set from by the model
-    kind's ``init_from_stats`` (None: the model's own initialisation, e.g. for a run that starts
-    from other parameters).
+    kind's ``init_from_stats`` (None: the model's own initialisation; a fine-tuning run's
+    statistics set the rows of elements new to its source, :mod:`.finetune`).
     """
 
     run_dir: Path
@@ -79,6 +80,7 @@ class TrainingJob:
         DCMNet's ``esp_decay_length``: :func:`~.state.make_forward`)."""
         if not (hasattr(model, "init") and hasattr(model, "apply")):  # a build_model(config) callable
             model = model(dict(config.model))
+        metadata = source_metadata(config, Path(run_dir), metadata)  # fine-tuning: where it starts from
         return cls(Path(run_dir), model, config, train_loader, valid_loader, element_energies,
                    forward or make_forward(model, config.training), metadata, on_step, clock or time.monotonic,
                    init_stats)
@@ -166,7 +168,7 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
         n_batches = parallel.steps_per_epoch(job.train_loader)  # steps, not batches
     updates_per_epoch = max(n_batches // cfg.accumulate, 1)
     schedule = Schedule(cfg, updates_per_epoch, n_batches, stored)
-    tx = make_optimizer(cfg, updates_per_epoch, schedule.span())
+    tx = make_optimizer(cfg, updates_per_epoch, schedule.span(), frozen_labels(job.model, job.config))
 
     raw_first = first_batch(job.train_loader)
     first = prepare_batch(raw_first, None)
@@ -179,6 +181,8 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
         stacked.append(variables)
         if k == 0:
             rng = key_k
+    if stored is None and job.config.finetune.init_from is not None:  # a new fine-tuning run
+        stacked, init_note = start_variables(job.model, job.config, job.element_energies, stacked)
     variables = stacked[0]  # one member's: shapes, outputs, the parameter count
     out = jax.eval_shape(job.forward, variables, first)
     if "energy" not in out and "esp" not in out:

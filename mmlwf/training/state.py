@@ -133,7 +133,8 @@ def _update(tx, ema_decay: float, state: dict, grads, loss, lr_factor) -> tuple[
     new = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "ema_params": None}
     if state["ema_params"] is not None:
         d = ema_decay_at(ema_decay, opt_state)
-        moved = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema_params"], new["params"])
+        moved = jax.tree.map(lambda e, p: jnp.where(e == p, e, d * e + (1.0 - d) * p),  # frozen: exactly kept
+                             state["ema_params"], new["params"])
         upd = did_update(tx, opt_state)
         new["ema_params"] = jax.tree.map(lambda m, e: jnp.where(upd, m, e), moved, state["ema_params"])
     new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
