@@ -81,7 +81,10 @@ class ModelKind:
     ``f(trained, dataset, indices, *, batch_size) -> prediction dict``; ``metrics``:
     ``f(prediction dict) -> {name: value}``. ``plots``: the figure files made for a run
     (names of :mod:`mmlwf.analysis.plots` makers) and ``plot_needs`` the prediction keys they
-    use. ``exportable``: ``mmlwf export`` supports it.
+    use. ``exportable``: ``mmlwf export`` supports it. ``heads_forward``:
+    ``f(model, params, batch) -> outputs`` of a model with output heads, each with a leading head
+    axis (:func:`mmlwf.models.heads.head_energy_and_forces`); empty: the kind has no shallow
+    ensemble (``ensemble.kind: shallow`` is a ConfigError for it).
     """
 
     name: str
@@ -97,6 +100,7 @@ class ModelKind:
     plots: tuple[str, ...] = ("learning_curves.png",)
     plot_needs: tuple[str, ...] = ()
     exportable: bool = False
+    heads_forward: Ref = ""
 
     # -- the implementation, imported on use
     @property
@@ -157,6 +161,13 @@ class ModelKind:
         fn = resolve(self.forward) if self.forward else getattr(self.implementation, "forward")
         options = {} if training is None else {k: getattr(training, k) for k in self.forward_options}
         return functools.partial(fn, model, **options)
+
+    def make_heads_forward(self, model) -> Callable:
+        """``forward(params, batch) -> outputs`` with a leading head axis of ``model`` built with
+        output heads (a shallow ensemble; :attr:`heads_forward`)."""
+        if not self.heads_forward:
+            raise ConfigError(f"model type {self.name} has no output heads (no shallow ensemble)")
+        return functools.partial(resolve(self.heads_forward), model)
 
     def predictions(self, trained, data, indices=None, *, batch_size: int = 32) -> dict:
         """The prediction dict of a :class:`~mmlwf.inference.TrainedModel` on ``data``."""
@@ -261,6 +272,7 @@ register(ModelKind(
            "force_errors_by_element.png"),
     plot_needs=("E_ref", "E_pred", "F_ref", "F_pred", "Z"),
     exportable=True,
+    heads_forward="mmlwf.models.heads:head_energy_and_forces",
 ))
 register(ModelKind(
     name="dcmnet",

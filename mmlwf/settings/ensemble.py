@@ -9,8 +9,11 @@ from pydantic import Field
 
 from .base import Settings
 
-#: ensemble kinds: ``full`` (members with their own parameters, vmapped)
-ENSEMBLE_KINDS = ("full",)
+#: ensemble kinds: ``full`` (members with their own parameters, vmapped), ``shallow`` (one shared
+#: representation with ``size`` output heads)
+ENSEMBLE_KINDS = ("full", "shallow")
+#: the spread loss of a shallow ensemble: ``mse`` (none: the mean's usual loss), ``nll`` (energy NLL)
+ENSEMBLE_LOSSES = ("mse", "nll")
 
 
 class EnsembleSettings(Settings):
@@ -18,7 +21,17 @@ class EnsembleSettings(Settings):
 
     size: int = Field(1, ge=1, le=64, description="members; 1 = a single model. Member k is initialised as a "
                       "single run with training.seed + k would be; the members share the batches (the data order "
-                      "of training.seed) and are trained in one compiled step")
-    kind: Literal[ENSEMBLE_KINDS] = Field("full", description="full: every member has its own parameters")
+                      "of training.seed) and are trained in one compiled step. For kind shallow: the output heads")
+    kind: Literal[ENSEMBLE_KINDS] = Field("full", description="full: every member has its own parameters; "
+                                          "shallow: one shared PhysNet representation with size output heads (one "
+                                          "parameter set, about the cost of one model to train; Kellner & Ceriotti "
+                                          "2024), forces of the heads' mean energy")
+    loss: Literal[ENSEMBLE_LOSSES] = Field("nll", description="shallow only: nll adds the Gaussian negative "
+                                           "log-likelihood of the energy under the heads' variance, "
+                                           "0.5*(log var + (E_mean - E)^2/var) per structure (eV; weight nll_weight), "
+                                           "so the spread is trained to size the error, as the literature trains "
+                                           "shallow ensembles (without it the heads differ only by their "
+                                           "initialisation); mse: the mean's usual loss alone")
+    nll_weight: float = Field(1.0, ge=0, description="shallow only: weight of the energy NLL (loss: nll)")
     calibrate: bool = Field(True, description="fit the factors that scale the energy and force spreads on the "
                             "validation split after training (model.json ensemble.scale)")
