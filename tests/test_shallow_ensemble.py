@@ -23,7 +23,7 @@ from mmlwf.errors import ConfigError
 from mmlwf.inference import jitted_forward
 from mmlwf.models.common import init_params
 from mmlwf.models.heads import head_energy_and_forces
-from mmlwf.models.physnet import build_model, energy_and_forces
+from mmlwf.models.physnet import build_model, energy_and_forces, model_config
 from mmlwf.training.losses import NLL_VAR_FLOOR, batch_sums
 
 from .analysis_fixtures import trained_run  # noqa: F401
@@ -88,6 +88,8 @@ def test_single_head_is_todays_model(x64):
     assert _output_kernel(params).shape[-1] == 2
     out = energy_and_forces(model, params, _batch([_ethanol()]))
     assert "energy_members" not in out and out["energy"].shape == (3,)
+    assert "output_heads" not in model_config(model)  # model.json of a single model as before heads existed
+    assert model_config(build_model(TINY))["output_heads"] == H
 
 
 def test_energy_is_mean_and_forces_its_exact_gradient(tiny, x64):
@@ -242,3 +244,31 @@ def test_shallow_training_run_and_inference(shallow_run, trained_run, tmp_path):
     atoms.get_potential_energy()
     for key in ("energy", "forces", "energy_uncertainty", "forces_uncertainty", "dipole"):
         np.testing.assert_array_equal(other.results[key], res[key])
+
+
+def test_md_uncertainty_stop_of_a_shallow_model_in_both_engines(shallow_run, trained_run, tmp_path, x64):  # noqa: F811
+    """Both MD engines stop a shallow model's run on its per-atom force spread (scaled), at the
+    same step with the same value; at the start it is the calculator's largest forces_uncertainty."""
+    pytest.importorskip("jax_md")
+    from ase import Atoms
+
+    from mmlwf.calculator import MMLWFCalculator
+    from mmlwf.inference import load_run
+    from mmlwf.md import MDSettings, run_md, run_md_jax
+    from mmlwf.packed import PackedDataset
+
+    run = load_run(shallow_run)
+    g = PackedDataset(trained_run.data).gather(np.array([3]), fields=("Z", "R"))
+    atoms = Atoms(numbers=g["Z"], positions=g["R"])
+    calc = MMLWFCalculator(run, dtype="float64")
+    probe = atoms.copy()
+    probe.calc = calc
+    probe.get_potential_energy()
+    u0 = float(np.max(calc.results["forces_uncertainty"]))
+    settings = MDSettings(steps=6, temperature_K=300.0, min_distance_A=0.0, seed=1,
+                          uncertainty_upper_eV_per_A=0.5 * u0)
+    a = run_md(calc, atoms, settings, tmp_path / "ase")
+    [j] = run_md_jax(run, [atoms], settings, [tmp_path / "jax"], dtype="float64")
+    assert a["stopped"]["reason"] == j["stopped"]["reason"] == "uncertainty"
+    assert a["stopped"]["step"] == j["stopped"]["step"] == 0
+    assert a["stopped"]["value"] == pytest.approx(u0, rel=1e-6) and j["stopped"]["value"] == pytest.approx(u0, rel=1e-6)

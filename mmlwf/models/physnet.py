@@ -23,7 +23,9 @@ within ``long_pair_cutoff``), falling back to the short one when a batch has non
 The energy returned is relative to the per-element reference energies from ``stats.json``,
 which are added outside the model in float64; a new training run starts the per-element
 energy shift and scale from the training statistics (:func:`init_from_stats`). Forces are the exact negative gradient of the
-energy: :func:`energy_and_forces`.
+energy: :func:`energy_and_forces`. With ``output_heads`` H > 1 (a shallow ensemble, set from the
+``ensemble`` section) the output layers give H sets of atomic outputs and the model returns
+their mean with each head's values beside it (:mod:`.heads`).
 """
 
 from __future__ import annotations
@@ -220,7 +222,8 @@ def energy_and_forces(model: PhysNet, params, batch: GraphBatch | Mapping) -> di
     """Energies ``(B,)``, forces ``(A,3)`` = -dE/dR (0 on padding atoms), atomic energies
     ``(A,)``, the non-hierarchicality penalty ``nh_penalty (A,)``, and charges ``(A,)`` /
     dipoles ``(B,3)`` when the model predicts them, with one
-    ``jax.value_and_grad`` w.r.t. the positions (of the sum of the real graphs' energies).
+    ``jax.value_and_grad`` w.r.t. the positions (of the sum of the real graphs' energies). With
+    output heads: the heads' mean energy and its forces, and ``energy_members (H,B)``.
 
     Jit-compatible: ``jax.jit(lambda p, b: energy_and_forces(model, p, b))``.
     """
@@ -346,5 +349,10 @@ def build_model(config: Mapping) -> PhysNet:
 
 
 def model_config(model: PhysNet) -> dict:
-    """The JSON-ready configuration that :func:`build_model` turns back into ``model``."""
-    return settings_of(PhysNetSettings, model)
+    """The JSON-ready configuration that :func:`build_model` turns back into ``model``;
+    ``output_heads`` only for a shallow ensemble's model (H > 1), so that the record of every
+    other model stays as it was before heads existed (absent means 1)."""
+    config = settings_of(PhysNetSettings, model)
+    if config["output_heads"] == 1:
+        del config["output_heads"]
+    return config
