@@ -179,6 +179,9 @@ def test_bad_settings_are_one_line():
     assert config.ensemble.loss == "nll"
     full = load_config({"ensemble": {"size": 3}})
     assert "output_heads" not in full.model and full.members == 3
+    assert full.to_dict()["ensemble"] == {"size": 3, "kind": "full", "calibrate": True}  # as before shallow existed
+    with pytest.raises(ConfigError, match="ensemble.loss applies to kind: shallow only"):
+        load_config({"ensemble": {"size": 3, "loss": "mse"}})
 
 
 @pytest.fixture(scope="module")

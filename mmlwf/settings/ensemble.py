@@ -3,11 +3,11 @@ once in one process and one compiled step (:mod:`mmlwf.ensemble`, issue 16)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from .base import Settings
+from .base import SettingError, Settings
 
 #: ensemble kinds: ``full`` (members with their own parameters, vmapped), ``shallow`` (one shared
 #: representation with ``size`` output heads)
@@ -35,3 +35,14 @@ class EnsembleSettings(Settings):
     nll_weight: float = Field(1.0, ge=0, description="shallow only: weight of the energy NLL (loss: nll)")
     calibrate: bool = Field(True, description="fit the factors that scale the energy and force spreads on the "
                             "validation split after training (model.json ensemble.scale)")
+
+    @model_validator(mode="after")
+    def _shallow_only(self) -> EnsembleSettings:
+        set_here = self.SHALLOW_ONLY & self.model_fields_set
+        if set_here and self.kind == "full" and self.size > 1:  # a full ensemble's members train on their own loss
+            raise SettingError(min(set_here), "applies to kind: shallow only (a full ensemble's members "
+                               "each train on the usual loss)")
+        return self
+
+    #: the settings that apply to a shallow ensemble only (left out of a full ensemble's record)
+    SHALLOW_ONLY: ClassVar[frozenset[str]] = frozenset({"loss", "nll_weight"})

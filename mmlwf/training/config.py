@@ -108,8 +108,8 @@ class Config:
         """The three sections; ``ensemble`` only for an ensemble (a single model's config reads
         as it did before ensembles existed)."""
         out = {"model": dict(self.model), "training": self.training.model_dump()}
-        if self.ensemble_size > 1:
-            out["ensemble"] = self.ensemble.model_dump()
+        if self.ensemble_size > 1:  # a full ensemble's without the shallow-only settings (as before they existed)
+            out["ensemble"] = self.ensemble.model_dump(exclude=None if self.shallow else EnsembleSettings.SHALLOW_ONLY)
         return out
 
     def to_yaml(self) -> str:
