@@ -89,7 +89,7 @@ class MMLWFCalculator(Calculator):
         self.dtype = np.dtype(dtype)
         self.params = jax.tree.map(lambda a: jax.numpy.asarray(a, self.dtype), trained.params)
         self.members = trained.members
-        self._evaluate = jitted_forward(self.model, ensemble=self.members > 1)
+        self._evaluate = jitted_forward(self.model, ensemble=trained.ensemble_kind)
         #: factors multiplying the raw spreads, ``{"energy": s_E, "forces": s_F}`` (ensembles)
         self.spread_scale = {q: trained.spread_scale(q) for q in ("energy", "forces")}
         self.shapes_compiled: set[tuple[int, ...]] = set()  # (atoms, pairs[, long pairs]) buckets seen

@@ -1,11 +1,16 @@
 """Ensembles of models: the member axis and what is computed from it (issue 16).
 
-An ensemble of ``M`` members is one model whose parameters carry a leading member axis: every
-leaf of ``params``, ``opt_state`` and ``ema_params`` of a checkpoint (and every array of an
-export) has shape ``(M, ...)``. ``model.json`` records it under :data:`ENSEMBLE_KEY`::
+Two kinds. A ``full`` ensemble of ``M`` members is one model whose parameters carry a leading
+member axis: every leaf of ``params``, ``opt_state`` and ``ema_params`` of a checkpoint (and
+every array of an export) has shape ``(M, ...)``. A ``shallow`` ensemble of ``H`` members is
+one parameter set without a member axis: a shared representation with ``H`` output heads
+(PhysNet's ``output_heads``, resolved from the ``ensemble`` section into the model config);
+its model forward gives the heads' energies ``energy_members (H, B)`` beside their mean.
+``model.json`` records either under :data:`ENSEMBLE_KEY`, the one home of the kind::
 
     "ensemble": {"size": M, "kind": "full", "member_seeds": [...],
                  "scale": {"energy": s_E, "forces": s_F}}
+    "ensemble": {"size": H, "kind": "shallow", "loss": "nll", "scale": {...}}
 
 (``scale``: the factors fitted on the validation split that multiply the reported spreads;
 absent or 1: raw spreads). Its absence means one model without a member axis, so that every
@@ -26,8 +31,8 @@ import numpy as np
 
 #: the key of ``model.json`` (and an export's ``model_info``) describing an ensemble
 ENSEMBLE_KEY = "ensemble"
-#: ensemble kinds: ``full`` (independent members, vmapped parameters)
-KINDS = ("full",)
+#: ensemble kinds: ``full`` (independent members, vmapped parameters), ``shallow`` (output heads)
+KINDS = ("full", "shallow")
 #: outputs whose last axis is a vector (the spread is taken over its length)
 VECTOR_OUTPUTS = frozenset({"forces", "dipole"})
 #: outputs that get a spread (``<name>_spread``) in :func:`ensemble_forward`
@@ -44,6 +49,18 @@ def ensemble_size(info: Mapping | None) -> int:
     """Members of the model described by ``info`` (1: a single model, no member axis)."""
     entry = ensemble_info(info)
     return 1 if entry is None else int(entry["size"])
+
+
+def ensemble_kind(info: Mapping | None) -> str | None:
+    """``"full"`` or ``"shallow"`` for an ensemble (a record without ``kind``: full), None for one model."""
+    entry = ensemble_info(info)
+    return None if entry is None or int(entry["size"]) == 1 else str(entry.get("kind", "full"))
+
+
+def parameter_members(info: Mapping | None) -> int:
+    """The length of the parameters' leading member axis: the size of a ``full`` ensemble, 1
+    (no member axis) for one model or a ``shallow`` ensemble (one parameter set)."""
+    return ensemble_size(info) if ensemble_kind(info) == "full" else 1
 
 
 def spread_scale(info: Mapping | None, quantity: str) -> float:
@@ -65,15 +82,21 @@ def member_stats(values, vector_ndim: int = 0, xp: Any = np):
     return mean, xp.sqrt(sq.mean(axis=0))
 
 
-def ensemble_forward(forward: Callable) -> Callable:
-    """``forward(stacked_params, batch) -> outputs`` of an ensemble from the single model's
-    ``forward(params, batch)``: every output is the member mean, and each of
-    :data:`SPREAD_OUTPUTS` present also gets ``<name>_spread`` (raw, unscaled) and
-    ``<name>_members`` (``(M, ...)``). Not jitted; the batch is shared by the members."""
+def ensemble_forward(forward: Callable, kind: str = "full") -> Callable:
+    """``forward(params, batch) -> outputs`` of an ensemble: every output is the member mean,
+    and each of :data:`SPREAD_OUTPUTS` present also gets ``<name>_spread`` (raw, unscaled) and
+    ``<name>_members`` (``(M, ...)``). Not jitted; the batch is shared by the members.
+
+    ``kind`` ``full``: ``forward`` is the single model's, vmapped over the leading member axis
+    of stacked parameters. ``shallow``: ``forward`` is the model kind's heads forward, whose
+    outputs already carry the head axis ``(H, ...)`` (PhysNet: per-head forces from ``H``
+    backward passes, :func:`mmlwf.models.heads.head_energy_and_forces`)."""
     import jax
     import jax.numpy as jnp
 
-    members = jax.vmap(forward, in_axes=(0, None))
+    if kind not in KINDS:
+        raise ValueError(f"unknown ensemble kind {kind!r} (known: {', '.join(KINDS)})")
+    members = jax.vmap(forward, in_axes=(0, None)) if kind == "full" else forward
 
     def run(params, batch):
         out = members(params, batch)

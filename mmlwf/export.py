@@ -9,10 +9,12 @@ The file is an uncompressed NumPy ``.npz`` (a zip; read with ``allow_pickle=Fals
   :func:`content_sha256`), checked on every load.
 - ``p00000``, ``p00001``, ...: the parameter arrays in the order of ``paths``.
 
-An ensemble (``model_info`` has ``ensemble``, :mod:`mmlwf.ensemble`) is written as
+A full ensemble (``model_info`` has ``ensemble``, :mod:`mmlwf.ensemble`) is written as
 ``format_version`` 2: the same layout, every parameter array with its leading member axis
 ``(M, ...)`` and ``ensemble`` (size, kind, member seeds, spread scale) in the meta as well. A
-single model is still written as version 1, byte for byte as before; both are read.
+single model is still written as version 1, byte for byte as before; both are read. A shallow
+ensemble has one parameter set (no member axis): version 1 with ``ensemble`` in the meta and
+``output_heads`` in the model config.
 
 Loading (:func:`load_exported`) needs numpy, jax, flax and e3x only — not orbax or optax, so
 a model can be used (ASE calculator, MD) without the training dependencies. The same run
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .ensemble import ensemble_info, ensemble_size
+from .ensemble import ensemble_info, parameter_members
 from .errors import ConfigError, DataError
 from .inference import reference_table
 
@@ -89,11 +91,12 @@ def export_model(run_dir: str | os.PathLike, output: str | os.PathLike, which: s
     paths, arrays = _flatten(variables)
     info = json.loads(json.dumps(run.info))  # JSON-clean copy
     ensemble = ensemble_info(info)
-    if ensemble is not None:
-        _check_members(arrays, paths, int(ensemble["size"]), run_dir)
+    stacked = parameter_members(info)  # 1 for a shallow ensemble: one parameter set
+    if stacked > 1:
+        _check_members(arrays, paths, stacked, run_dir)
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION if ensemble is None else ENSEMBLE_FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if stacked == 1 else ENSEMBLE_FORMAT_VERSION,
         "model_info": info,
         "source": {"run_dir": str(run_dir.resolve()), "checkpoint": which, "ema": bool(info.get("ema", False))},
         "paths": paths,
@@ -136,7 +139,7 @@ def read_exported(path: str | os.PathLike) -> tuple[dict, Any]:
     digest = content_sha256(meta["model_info"], paths, arrays)
     if digest != meta.get("sha256"):
         raise DataError("content does not match its sha256 (corrupted or edited file)", path=path, field="sha256")
-    size = ensemble_size(meta["model_info"])
+    size = parameter_members(meta["model_info"])
     if (size > 1) != (meta["format_version"] == ENSEMBLE_FORMAT_VERSION):
         raise DataError(f"format_version {meta['format_version']} does not match a model of {size} member(s)",
                         path=path, field="format_version")

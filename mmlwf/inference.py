@@ -3,8 +3,9 @@
 prediction, the calculator and MD).
 
 An ensemble (``model.json`` ``ensemble``, :mod:`mmlwf.ensemble`) is a :class:`TrainedModel`
-whose parameters carry a leading member axis; :attr:`TrainedModel.forward` is then one
-compiled program giving the member means and the raw spreads (``<name>_spread``).
+whose parameters carry a leading member axis (``full``) or whose model has output heads
+(``shallow``); :attr:`TrainedModel.forward` is then one compiled program giving the member means
+and the raw spreads (``<name>_spread``).
 
 Below the analysis layer: the calculator, export and analysis all load models from here.
 Which model a run holds comes from :mod:`mmlwf.models.registry` (``model.json``'s
@@ -42,15 +43,23 @@ class TrainedModel:
 
     @property
     def members(self) -> int:
-        """Members of the model (1: a single model, parameters without a member axis)."""
+        """Members of the model: models of a full ensemble, heads of a shallow one (1: a single model)."""
         from .ensemble import ensemble_size
 
         return ensemble_size(self.info)
 
     @property
     def is_ensemble(self) -> bool:
-        """Whether the parameters carry a member axis (``model.json`` ``ensemble``)."""
+        """Whether predictions come with spreads over members (``model.json`` ``ensemble``)."""
         return self.members > 1
+
+    @property
+    def ensemble_kind(self) -> str | None:
+        """``"full"`` (parameters with a leading member axis), ``"shallow"`` (one parameter set,
+        output heads) or None (a single model): ``model.json`` ``ensemble.kind``."""
+        from .ensemble import ensemble_kind
+
+        return ensemble_kind(self.info)
 
     def spread_scale(self, quantity: str) -> float:
         """The factor multiplying the raw spread of ``quantity`` (``"energy"``, ``"forces"``)
@@ -64,7 +73,7 @@ class TrainedModel:
         """The jitted ``forward(params, batch) -> outputs`` for :attr:`params`: the model's own,
         or for an ensemble the member means with ``<name>_spread`` (raw) and
         ``<name>_members`` (:func:`mmlwf.ensemble.ensemble_forward`)."""
-        return jitted_forward(self.model, ensemble=self.is_ensemble)
+        return jitted_forward(self.model, ensemble=self.ensemble_kind)
 
     @property
     def kind(self):
@@ -106,27 +115,36 @@ def load_run(run_dir: str | os.PathLike, which: str = "best") -> TrainedModel:
     return TrainedModel(model, params, info, reference_table(info["element_energies_by_Z"]), Path(run_dir))
 
 
-def jitted_forward(model, ensemble: bool = False) -> Callable:
+def jitted_forward(model, ensemble: bool | str | None = None) -> Callable:
     """``jit(forward)`` of a model (energy and forces, or the ESP: its kind's forward), shared
     by every prediction and calculator of the same configuration, so XLA compiles once per
-    padded shape and dtype. ``ensemble``: the forward of stacked parameters (leading member
-    axis), one program giving the member means, ``<name>_spread`` and ``<name>_members``
-    (:func:`mmlwf.ensemble.ensemble_forward`)."""
-    return _jitted_forward(model, bool(ensemble))  # one cache key however it is called
+    padded shape and dtype. ``ensemble``: ``"full"`` (or True) the forward of stacked parameters
+    (leading member axis), ``"shallow"`` that of a model with output heads (per-head forces: ~H
+    backward passes); either one program giving the member means, ``<name>_spread`` and
+    ``<name>_members`` (:func:`model_forward`)."""
+    kind = "full" if ensemble is True else (ensemble or None)
+    return _jitted_forward(model, kind)  # one cache key however it is called
 
 
-@functools.lru_cache(maxsize=16)
-def _jitted_forward(model, ensemble: bool) -> Callable:
-    import jax
-
+def model_forward(model, ensemble: str | None = None) -> Callable:
+    """The (not jitted) ``forward(params, batch)`` of ``model`` (its kind's), or with
+    ``ensemble`` (``"full"``/``"shallow"``: ``model.json`` ``ensemble.kind``) the ensemble's means
+    and spreads (:func:`mmlwf.ensemble.ensemble_forward`)."""
     from .models.registry import kind_of_model
 
     kind = kind_of_model(model)
     if kind is None:
         raise TypeError(f"{type(model).__name__} is not the model of a registered model kind")
-    forward = kind.make_forward(model)
-    if ensemble:
-        from .ensemble import ensemble_forward
+    if ensemble is None:
+        return kind.make_forward(model)
+    from .ensemble import ensemble_forward
 
-        forward = ensemble_forward(forward)
-    return jax.jit(forward)
+    single = kind.make_heads_forward(model) if ensemble == "shallow" else kind.make_forward(model)
+    return ensemble_forward(single, ensemble)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_forward(model, ensemble: str | None) -> Callable:
+    import jax
+
+    return jax.jit(model_forward(model, ensemble))

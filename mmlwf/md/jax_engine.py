@@ -115,7 +115,8 @@ def run_md_jax(trained, starts, settings: MDSettings, outdirs, *, charge: float 
 
     partition, simulate, space = import_jax_md()
     from ..batch import Pairs, device_fields, from_molecules
-    from ..ensemble import ensemble_forward, ensemble_size, spread_scale
+    from ..ensemble import ensemble_size, spread_scale
+    from ..inference import model_forward
 
     settings.check()
     starts = [a.copy() for a in starts]
@@ -140,8 +141,7 @@ def run_md_jax(trained, starts, settings: MDSettings, outdirs, *, charge: float 
     n, r = len(starts[0]), len(starts)
     Z = np.asarray(starts[0].numbers)
     ftype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-    forward = kind.make_forward(trained.model)
-    forward = ensemble_forward(forward) if members > 1 else forward
+    forward = model_forward(trained.model, trained.ensemble_kind)  # a shallow one: per-head forces
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype), trained.params)
     u_scale = spread_scale(trained.info, "forces")
     reference = float(np.asarray(trained.reference, np.float64)[Z].sum())

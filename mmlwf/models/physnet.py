@@ -23,7 +23,9 @@ within ``long_pair_cutoff``), falling back to the short one when a batch has non
 The energy returned is relative to the per-element reference energies from ``stats.json``,
 which are added outside the model in float64; a new training run starts the per-element
 energy shift and scale from the training statistics (:func:`init_from_stats`). Forces are the exact negative gradient of the
-energy: :func:`energy_and_forces`.
+energy: :func:`energy_and_forces`. With ``output_heads`` H > 1 (a shallow ensemble, set from the
+``ensemble`` section) the output layers give H sets of atomic outputs and the model returns
+their mean with each head's values beside it (:mod:`.heads`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from .common import (
     total_charge,
     variables,
 )
+from .heads import head_mean, output_kernel_init
 from .pairs import pair_basis, pair_distances
 from .settings import build, check, field_defaults, settings_of
 
@@ -109,6 +112,7 @@ class PhysNet(nn.Module):
     dispersion: bool = _DEFAULTS["dispersion"]
     dispersion_functional: str = _DEFAULTS["dispersion_functional"]
     repulsion: bool = _DEFAULTS["repulsion"]
+    output_heads: int = _DEFAULTS["output_heads"]
 
     @property
     def pair_cutoff(self) -> float:
@@ -129,11 +133,12 @@ class PhysNet(nn.Module):
         r, basis = pair_basis(R, dst, src, pm, cutoff=self.cutoff, num_basis_functions=n_basis,
                               max_degree=self.max_degree, basis=self.basis)
 
-        # -- modules
+        # -- modules (H > 1 output heads: the output layers give n_out values per head, :mod:`.heads`)
         F = self.features
+        H = self.output_heads
         n_out = 2 if self.charges else 1
         x = e3x.nn.Embed(num_embeddings=self.max_atomic_number + 1, features=F, name="embed")(Z).astype(dtype)
-        out = jnp.zeros((n_atoms, n_out), dtype)
+        out = jnp.zeros((n_atoms, n_out * H), dtype)
         nh = jnp.zeros(n_atoms, dtype)  # non-hierarchicality: sum over modules t > 0 of mean_k o_tk^2 / (o_tk^2 + o_t-1,k^2)
         last2 = None
         for t in range(self.num_iterations):
@@ -155,18 +160,23 @@ class PhysNet(nn.Module):
             for k in range(self.num_residual):
                 o = _Residual(F, name=f"output_residual_{t}_{k}")(o)
             o = e3x.nn.shifted_softplus(o)
-            o = e3x.nn.Dense(n_out, kernel_init=nn.initializers.zeros, name=f"output_{t}")(o)[:, 0, 0, :]
+            o = e3x.nn.Dense(n_out * H, kernel_init=output_kernel_init(H), name=f"output_{t}")(o)[:, 0, 0, :]
             out = out + o
             o2 = o * o
             if last2 is not None:
                 nh = nh + jnp.mean(o2 / (o2 + last2 + _NH_EPS), axis=-1)
             last2 = o2
 
+        # heads: (A, H*n_out) -> (H, A, n_out); the terms below map over the leading head axis
+        each = (lambda f: f) if H == 1 else jax.vmap
+        if H > 1:
+            out = out.reshape(n_atoms, H, n_out).swapaxes(0, 1)
+
         # per-element scale and shift of the atomic energies (1 and 0 here; a fresh training run sets
         # them from the training statistics: init_from_stats)
         e_scale = self.param("energy_scale", nn.initializers.ones, (self.max_atomic_number + 1,))
         e_shift = self.param("energy_shift", nn.initializers.zeros, (self.max_atomic_number + 1,))
-        atomic = (out[:, 0] * e_scale[Z] + e_shift[Z]) * am
+        atomic = (out[..., 0] * e_scale[Z] + e_shift[Z]) * am
 
         # -- the long pair list of Coulomb and dispersion (the short one when the batch has none)
         if self.coulomb or self.dispersion:
@@ -180,16 +190,17 @@ class PhysNet(nn.Module):
         results: dict[str, Any] = {}
         n_real = graph_sums(am, atom_graph, n_graphs)
         if self.charges:
-            q = out[:, 1]
+            q = out[..., 1]
             if self.charge_scale:
                 q = q * self.param("charge_scale", nn.initializers.ones, (self.max_atomic_number + 1,))[Z]
             q = (q + self.param("charge_shift", nn.initializers.zeros, (self.max_atomic_number + 1,))[Z]) * am
-            q = correct_total_charge(q, total_charge(Qtot, n_graphs, dtype), atom_graph, am, gm, n_real)
+            Q = total_charge(Qtot, n_graphs, dtype)
+            q = each(lambda q: correct_total_charge(q, Q, atom_graph, am, gm, n_real))(q)
             results["charges"] = q
-            results["dipole"] = centroid_dipole(q, R, R, atom_graph, am, gm, n_real)
+            results["dipole"] = each(lambda q: centroid_dipole(q, R, R, atom_graph, am, gm, n_real))(q)
             if self.coulomb:
-                atomic = atomic + coulomb_atomic_energies(q, l_r, l_dst, l_src, l_w, n_atoms, sr_cut=self.cutoff,
-                                                          lr_cut=self.coulomb_cutoff)
+                atomic = atomic + each(lambda q: coulomb_atomic_energies(
+                    q, l_r, l_dst, l_src, l_w, n_atoms, sr_cut=self.cutoff, lr_cut=self.coulomb_cutoff))(q)
         if self.dispersion:
             from ..physics.d3 import D3Dispersion  # helper module of its own (contract 3)
 
@@ -199,9 +210,9 @@ class PhysNet(nn.Module):
             atomic = atomic + zbl_atomic_energies(Z, r, dst, src, pm, n_atoms)
 
         results["atomic_energies"] = atomic
-        results["energy"] = graph_sums(atomic, atom_graph, n_graphs) * gm
+        results["energy"] = each(lambda a: graph_sums(a, atom_graph, n_graphs))(atomic) * gm
         results["nh_penalty"] = nh * am
-        return results
+        return results if H == 1 else head_mean(results)
 
 
 # -- forces
@@ -211,7 +222,8 @@ def energy_and_forces(model: PhysNet, params, batch: GraphBatch | Mapping) -> di
     """Energies ``(B,)``, forces ``(A,3)`` = -dE/dR (0 on padding atoms), atomic energies
     ``(A,)``, the non-hierarchicality penalty ``nh_penalty (A,)``, and charges ``(A,)`` /
     dipoles ``(B,3)`` when the model predicts them, with one
-    ``jax.value_and_grad`` w.r.t. the positions (of the sum of the real graphs' energies).
+    ``jax.value_and_grad`` w.r.t. the positions (of the sum of the real graphs' energies). With
+    output heads: the heads' mean energy and its forces, and ``energy_members (H,B)``.
 
     Jit-compatible: ``jax.jit(lambda p, b: energy_and_forces(model, p, b))``.
     """
@@ -226,8 +238,8 @@ def energy_and_forces(model: PhysNet, params, batch: GraphBatch | Mapping) -> di
 
     (_, out), grad = jax.value_and_grad(total_energy, has_aux=True)(inputs["R"])
     result = {"energy": out["energy"], "forces": jnp.where(atom_mask[:, None], -grad, 0.0)}
-    for key in ("atomic_energies", "charges", "dipole", "nh_penalty"):
-        if key in out:
+    for key in ("atomic_energies", "charges", "dipole", "nh_penalty", "energy_members"):
+        if key in out:  # energy_members (H, B): a model with output heads (the NLL of a shallow ensemble)
             result[key] = out[key]
     return result
 
@@ -337,5 +349,10 @@ def build_model(config: Mapping) -> PhysNet:
 
 
 def model_config(model: PhysNet) -> dict:
-    """The JSON-ready configuration that :func:`build_model` turns back into ``model``."""
-    return settings_of(PhysNetSettings, model)
+    """The JSON-ready configuration that :func:`build_model` turns back into ``model``;
+    ``output_heads`` only for a shallow ensemble's model (H > 1), so that the record of every
+    other model stays as it was before heads existed (absent means 1)."""
+    config = settings_of(PhysNetSettings, model)
+    if config["output_heads"] == 1:
+        del config["output_heads"]
+    return config

@@ -86,7 +86,10 @@ class ModelKind:
     ``pattern`` a regular expression matched at the start of a parameter's path below
     ``params`` (``"embed/embedding"``); ``heads`` names the output layers. ``element_rows``:
     patterns of the parameters indexed by atomic number on their first axis (an embedding, a
-    per-element shift), whose rows of elements new to a fine-tuning run start fresh.
+    per-element shift), whose rows of elements new to a fine-tuning run start fresh. ``heads_forward``:
+    ``f(model, params, batch) -> outputs`` of a model with output heads, each with a leading head
+    axis (:func:`mmlwf.models.heads.head_energy_and_forces`); empty: the kind has no shallow
+    ensemble (``ensemble.kind: shallow`` is a ConfigError for it).
     """
 
     name: str
@@ -104,6 +107,7 @@ class ModelKind:
     exportable: bool = False
     parts: tuple[tuple[str, str], ...] = ()
     element_rows: tuple[str, ...] = ()
+    heads_forward: Ref = ""
 
     # -- the implementation, imported on use
     @property
@@ -164,6 +168,13 @@ class ModelKind:
         fn = resolve(self.forward) if self.forward else getattr(self.implementation, "forward")
         options = {} if training is None else {k: getattr(training, k) for k in self.forward_options}
         return functools.partial(fn, model, **options)
+
+    def make_heads_forward(self, model) -> Callable:
+        """``forward(params, batch) -> outputs`` with a leading head axis of ``model`` built with
+        output heads (a shallow ensemble; :attr:`heads_forward`)."""
+        if not self.heads_forward:
+            raise ConfigError(f"model type {self.name} has no output heads (no shallow ensemble)")
+        return functools.partial(resolve(self.heads_forward), model)
 
     def predictions(self, trained, data, indices=None, *, batch_size: int = 32) -> dict:
         """The prediction dict of a :class:`~mmlwf.inference.TrainedModel` on ``data``."""
@@ -275,6 +286,7 @@ register(ModelKind(
            ("charge_shift_scale", r"charge_(shift|scale)$"),
            ("dispersion", r"dispersion/")),
     element_rows=(r"embed/", r"(energy|charge)_(shift|scale)$"),
+    heads_forward="mmlwf.models.heads:head_energy_and_forces",
 ))
 register(ModelKind(
     name="dcmnet",

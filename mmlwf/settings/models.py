@@ -80,6 +80,8 @@ class PhysNetSettings(ModelSettings):
                                        "training (hf: the original's start values)")
     repulsion: StrictBool = Field(False, description="add a ZBL universal repulsion, fully on below half the sum "
                                   "of the covalent radii, switched off smoothly by three quarters of it")
+    output_heads: int = Field(1, ge=1, le=64, description="output heads (a shallow ensemble's members): set from "
+                              "ensemble.size when ensemble.kind is shallow, not by hand")
 
     @model_validator(mode="after")
     def _consistent(self) -> PhysNetSettings:

@@ -104,15 +104,27 @@ class Config:
 
     @property
     def members(self) -> int:
-        """Models trained together (``ensemble.size``; 1: a single model)."""
+        """Models with their own parameters trained together (the parameters' leading member
+        axis): ``ensemble.size`` of a full ensemble; 1 for a single model and for a shallow
+        ensemble (one parameter set with output heads: :attr:`ensemble_size`)."""
+        return int(self.ensemble.size) if self.ensemble.kind == "full" else 1
+
+    @property
+    def ensemble_size(self) -> int:
+        """Members whose spread is the uncertainty (``ensemble.size``: models or heads; 1: none)."""
         return int(self.ensemble.size)
+
+    @property
+    def shallow(self) -> bool:
+        """A shallow ensemble (output heads of one model: ``ensemble.kind: shallow``, size > 1)."""
+        return self.ensemble.kind == "shallow" and self.ensemble_size > 1
 
     def to_dict(self) -> dict:
         """The sections; ``ensemble`` only for an ensemble and ``finetune`` only for a fine-tuning
         run (other configs read as they did before these sections existed)."""
         out = {"model": dict(self.model), "training": self.training.model_dump()}
-        if self.members > 1:
-            out["ensemble"] = self.ensemble.model_dump()
+        if self.ensemble_size > 1:  # a full ensemble's without the shallow-only settings (as before they existed)
+            out["ensemble"] = self.ensemble.model_dump(exclude=None if self.shallow else EnsembleSettings.SHALLOW_ONLY)
         if self.finetune.init_from is not None:
             out["finetune"] = self.finetune.model_dump()
         return out
@@ -173,8 +185,29 @@ def config_from_dict(data: Mapping[str, Any] | None, overrides: Sequence[str] = 
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ConfigError(f"section '{key}' must be a mapping, got {type(data[key]).__name__}")
     data = apply_overrides({k: v or {} for k, v in data.items()}, overrides)
-    return Config(dict(data.get("model") or {}), training_config(data.get("training") or {}),
-                  ensemble_config(data.get("ensemble") or {}), finetune_config(data.get("finetune") or {}))
+    ensemble = ensemble_config(data.get("ensemble") or {})
+    return Config(output_heads(dict(data.get("model") or {}), ensemble), training_config(data.get("training") or {}),
+                  ensemble, finetune_config(data.get("finetune") or {}))
+
+
+def output_heads(model: dict, ensemble: EnsembleSettings) -> dict:
+    """``model`` (a ``model:`` section) with ``output_heads`` resolved from a shallow ensemble
+    (``ensemble.size``; the one place it is set); a single model or a full ensemble keeps the
+    section as given. ConfigError for a shallow ensemble of a kind without output heads, or an
+    ``output_heads`` set by hand that disagrees."""
+    heads = int(ensemble.size) if ensemble.kind == "shallow" else 1
+    if heads > 1:
+        from ..models.registry import kind_of_config
+
+        kind = kind_of_config(model)
+        if not kind.heads_forward:
+            raise ConfigError(f"ensemble.kind: shallow needs a model with output heads (physnet); model.type "
+                              f"{kind.name} has none (use ensemble.kind: full)")
+    given = model.get("output_heads")
+    if given is not None and given != heads:
+        raise ConfigError(f"model.output_heads is set from ensemble.size when ensemble.kind is shallow "
+                          f"(expected {heads}, got {given!r}): leave it out")
+    return model if heads == 1 else {**model, "output_heads": heads}
 
 
 def load_config(path: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] = ()) -> Config:

@@ -35,6 +35,9 @@ METRIC_UNITS = {"energy": "eV", "forces": "eV_per_A", "dipole": "eA", "charge": 
                 "esp": "kcal_per_mol_e"}
 #: the sums whose ``_sse`` the energy term of the loss uses, by ``training.energy_loss``
 ENERGY_LOSS_SUMS = {"per_molecule": "energy", "per_sqrt_atom": "energy_sqrt_atom", "per_atom": "energy_atom"}
+#: the floor added to a shallow ensemble's energy variance in its NLL (eV^2: heads never agree
+#: closer than 1 meV for the loss), which keeps log and division finite when heads coincide
+NLL_VAR_FLOOR = 1e-6
 #: factor from the canonical unit of a term's errors to its metric unit (V -> kcal/(mol·e))
 METRIC_SCALE = {"esp": 1.0 / ESP["kcal/mol/e"]}
 
@@ -131,7 +134,11 @@ def batch_sums(out: Mapping, batch: Mapping, weight=None) -> dict:
     ``energy_atom_sse``/``energy_atom_sae`` (errors divided by the molecule's atom count),
     ``energy_sqrt_atom_sse``/``_sae`` (divided by its square root) and,
     for a model with a ``nh_penalty (A,)`` output, ``nh_loss_sse``/``nh_loss_n`` (its sum and
-    the real atoms: the loss term ``nh``, PhysNet's non-hierarchicality penalty).
+    the real atoms: the loss term ``nh``, PhysNet's non-hierarchicality penalty) and, for a model
+    with output heads (``energy_members (H, B)``, a shallow ensemble), ``nll_loss_sse``/
+    ``nll_loss_n``: the sum over real structures of the energy's Gaussian negative log-likelihood
+    ``0.5*(log var + (E_mean - E)^2 / var)`` (``var``: the heads' variance, ``ddof=0``, plus
+    :data:`NLL_VAR_FLOOR`; eV) and their count (the loss term ``nll``).
 
     ``weight (B,)``: each graph's weight (a bootstrap member's draw count,
     :mod:`.bootstrap`); every sum and count is then that of the batch with graph ``b``
@@ -158,6 +165,10 @@ def batch_sums(out: Mapping, batch: Mapping, weight=None) -> dict:
         n_atoms = jnp.maximum(batch["n_atoms"], 1).astype(jnp.float32)
         add("energy", dE / n_atoms, gw, "energy_atom")
         add("energy", dE / jnp.sqrt(n_atoms), gw, "energy_sqrt_atom")
+        if "energy_members" in out:  # a shallow ensemble's heads (H, B)
+            var = jnp.mean((out["energy_members"] - out["energy"]) ** 2, axis=0) + NLL_VAR_FLOOR
+            sums["nll_loss_sse"] = jnp.sum(0.5 * (jnp.log(var) + dE * dE / var) * gw)
+            sums["nll_loss_n"] = jnp.sum(gw)
     if "F" in batch and "forces" in out:
         add("forces", (out["forces"] - batch["F"]) * am[:, None], aw, per=3.0)
     if "D" in batch and "dipole" in out:

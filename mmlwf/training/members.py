@@ -29,15 +29,16 @@ from .losses import prepare_batch
 SCALED = (("energy", "E_target", "graph_mask"), ("forces", "F", "atom_mask"))
 
 
-def member_errors(forward: Callable, params: Any, loader: Loader,
-                  table: np.ndarray | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{name: (error, spread)}`` of the stacked ``params`` on every batch of ``loader``, for
+def member_errors(forward: Callable, params: Any, loader: Loader, table: np.ndarray | None,
+                  kind: str = "full") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{name: (error, spread)}`` of the ensemble ``params`` (``kind`` full: stacked, ``forward``
+    the single model's; shallow: ``forward`` the heads forward) on every batch of ``loader``, for
     each of :data:`SCALED` the model predicts and the data hold: the error of the member mean
     (energies ``(n,)`` eV, forces ``(n_atoms, 3)`` eV/Å) and the raw spread ``(n,)`` per
     structure or atom, real entries only (float64)."""
     import jax
 
-    run = jax.jit(ensemble_forward(forward))
+    run = jax.jit(ensemble_forward(forward, kind))
     parts: dict[str, tuple[list, list]] = {}
     for raw in loader.epoch(0):
         batch = prepare_batch(raw, table)
@@ -53,11 +54,12 @@ def member_errors(forward: Callable, params: Any, loader: Loader,
     return {name: (np.concatenate(e), np.concatenate(s)) for name, (e, s) in parts.items()}
 
 
-def fit_spread_scales(forward: Callable, params: Any, loader: Loader, table: np.ndarray | None) -> dict[str, float]:
+def fit_spread_scales(forward: Callable, params: Any, loader: Loader, table: np.ndarray | None,
+                      kind: str = "full") -> dict[str, float]:
     """``{"energy": s_E, "forces": s_F}``: ``s = sqrt(mean(|error|^2 / spread^2))`` over the
     points of :func:`member_errors` (points with zero spread left out)."""
     scales = {}
-    for name, (error, spread) in member_errors(forward, params, loader, table).items():
+    for name, (error, spread) in member_errors(forward, params, loader, table, kind).items():
         sq = (error * error).reshape(len(error), -1).sum(axis=1)
         keep = spread > 0
         if np.any(keep):
@@ -69,11 +71,17 @@ def record_spread_scales(job, table: np.ndarray | None, log: RunLog) -> dict[str
     """Fit an ensemble run's spread scales with its ``best`` checkpoint (written) on its
     validation loader and record them in ``model.json`` and ``train.log``; None (nothing done)
     for a single model, ``ensemble.calibrate: false`` or no validation data.
-    ``job``: the :class:`~.setup.TrainingJob`."""
-    if job.config.members == 1 or not job.config.ensemble.calibrate or job.valid_loader is None:
+    ``job``: the :class:`~.setup.TrainingJob`. A shallow ensemble's spreads are its heads'
+    (per-head forces: the model kind's heads forward)."""
+    if job.config.ensemble_size == 1 or not job.config.ensemble.calibrate or job.valid_loader is None:
         return None
     params, info = load_params(job.run_dir, "best")
-    scale = fit_spread_scales(job.forward, params, job.valid_loader, table)
+    forward, kind = job.forward, "full"
+    if job.config.shallow:
+        from ..models.registry import kind_of_model
+
+        forward, kind = kind_of_model(job.model).make_heads_forward(job.model), "shallow"
+    scale = fit_spread_scales(forward, params, job.valid_loader, table, kind)
     info[ENSEMBLE_KEY] = {**info[ENSEMBLE_KEY], "scale": scale}
     write_json(RunDir(job.run_dir).model_json, info)
     log.line("ensemble spreads scaled on the validation split (best parameters): "

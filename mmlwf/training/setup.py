@@ -204,6 +204,11 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
                           ") has weight 0")
     weights.update({t: getattr(cfg, w) for t, w in PENALTIES.items()
                     if f"{t}_loss_sse" in sum_shapes and getattr(cfg, w) > 0})
+    weights.update(shallow_weights(job, sum_shapes))
+    if job.config.shallow:  # per-member columns and early stopping apply to full ensembles only
+        loss = f"mse + nll x{weights['nll']:g}" if "nll" in weights else "mse"
+        log.line(f"shallow ensemble: {job.config.ensemble_size} output heads on one parameter set (loss {loss}); "
+                 "one best epoch and early stopping for all heads, no per-member validation columns", terminal=False)
     if job.metadata and job.metadata.get("physics"):
         log.line(str(job.metadata["physics"]))  # how the model's "auto" physics switches were resolved
     seed = loader_seed(job.train_loader, cfg.seed)
@@ -243,6 +248,19 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
         sample_weights=(SampleWeights.of_loader(job.train_loader, members, cfg.seed)
                         if job.config.ensemble.bootstrap else None),
     )
+
+
+def shallow_weights(job: TrainingJob, sum_shapes: Mapping) -> dict[str, float]:
+    """``{"nll": ensemble.nll_weight}`` for a shallow ensemble trained with ``loss: nll`` (the
+    energy NLL of its heads, :func:`~.losses.batch_sums`), else none. ConfigError when the
+    model's output heads are not ``ensemble.size`` (a model built by hand for the config)."""
+    ens = job.config.ensemble
+    heads = getattr(job.model, "output_heads", 1)
+    if heads != (job.config.ensemble_size if job.config.shallow else 1):
+        raise ConfigError(f"the model has {heads} output head(s) but the config's ensemble is "
+                          f"{ens.kind} of size {ens.size} (build the model from config.model)")
+    use = job.config.shallow and ens.loss == "nll" and ens.nll_weight > 0 and "nll_loss_sse" in sum_shapes
+    return {"nll": float(ens.nll_weight)} if use else {}
 
 
 def member_columns(members: int) -> list[str]:
@@ -293,7 +311,9 @@ def model_info(config: Config, element_energies: Mapping | None, outputs, metada
     }
     if n_parameters is not None:
         info["n_parameters"] = int(n_parameters)  # of one member for an ensemble
-    if config.members > 1:
+    if config.shallow:  # one parameter set (seed training.seed) with output heads
+        info[ENSEMBLE_KEY] = {"size": config.ensemble_size, "kind": "shallow", "loss": config.ensemble.loss}
+    elif config.members > 1:
         info[ENSEMBLE_KEY] = {"size": config.members, "kind": config.ensemble.kind,
                               "bootstrap": config.ensemble.bootstrap,
                               "member_seeds": [config.training.seed + k for k in range(config.members)]}
