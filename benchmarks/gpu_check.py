@@ -495,7 +495,8 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=2.0, help="(e) training budget (default %(default)s)")
     ap.add_argument("--budget-min", type=float, default=6.5,
                     help="skip a part that would start after this many minutes (default %(default)s)")
-    ap.add_argument("--smoke", action="store_true", help="tiny models, few steps, 0.3 min training (CPU check)")
+    ap.add_argument("--smoke", action="store_true", help="tiny models, few steps, 2 epochs of training (CPU check)")
+    ap.add_argument("--allow-cpu", action="store_true", help="run the full sizes without a GPU (default: stop)")
     args = ap.parse_args()
     if args.prepare:
         prepare_gpudata(args.data)
@@ -512,6 +513,10 @@ def main() -> int:
     env = result["environment"]
     print(f"devices {env.get('devices')}; {json.dumps(env.get('versions'))}; python {env.get('python')}", flush=True)
     write(out, result)
+    if env.get("platform") != "gpu" and not (args.smoke or args.allow_cpu):  # jax fell back to the CPU
+        print(f"gpu_check: no GPU (jax.devices(): {env.get('devices') or env.get('error')}); stopping "
+              "(--allow-cpu runs it anyway, --smoke is the CPU check)", file=sys.stderr)
+        return 1
     parts = [p for p in args.parts.split(",") if p]
     with tempfile.TemporaryDirectory(prefix="mmlwf-gpu-check-") as tmp:
         tmp = Path(tmp)
