@@ -48,7 +48,7 @@ Printed first: the device (``jax.devices()``), the JAX, jaxlib, flax, optax, orb
 versions; last: a table and one JSON line (``"benchmark": "gpu_check"``). ``--budget-min``
 (default 6.5) is checked before each part: a part that would start past it (the training:
 that would end past it) is skipped and says so. ``--smoke``: PhysNet at 8 features and degree 0 and 1, 1 iteration, a pool of 2
-batches, 2 epochs of training at 16 features, ensemble_step's own ``--smoke``, no time budget
+batches, the default row and 2 epochs of training at 16 features, ensemble_step's own ``--smoke``, no time budget
 (run on the CPU here to check the script: some 10 minutes on 2 busy cores; its figures mean
 nothing).
 """
@@ -221,8 +221,8 @@ def part_step(files: dict, args, tmp: Path, result: dict, out: Path) -> None:
     rows = result.setdefault("step", {})
     named = [(f"physnet f{f} d{d} it{iterations} b{STEP_BATCH}", step_config(f, d, iterations, STEP_BATCH))
              for f, d in configs]
-    default = step_config(8 if args.smoke else None, None, SMOKE_ITERATIONS if args.smoke else None, None)
-    named.append(("project default" + (" (smoke: f8 it1)" if args.smoke else ""), default))
+    default = training_config(args.smoke)  # (e)'s model and batches: (c) compares the loop with this step
+    named.append(("project default" + (" (smoke: f16)" if args.smoke else ""), default))
     for k, (name, cfg) in enumerate(named):
         if over_budget(args, f"(a) {name}"):
             rows[name] = {"skipped": "over --budget-min"}
@@ -317,8 +317,16 @@ def loader_shares(epochs: list[dict], history: list[dict]) -> dict:
     return out
 
 
+def training_config(smoke: bool) -> dict:
+    """(e)'s run config: the accuracy benchmark's (the project's defaults, no epoch limit); smoke:
+    its narrower model, 2 epochs (the second is the first that (c) counts; --minutes a limit)."""
+    from accuracy_rmd17 import SMOKE_MODEL, physnet_config
+
+    return physnet_config(SMOKE_MODEL, {"max_epochs": 2}) if smoke else physnet_config()
+
+
 def part_training(files: dict, args, tmp: Path, result: dict, out: Path) -> None:
-    from accuracy_rmd17 import SMOKE_MODEL, physnet_config, train_and_test
+    from accuracy_rmd17 import train_and_test
 
     from mmlwf.training.history import read_history
     from mmlwf.training.monitor import CompileCounter
@@ -326,8 +334,7 @@ def part_training(files: dict, args, tmp: Path, result: dict, out: Path) -> None
     if over_budget(args, "(c)+(e) training", need_min=args.minutes):  # + the test pass
         result["training"] = {"skipped": "over --budget-min"}
         return
-    # smoke: 2 epochs (the second is the first that (c) counts), --minutes only a limit
-    config = physnet_config(SMOKE_MODEL, {"max_epochs": 2}) if args.smoke else physnet_config()
+    config = training_config(args.smoke)
     data = {"train": files["train"], "test": files["test"], "split_npz": files["split_npz"], "stats": files["stats"]}
     run_dir = tmp / "run"
     waits = LoopWaits()
@@ -456,8 +463,9 @@ def print_table(result: dict) -> None:
         if "error" in e or "skipped" in e:
             print(f"{'ensemble (d)':40s} {e.get('error') or e.get('skipped')}")
         else:
-            print(f"{'one model, f64 d0 b32 (d)':40s} {e['single_ms']:8.2f} {e['single_structures_per_s']:12.0f}")
-            print(f"{'ensemble of %d, f64 d0 b32 (d)' % e['members']:40s} {e['ensemble_ms']:8.2f} "
+            what = "ensemble_step.py" + (" --smoke" if result.get("smoke") else "")
+            print(f"{'one model, ' + what + ' (d)':40s} {e['single_ms']:8.2f} {e['single_structures_per_s']:12.0f}")
+            print(f"{'ensemble of %d, ' % e['members'] + what + ' (d)':40s} {e['ensemble_ms']:8.2f} "
                   f"{e['ensemble_structures_per_s']:12.0f}   ({e['ratio']:.2f}x one model)")
     c = result.get("loader")
     if c:
