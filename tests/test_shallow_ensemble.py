@@ -179,7 +179,7 @@ def test_bad_settings_are_one_line():
     assert config.ensemble.loss == "nll"
     full = load_config({"ensemble": {"size": 3}})
     assert "output_heads" not in full.model and full.members == 3
-    assert full.to_dict()["ensemble"] == {"size": 3, "kind": "full", "calibrate": True}  # as before shallow existed
+    assert full.to_dict()["ensemble"] == {"size": 3, "kind": "full", "bootstrap": False, "calibrate": True}  # no shallow-only keys
     with pytest.raises(ConfigError, match="ensemble.loss applies to kind: shallow only"):
         load_config({"ensemble": {"size": 3, "loss": "mse"}})
 
