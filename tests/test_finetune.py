@@ -191,8 +191,44 @@ def test_frozen_parts_stay_bitwise_the_others_train_and_model_json_records_the_s
     assert record["path"] == str(physnet_source) and record["kind"] == "run"
     assert len(record["model_json_sha256"]) == 64
     assert info["initialised_from_stats"].startswith(f"fine-tuning from {physnet_source} (run, its EMA parameters)")
+    assert "energy shift aligned to the target data" in info["initialised_from_stats"]
     with pytest.raises(ConfigError, match="^finetune.freeze: unknown part 'embeding'.*did you mean 'embedding'"):
         from_files({**config, "finetune": {**config["finetune"], "freeze": ["embeding"]}}, data, tmp_path / "bad")
+
+
+def test_another_level_of_theory_is_aligned_by_the_energy_shift(data, physnet_source):
+    """Target energies c eV per atom above the source's (element references c lower): the
+    aligned shift is c above the one on the source's own data, and the aligned model has no
+    mean error per atom left on either."""
+    from mmlwf.batching import BatchLoader
+    from mmlwf.element_energies import reference_table
+    from mmlwf.packed import PackedDataset
+    from mmlwf.split import load_split
+    from mmlwf.training.finetune import align_energy, energy_offset
+    from mmlwf.training.losses import prepare_batch
+
+    config = source_config(load_config({"finetune": {"init_from": str(physnet_source)}}))
+    model, kind = build_model(config.model), get("physnet")
+    forward = kind.make_forward(model)
+    source = load_params(physnet_source, "best")[0]
+    train = load_split(data / "split.npz").train
+    loader = BatchLoader(PackedDataset(data / "packed"), train, batch_size=16,
+                         cutoff=3.0, seed=0, n_shapes=1, shuffle=False)
+    c = 0.75
+    refs = element_energies(data)
+    shifted = {z: e - c for z, e in refs.items()}
+    same, other = ([prepare_batch(b, reference_table(r)) for b in loader.epoch(0)] for r in (refs, shifted))
+    (own,), note = align_energy(kind, [source], forward, same)
+    (moved,), _ = align_energy(kind, [source], forward, other)
+    assert note.startswith("energy shift aligned to the target data") and f"on {len(train)} training" in note
+    np.testing.assert_allclose(flat(moved)["energy_shift"] - flat(own)["energy_shift"], c, atol=1e-5)
+    assert abs(energy_offset(forward, moved, other)) < 1e-5 and abs(energy_offset(forward, own, same)) < 1e-5
+    for name, value in flat(moved).items():  # nothing but the shift changes
+        if name != "energy_shift":
+            np.testing.assert_array_equal(value, flat(source)[name])
+    pair = align_energy(None, [source], forward, same)
+    assert pair[0][0] is source and "has no energy offset" in pair[1]
+    assert load_config({"finetune": {"init_from": "x", "align_energy": False}}).finetune.align_energy is False
 
 
 def test_interrupted_fine_tuning_resumes_exactly_from_its_own_checkpoint(data, tmp_path):

@@ -86,7 +86,9 @@ class ModelKind:
     ``pattern`` a regular expression matched at the start of a parameter's path below
     ``params`` (``"embed/embedding"``); ``heads`` names the output layers. ``element_rows``:
     patterns of the parameters indexed by atomic number on their first axis (an embedding, a
-    per-element shift), whose rows of elements new to a fine-tuning run start fresh. ``heads_forward``:
+    per-element shift), whose rows of elements new to a fine-tuning run start fresh.
+    ``energy_offset``: the pattern of the per-element parameter added to every atom's energy
+    (eV), which a fine-tuning run aligns to its target data (``finetune.align_energy``). ``heads_forward``:
     ``f(model, params, batch) -> outputs`` of a model with output heads, each with a leading head
     axis (:func:`mmlwf.models.heads.head_energy_and_forces`); empty: the kind has no shallow
     ensemble (``ensemble.kind: shallow`` is a ConfigError for it).
@@ -107,6 +109,7 @@ class ModelKind:
     exportable: bool = False
     parts: tuple[tuple[str, str], ...] = ()
     element_rows: tuple[str, ...] = ()
+    energy_offset: str = ""
     heads_forward: Ref = ""
 
     # -- the implementation, imported on use
@@ -286,6 +289,7 @@ register(ModelKind(
            ("charge_shift_scale", r"charge_(shift|scale)$"),
            ("dispersion", r"dispersion/")),
     element_rows=(r"embed/", r"(energy|charge)_(shift|scale)$"),
+    energy_offset=r"energy_shift$",
     heads_forward="mmlwf.models.heads:head_energy_and_forces",
 ))
 register(ModelKind(

@@ -22,6 +22,11 @@ class FinetuneSettings(Settings):
                               "dispersion)")
     reset_heads: bool = Field(False, description="re-initialise the output heads (the kind's part 'heads') "
                               "instead of taking the source's")
+    align_energy: bool = Field(True, description="on a new run, add to the model's per-element energy shift "
+                               "the source's mean error per atom on the target's training data (least squares "
+                               "over up to 64 batches of epoch 0), so that data of another level of theory (other "
+                               "element and atomisation energies) start without a constant offset; the network is "
+                               "kept. Needs a model kind with an energy offset (PhysNet)")
     learning_rate: float = Field(3.0e-4, gt=0, description="peak learning rate of a fine-tuning run (it "
                                  "replaces training.learning_rate when init_from is set): a tenth of the "
                                  "from-scratch default, so that the first updates refine what the source learned "

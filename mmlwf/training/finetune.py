@@ -29,7 +29,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,3 +252,64 @@ def _merge(src: Any, init: Any, reset: list[str], rows: list[str], new: list[int
             value[new] = np.asarray(i)[new]
         leaves.append(jnp.asarray(value))
     return jax.tree.unflatten(init_def, leaves)
+
+
+def energy_offset(forward: Callable, variables: Any, batches: Iterable) -> float:
+    """``δ`` (eV per atom) minimising ``Σ_s (r_s − n_s δ)²`` over the structures of ``batches``
+    (prepared, with ``E_target``): ``r_s`` the error of ``forward(variables, ·)``'s energy
+    (target − prediction), ``n_s`` the structure's atom count. ``δ = Σ n_s r_s / Σ n_s²``."""
+    import jax
+
+    fn = jax.jit(forward)
+    num = den = 0.0
+    for b in batches:
+        pred = np.asarray(fn(variables, b)["energy"], np.float64)
+        mask = np.asarray(b.graph_mask)
+        n = np.bincount(np.asarray(b.atom_graph)[np.asarray(b.atom_mask)], minlength=mask.size)[: mask.size]
+        r = np.where(mask, np.asarray(b.E_target, np.float64) - pred, 0.0)
+        num += float(np.sum(n * r))
+        den += float(np.sum(np.where(mask, n, 0) ** 2))
+    return num / den if den > 0 else 0.0
+
+
+def align_energy(kind: Any, members: list, forward: Callable, batches: Sequence) -> tuple[list, str]:
+    """``(members, note)``: each member's energy offset parameter (:attr:`ModelKind.energy_offset`)
+    plus its :func:`energy_offset` on ``batches`` (the target's training data), so a source
+    from another level of theory starts at the target's energies; unchanged, with a note
+    saying so, for a kind without such a parameter."""
+    import jax
+
+    pattern = getattr(kind, "energy_offset", "")
+    if not pattern:
+        name = "this model" if kind is None else f"model type {kind.name}"
+        return members, f"finetune.align_energy: {name} has no energy offset; energies not aligned"
+    out, deltas = [], []
+    for variables in members:
+        delta = energy_offset(forward, variables, batches)
+        names = iter(_names(variables))
+        out.append(jax.tree.map(lambda x: x + delta if _matches([pattern], next(names)) else x, variables))
+        deltas.append(delta)
+    shown = ", ".join(f"{1000 * d:+.1f}" for d in deltas)
+    return out, (f"energy shift aligned to the target data: {shown} meV/atom (the source's mean error per atom "
+                 f"on {sum(int(np.sum(b.graph_mask)) for b in batches)} training structures)")
+
+
+#: batches of the target's epoch 0 that :func:`aligned_start` evaluates the source on
+ALIGN_BATCHES = 64
+
+
+def aligned_start(job: Any, members: list, table: np.ndarray, note: str) -> tuple[list, str]:
+    """:func:`align_energy` of a new fine-tuning run's ``members`` on the first
+    :data:`ALIGN_BATCHES` batches of ``job``'s training loader (epoch 0), when
+    ``finetune.align_energy`` is on; ``note`` extended by what was done."""
+    from itertools import islice
+
+    from ..models.registry import kind_of_model
+    from .loaders import epoch_batches
+    from .losses import prepare_batch
+
+    if not job.config.finetune.align_energy:
+        return members, note
+    batches = [prepare_batch(b, table) for b in islice(epoch_batches(job.train_loader, 0, 0)[1], ALIGN_BATCHES)]
+    members, aligned = align_energy(kind_of_model(job.model), members, job.forward, batches)
+    return members, f"{note}; {aligned}"

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..units import CANONICAL
 from .config import Config
 from .bootstrap import SampleWeights
-from .finetune import frozen_labels, source_metadata, start_variables
+from .finetune import aligned_start, frozen_labels, source_metadata, start_variables
 from .history import COST_COLUMNS, RunLog
 from .loaders import Batch, Loader, first_batch, loader_seed
 from .losses import (
@@ -190,6 +190,9 @@ def prepare(job: TrainingJob, log: RunLog, stored: Mapping | None = None) -> Pre
     # element energies are needed only for an energy target (not for an ESP-only model)
     table = reference_table(job.element_energies) if "energy" in out else None
     first = prepare_batch(raw_first, table)
+    if stored is None and job.config.finetune.init_from is not None and table is not None:
+        stacked, init_note = aligned_start(job, stacked, table, init_note)  # another level of theory
+        variables = stacked[0]
 
     def sums_of(p, b):
         return batch_sums(job.forward(p, b), b)
