@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from accuracy_rmd17 import DATA, FILES, prepare  # noqa: E402
+from accuracy_rmd17 import DATA, FILES, prepare
 
 SMALL_TRAIN, SMALL_VALID = 50, 10
 SMOKE_MODEL = {"features": 16}
@@ -45,10 +45,10 @@ SMOKE_MODEL = {"features": 16}
 def small_set(work: Path, seed: int = 0) -> dict:
     """The 50 + 10 ethanol structures, packed and split, with the isolated-atom element energies."""
     import ase.io
+    from transfer_totals import make_stats
 
     from mmlwf.convert import convert
     from mmlwf.split import split_dataset
-    from transfer_totals import make_stats
 
     frames = ase.io.read(DATA / FILES["ethanol"][0], ":")
     pick = np.random.default_rng(seed).choice(len(frames), SMALL_TRAIN + SMALL_VALID, replace=False)

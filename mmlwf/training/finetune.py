@@ -286,8 +286,9 @@ def align_energy(kind: Any, members: list, forward: Callable, batches: Sequence)
     out, deltas = [], []
     for variables in members:
         delta = energy_offset(forward, variables, batches)
-        names = iter(_names(variables))
-        out.append(jax.tree.map(lambda x: x + delta if _matches([pattern], next(names)) else x, variables))
+        leaves, tree = jax.tree.flatten(variables)
+        out.append(jax.tree.unflatten(tree, [x + delta if _matches([pattern], n) else x
+                                             for n, x in zip(_names(variables), leaves)]))
         deltas.append(delta)
     shown = ", ".join(f"{1000 * d:+.1f}" for d in deltas)
     return out, (f"energy shift aligned to the target data: {shown} meV/atom (the source's mean error per atom "
