@@ -10,7 +10,7 @@ echo "== SLURM: local cluster and the tests marked slurm (in the environment .ci
 trap '.ci/slurm.sh stop' EXIT
 .ci/slurm.sh start
 set +e
-python -m pytest -q -m slurm -p no:cacheprovider
+python -m pytest -q -m slurm -n 0 -p no:cacheprovider   # one at a time: one cluster node
 rc=$?
 set -e
 if [ "$rc" -ne 0 ]; then
