@@ -54,7 +54,7 @@ def launch(args: Sequence[str], n: int, env: Mapping[str, str] | None = None, po
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         code = 0
-        while any(c.poll() is None for c in children):
+        while [c.poll() for c in children].count(None):  # every child polled (its returncode set)
             failed = [c.returncode for c in children if c.returncode not in (None, 0)]
             if failed and code == 0:
                 code = failed[0]
