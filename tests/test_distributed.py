@@ -26,7 +26,14 @@ import numpy as np
 import pytest
 
 from tests.test_parallel import MergedLoader, _rel
-from tests.test_training import BASE, RUN_DEPENDENT, PairModel, element_energies, loaders, make_data
+from tests.test_training import (
+    BASE,
+    RUN_DEPENDENT,
+    PairModel,
+    element_energies,
+    loaders,
+    make_data,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 2
@@ -222,8 +229,8 @@ def test_launcher_exit_codes(tmp_path):
     ok = ["-c", "import os, sys; sys.exit(0)"]
     assert launch(ok, 2) == 0
     # child 1 fails at once, child 0 would run for a minute: it is terminated, the failure's code returned
-    slow_or_fail = ["-c", "import os, sys, time; pid = int(os.environ['MMLWF_DISTRIBUTED'].split(',')[2]);"
-                    " sys.exit(3) if pid == 1 else time.sleep(60)"]
+    slow_or_fail = ["-c", ("import os, sys, time; pid = int(os.environ['MMLWF_DISTRIBUTED'].split(',')[2]);"
+                           " sys.exit(3) if pid == 1 else time.sleep(60)")]
     t0 = time.monotonic()
     assert launch(slow_or_fail, 2) == 3
     assert time.monotonic() - t0 < 30

@@ -111,10 +111,9 @@ class DataParallel:
     """The mesh over ``devices`` and the helpers the engine uses to run a step on it."""
 
     def __init__(self, devices: Sequence) -> None:
+        import jax
         from jax.sharding import Mesh, NamedSharding
         from jax.sharding import PartitionSpec as P
-
-        import jax
 
         self.devices = list(devices)
         self.n = len(self.devices)
