@@ -28,15 +28,28 @@ import pytest
 from tests.test_parallel import MergedLoader, _rel
 from tests.test_training import (
     BASE,
+    CUTOFF,
     RUN_DEPENDENT,
     PairModel,
     element_energies,
-    loaders,
     make_data,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 2
+
+
+def loaders(data: Path, config):
+    """Training and validation loaders of one batch shape each (one compilation of each step: the
+    grouping of batches of several shapes is tests/test_parallel.py's)."""
+    from mmlwf.batching import BatchLoader
+    from mmlwf.packed import PackedDataset
+    from mmlwf.split import load_split
+
+    ds, sp, t = PackedDataset(data / "packed"), load_split(data / "split.npz"), config.training
+    return (BatchLoader(ds, sp.train, batch_size=t.batch_size, cutoff=CUTOFF, seed=t.seed, n_shapes=1),
+            BatchLoader(ds, sp.valid, batch_size=t.batch_size, cutoff=CUTOFF, seed=t.seed, n_shapes=1,
+                        shuffle=False))
 
 
 class Recording:
