@@ -251,6 +251,23 @@ def test_launcher_exit_codes(tmp_path):
         launch(ok, 0)
 
 
+def test_launcher_forwards_sigterm(tmp_path):
+    """SIGTERM to the launcher reaches every child (a training checkpoints and exits 75)."""
+    import signal
+
+    child = ("import os, pathlib, signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(75)); "
+             f"pathlib.Path({str(tmp_path)!r}, os.environ['MMLWF_DISTRIBUTED'][-1] + '.ready').touch(); "
+             "time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", "import sys; from mmlwf.commands.launch import launch; "
+                               f"sys.exit(launch(['-c', {child!r}], 2))"],
+                              cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    t0 = time.monotonic()
+    while len(list(tmp_path.glob("*.ready"))) < 2 and time.monotonic() - t0 < 60:
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 75
+
+
 def test_cli_rejects_bad_process_counts(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mmlwf.cli", "train", "--data", str(tmp_path), "--split", "x.npz",
                            "-o", str(tmp_path / "run"), "--num-processes", "0"],

@@ -4,7 +4,8 @@ does on a cluster.
 
 The parent starts the children (argument lists, no shell) with :data:`~mmlwf.training.distributed.ENV`
 naming the coordinator (``127.0.0.1`` and a free port), the count and each child's id, forwards
-SIGTERM and SIGINT to them, waits, and returns 0 when all succeeded; when one fails, the others
+SIGTERM and SIGINT to them (they run in their own process group, so a Ctrl-C reaches them
+once), waits, and returns 0 when all succeeded; when one fails, the others
 are terminated and its exit code is returned.
 """
 
@@ -44,7 +45,9 @@ def launch(args: Sequence[str], n: int, env: Mapping[str, str] | None = None, po
     if n < 1:
         raise ValueError(f"--num-processes must be >= 1, got {n}")
     port = free_port()
-    children = [subprocess.Popen([sys.executable, *args], env=child_env(n, k, port, env)) for k in range(n)]
+    # own process group: a Ctrl-C in the terminal reaches them once, forwarded (a second SIGINT aborts a training)
+    children = [subprocess.Popen([sys.executable, *args], env=child_env(n, k, port, env), process_group=0)
+                for k in range(n)]
 
     def forward(signum, frame):
         for c in children:

@@ -380,7 +380,8 @@ class _Run:
         finally:
             acc.train_s += time.perf_counter() - t_loop
         if interrupted:
-            why = (self.stop.name or "a signal to another process") if interrupted == "interrupted" else f"max_time_min={cfg.max_time_min:g}"
+            why = ((self.stop.name or "a signal to another process") if interrupted == "interrupted"
+                   else f"max_time_min={cfg.max_time_min:g}")
             self.save_latest(interrupted)
             self.log.line(f"{why}: stopped in epoch {epoch + 1} after {s.batch}/{n} batches; "
                           f"checkpoint written, run again to resume")
