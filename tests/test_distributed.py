@@ -258,8 +258,8 @@ def test_launcher_forwards_sigterm(tmp_path):
     child = ("import os, pathlib, signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(75)); "
              f"pathlib.Path({str(tmp_path)!r}, os.environ['MMLWF_DISTRIBUTED'][-1] + '.ready').touch(); "
              "time.sleep(60)")
-    parent = subprocess.Popen([sys.executable, "-c", "import sys; from mmlwf.commands.launch import launch; "
-                               f"sys.exit(launch(['-c', {child!r}], 2))"],
+    script = f"import sys; from mmlwf.commands.launch import launch; sys.exit(launch(['-c', {child!r}], 2))"
+    parent = subprocess.Popen([sys.executable, "-c", script],
                               cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
     t0 = time.monotonic()
     while len(list(tmp_path.glob("*.ready"))) < 2 and time.monotonic() - t0 < 60:
