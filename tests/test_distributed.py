@@ -268,6 +268,30 @@ def test_launcher_forwards_sigterm(tmp_path):
     assert parent.wait(timeout=30) == 75
 
 
+@pytest.mark.slow
+def test_cli_trains_in_two_processes(data, tmp_path):
+    """``mmlwf train --num-processes 2`` end to end (a tiny PhysNet, one epoch): process 0's files,
+    a checkpoint that reads back in this process."""
+    from mmlwf.training import load_params, read_history
+
+    model = {"type": "physnet", "features": 8, "num_iterations": 1, "num_basis_functions": 4, "num_residual": 0,
+             "cutoff": CUTOFF}
+    cmd = [sys.executable, "-m", "mmlwf.cli", "train", "--data", str(data / "packed"), "--split",
+           str(data / "split.npz"), "--stats", str(data / "stats.json"), "-o", str(tmp_path / "run"),
+           "--num-processes", "2", "--set", "training.max_epochs=1", "--set", "training.batch_size=8"]
+    for k, v in model.items():
+        cmd += ["--set", f"model.{k}={v}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "completed: 1 epochs" in proc.stdout
+    hist = read_history(tmp_path / "run" / "history.csv")
+    assert len(hist) == 1 and np.isfinite(hist[0]["valid_loss"])
+    assert "in 2 processes" in (tmp_path / "run" / "train.log").read_text()
+    params, info = load_params(tmp_path / "run", "best")
+    assert info["model"]["type"] == "physnet" and jax.tree.leaves(params)
+
+
 def test_cli_rejects_bad_process_counts(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mmlwf.cli", "train", "--data", str(tmp_path), "--split", "x.npz",
                            "-o", str(tmp_path / "run"), "--num-processes", "0"],
