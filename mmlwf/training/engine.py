@@ -45,7 +45,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -59,11 +59,12 @@ from .checkpoint import CheckpointStore
 from .config import Config, config_changes
 from .history import RunLog, count_batch, epoch_cost, format_metrics, write_history
 from .tensorboard import EpochBoard
-from .loaders import Batch, Loader, epoch_batches
+from .loaders import Loader, epoch_batches
 from .loop_state import META_VERSION, EpochSums, LoopState, json_ready
 from .losses import loss_from_sums, metrics_from_sums
 from .members import MemberSelection, record_spread_scales
 from .monitor import CompileCounter
+from .parallel import step_batches
 from .progress import TrainingProgress, summary_line
 from ..rundir import RunDir
 from .cleanup import entries_before, remove_fresh_run
@@ -327,21 +328,6 @@ class _Run:
                       f"step {self.s.step}; best epoch {self.s.best_epoch}; {self.compile_note()}")
         return self.summary(status)
 
-    def steps(self, epoch: int, start: int, batches: Iterator[Batch]) -> Iterator[tuple[int, list[Batch], dict]]:
-        """``(loader batches in the step, those of this process, device batch)`` of each step:
-        one batch, or a group of up to ``n`` stacked over the devices (of several processes:
-        :func:`.distributed.local_steps`)."""
-        parallel = self.p.parallel
-        if parallel is None:
-            for batch in batches:
-                yield 1, [batch], self.p.train_batch(batch)
-            return
-        if parallel.multiprocess:
-            yield from distributed.local_steps(self.job.train_loader, epoch, start, parallel, self.p.train_batch)
-            return
-        for group in parallel.groups(batches):
-            yield len(group), group, parallel.stack([self.p.train_batch(b) for b in group])
-
     def run_epoch(self, deadline: float | None) -> str | None:
         """Train (the rest of) one epoch and finish it; a status when the run stops."""
         s, cfg = self.s, self.cfg
@@ -355,7 +341,8 @@ class _Run:
         interrupted = None
         t_loop = time.perf_counter()
         try:
-            for size, group, dev in self.steps(epoch, s.batch, batches):
+            for size, group, dev in step_batches(self.p.parallel, self.job.train_loader, epoch, s.batch, batches,
+                                                 self.p.train_batch):
                 for b in group:
                     count_batch(acc, b)
                 factor = self.p.schedule.factor(s.step, s.plateau.factor)

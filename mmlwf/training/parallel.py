@@ -89,6 +89,25 @@ def group_batches(batches: Iterable[dict], n: int, key: Callable = shape_key) ->
         yield group
 
 
+def step_batches(parallel: DataParallel | None, loader, epoch: int, start: int, batches: Iterable,
+                 train_batch: Callable) -> Iterator[tuple[int, list, GraphBatch]]:
+    """``(loader batches in the step, those of this process, device batch)`` of each training
+    step of ``epoch`` from loader batch ``start`` (``batches``: the loader's from there on;
+    ``train_batch``: a loader batch to a device batch): one batch without ``parallel``, else a
+    group of up to ``n`` stacked over the devices (of several processes:
+    :func:`.distributed.local_steps`, which reads only this process's batches)."""
+    if parallel is None:
+        for batch in batches:
+            yield 1, [batch], train_batch(batch)
+    elif parallel.multiprocess:
+        from .distributed import local_steps
+
+        yield from local_steps(loader, epoch, start, parallel, train_batch)
+    else:
+        for group in parallel.groups(batches):
+            yield len(group), group, parallel.stack([train_batch(b) for b in group])
+
+
 def padding_batch(like: GraphBatch | dict) -> GraphBatch:
     """A batch of the shapes of the prepared batch ``like`` holding no molecule: masks False,
     indices pointing at the last (padding) atom or graph, everything else 0
