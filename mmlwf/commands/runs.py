@@ -12,11 +12,29 @@ from .common import TERMINAL, default_of
 _SUBSETS = ("test", "valid", "train", "all")
 
 
+def _train_argv(args: argparse.Namespace) -> list[str]:
+    """The ``python`` arguments of one process of ``args``'s training (without ``--num-processes``)."""
+    argv = ["-m", "mmlwf.cli", "train", "--data", str(args.data), "--split", str(args.split), "-o", str(args.output)]
+    for flag, value in (("--config", args.config), ("--stats", args.stats), ("--summary-every", args.summary_every)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for item in args.set:
+        argv += ["--set", item]
+    return argv + ["--progress"] * bool(args.progress) + ["--verbose"] * bool(args.verbose)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..steps import train_step
-    from ..training import exit_code
+    from ..training import distributed, exit_code
     from ..training.progress import terminal_lines
 
+    if args.num_processes is not None and args.num_processes < 1:
+        raise ConfigError(f"--num-processes must be >= 1, got {args.num_processes}")
+    if (args.num_processes or 1) > 1:  # the local launcher: N processes of this command
+        from .launch import launch
+
+        return launch(_train_argv(args), args.num_processes)
+    distributed.initialize()  # one of several processes (srun, the launcher): join the others first
     with terminal_lines():
         summary = train_step(args.config, args.data, args.split, args.stats, args.output, overrides=args.set,
                              progress=args.progress or None, verbose=args.verbose, summary_every=args.summary_every,
@@ -143,6 +161,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--summary-every", type=float, metavar="SECONDS",
                    help="at most one summary line per SECONDS, besides the first and last epoch's "
                    "(default: one a minute)")
+    p.add_argument("--num-processes", type=int, metavar="N",
+                   help="train as N cooperating processes on this machine (one CPU device each, gloo "
+                   "collectives: a test of what 'srun -n N mmlwf train ...' does on a cluster)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("export", help="write a trained model to one portable file (no orbax needed to use it)",

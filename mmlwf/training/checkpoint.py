@@ -164,6 +164,17 @@ class _Reader:
     def restore(self, step: int, args):
         return self.checkpointer.restore(self.directory / str(step), args=args)
 
+    def on_one_device(self, step: int, item: str):
+        """The abstract tree of ``item`` of ``step``, placed on the first local device (whatever
+        devices and processes wrote it: a multi-process run's replicated arrays read back here)."""
+        import jax
+        import orbax.checkpoint as ocp
+
+        metadata = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / item)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            getattr(metadata, "tree", metadata))
+
     def close(self) -> None:
         self.checkpointer.close()
 
@@ -283,7 +294,8 @@ def load_params(run_dir: str | os.PathLike, which: str = BEST, *, ema: bool | No
         if ema is None:
             ema = bool(info.get("ema", False))
         item = "ema_params" if ema else "params"
-        got = mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore()}))
+        got = mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(
+            mngr.on_one_device(step, item))}))
         return got[item], info
     finally:
         mngr.close()

@@ -42,8 +42,10 @@ Modules (``docs/architecture.md`` §7): :mod:`.setup`, :mod:`.loop_state`, :mod:
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -51,16 +53,18 @@ import numpy as np
 from .. import __version__
 from ..errors import ConfigError, TrainingDiverged
 from ..fileio import atomic_write, write_json, writing
+from . import distributed
 from .cadence import Cadence
 from .checkpoint import CheckpointStore
 from .config import Config, config_changes
 from .history import RunLog, count_batch, epoch_cost, format_metrics, write_history
 from .tensorboard import EpochBoard
-from .loaders import Batch, Loader, epoch_batches
+from .loaders import Loader, epoch_batches
 from .loop_state import META_VERSION, EpochSums, LoopState, json_ready
 from .losses import loss_from_sums, metrics_from_sums
 from .members import MemberSelection, record_spread_scales
 from .monitor import CompileCounter
+from .parallel import step_batches
 from .progress import TrainingProgress, summary_line
 from ..rundir import RunDir
 from .cleanup import entries_before, remove_fresh_run
@@ -120,30 +124,36 @@ def train(
     devices each step ran on).
     """
     run_dir = Path(run_dir)
+    distributed.initialize()
+    main = distributed.is_main()
     before = entries_before(run_dir)
     with writing(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
+    files = run_dir if main else Path(tempfile.mkdtemp(prefix="mmlwf-process-"))  # process 0 writes the files
     runlog = None
     store = None
     stop = StopFlag()
     try:
-        runlog = RunLog(RunDir(run_dir).train_log, TrainingProgress(progress, verbose=verbose, summary_every=summary_every))
+        runlog = RunLog(RunDir(files).train_log, TrainingProgress(progress, verbose=verbose, summary_every=summary_every)
+                        if main else distributed.QuietProgress())
         store = CheckpointStore(RunDir(run_dir).checkpoints)
         with signal_handlers(stop):
-            job = TrainingJob.make(run_dir, model, config, train_loader, valid_loader, element_energies,
+            job = TrainingJob.make(files, model, config, train_loader, valid_loader, element_energies,
                                    forward, metadata, on_step, clock, init_stats)
             return _Run(job, runlog, store, stop).run()
     except BaseException as exc:
         if runlog is not None:
             runlog.note(f"stopped: {exc}" if isinstance(exc, TrainingDiverged)
                         else f"error: {type(exc).__name__}: {exc}")
-        if store is None or store.empty():  # failed before its first checkpoint: leave nothing
+        if main and (store is None or store.empty()):  # failed before its first checkpoint: leave nothing
             _close(runlog, store)
             runlog = store = None
             remove_fresh_run(run_dir, before)
         raise
     finally:
         _close(runlog, store)
+        if not main:
+            shutil.rmtree(files, ignore_errors=True)
 
 
 def _close(runlog: RunLog | None, store: CheckpointStore | None) -> None:
@@ -163,7 +173,8 @@ class _Run:
         self.store = store
         self.stop = stop
         self.compiles = CompileCounter()
-        self.clock = job.clock
+        self.agree = distributed.Agreement(job.clock) if distributed.process_count() > 1 else None
+        self.clock = job.clock if self.agree is None else self.agree.clock  # one clock for all processes
         self.t0 = self.clock()
         self.wall0 = 0.0
         self.p: Prepared  # set by run()
@@ -212,6 +223,11 @@ class _Run:
                       f"+ {s.batch} batches, step {s.step} (status was {s.status})")
 
     # -- bookkeeping
+    def stop_requested(self) -> bool:
+        """SIGTERM/SIGINT seen (by any process)."""
+        seen = self.stop.signum is not None
+        return seen if self.agree is None else self.agree.stopped(seen)
+
     def wall(self) -> float:
         return self.wall0 + (self.clock() - self.t0)
 
@@ -312,17 +328,6 @@ class _Run:
                       f"step {self.s.step}; best epoch {self.s.best_epoch}; {self.compile_note()}")
         return self.summary(status)
 
-    def steps(self, batches: Iterator[Batch]) -> Iterator[tuple[list[Batch], dict]]:
-        """``(loader batches, device batch)`` of each step: one batch, or a group of up to
-        ``n`` stacked over the devices."""
-        parallel = self.p.parallel
-        if parallel is None:
-            for batch in batches:
-                yield [batch], self.p.train_batch(batch)
-            return
-        for group in parallel.groups(batches):
-            yield group, parallel.stack([self.p.train_batch(b) for b in group])
-
     def run_epoch(self, deadline: float | None) -> str | None:
         """Train (the rest of) one epoch and finish it; a status when the run stops."""
         s, cfg = self.s, self.cfg
@@ -336,21 +341,22 @@ class _Run:
         interrupted = None
         t_loop = time.perf_counter()
         try:
-            for group, dev in self.steps(batches):
+            for size, group, dev in step_batches(self.p.parallel, self.job.train_loader, epoch, s.batch, batches,
+                                                 self.p.train_batch):
                 for b in group:
                     count_batch(acc, b)
                 factor = self.p.schedule.factor(s.step, s.plateau.factor)
                 self.state, metrics = self.p.train_step(self.state, dev, factor)
                 if pending is not None:
                     take_step(pending, acc, self.p.n_devices)  # the previous step, while this one runs
-                s.batch += len(group)
+                s.batch += size
                 s.step += 1
                 pending = PendingStep(epoch, s.batch, s.step, [(b["index"], b.get("dataset", 0)) for b in group],
                                       metrics)
-                bar.advance(len(group), acc.mean_loss(), last_valid)
+                bar.advance(size, acc.mean_loss(), last_valid)
                 if self.job.on_step is not None:
                     self.job.on_step(epoch, s.batch)
-                if self.stop.signum is not None:
+                if self.stop_requested():
                     interrupted = "interrupted"
                 elif deadline is not None and self.clock() > deadline:
                     interrupted = "time_limit"
@@ -361,7 +367,8 @@ class _Run:
         finally:
             acc.train_s += time.perf_counter() - t_loop
         if interrupted:
-            why = self.stop.name if interrupted == "interrupted" else f"max_time_min={cfg.max_time_min:g}"
+            why = ((self.stop.name or "a signal to another process") if interrupted == "interrupted"
+                   else f"max_time_min={cfg.max_time_min:g}")
             self.save_latest(interrupted)
             self.log.line(f"{why}: stopped in epoch {epoch + 1} after {s.batch}/{n} batches; "
                           f"checkpoint written, run again to resume")
@@ -433,7 +440,7 @@ class _Run:
         if decided:
             self.log.line(decided, terminal=first or self.log.progress.verbose)
         status = self.done_reason()
-        if status is None and self.stop.signum is not None:
+        if status is None and self.stop_requested():
             status = "interrupted"
         elif status is None and deadline is not None and self.clock() > deadline:
             status = "time_limit"

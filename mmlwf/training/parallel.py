@@ -39,8 +39,8 @@ length follows the new step count), so the result is no longer that of an uninte
 the log says so. Checkpoints hold the first device's copy of the replicated state and read
 back on any number of devices.
 
-Scope: one process (the local devices of ``jax.local_devices()``); the steps of several
-processes are not synchronised. A group's batches are stacked on the host and sent to the
+Several processes (``jax.distributed``): the mesh spans every process's devices and each
+process builds only its slots' batches (:mod:`.distributed`). A group's batches are stacked on the host and sent to the
 devices with one ``jax.device_put``. Validation uses the same grouping.
 """
 
@@ -89,6 +89,25 @@ def group_batches(batches: Iterable[dict], n: int, key: Callable = shape_key) ->
         yield group
 
 
+def step_batches(parallel: DataParallel | None, loader, epoch: int, start: int, batches: Iterable,
+                 train_batch: Callable) -> Iterator[tuple[int, list, GraphBatch]]:
+    """``(loader batches in the step, those of this process, device batch)`` of each training
+    step of ``epoch`` from loader batch ``start`` (``batches``: the loader's from there on;
+    ``train_batch``: a loader batch to a device batch): one batch without ``parallel``, else a
+    group of up to ``n`` stacked over the devices (of several processes:
+    :func:`.distributed.local_steps`, which reads only this process's batches)."""
+    if parallel is None:
+        for batch in batches:
+            yield 1, [batch], train_batch(batch)
+    elif parallel.multiprocess:
+        from .distributed import local_steps
+
+        yield from local_steps(loader, epoch, start, parallel, train_batch)
+    else:
+        for group in parallel.groups(batches):
+            yield len(group), group, parallel.stack([train_batch(b) for b in group])
+
+
 def padding_batch(like: GraphBatch | dict) -> GraphBatch:
     """A batch of the shapes of the prepared batch ``like`` holding no molecule: masks False,
     indices pointing at the last (padding) atom or graph, everything else 0
@@ -111,17 +130,23 @@ class DataParallel:
     """The mesh over ``devices`` and the helpers the engine uses to run a step on it."""
 
     def __init__(self, devices: Sequence) -> None:
+        import jax
         from jax.sharding import Mesh, NamedSharding
         from jax.sharding import PartitionSpec as P
 
         self.devices = list(devices)
         self.n = len(self.devices)
+        #: the slots (mesh positions) of this process's devices; all of them in one process
+        self.local_slots = [i for i, d in enumerate(self.devices) if d.process_index == jax.process_index()]
+        self.multiprocess = len(self.local_slots) < self.n
         self.mesh = Mesh(np.asarray(self.devices, dtype=object), (AXIS,))
         self.batch_sharding = NamedSharding(self.mesh, P(AXIS))
         self.replicated = NamedSharding(self.mesh, P())
 
     def describe(self) -> str:
-        return f"{self.n} devices ({', '.join(str(d) for d in self.devices)})"
+        procs = len({d.process_index for d in self.devices})
+        where = f" in {procs} processes" if procs > 1 else ""
+        return f"{self.n} devices{where} ({', '.join(str(d) for d in self.devices)})"
 
     # -- host side
     def groups(self, batches: Iterable[dict]) -> Iterator[list[dict]]:
@@ -139,21 +164,42 @@ class DataParallel:
         import jax
 
         batches = [as_batch(b) for b in prepared]
+        if self.multiprocess:  # this process's slots only
+            mine = [batches[i] for i in self.local_slots if i < len(batches)]
+            return self.stack_local(mine, padding_batch(batches[0]))
         if len(batches) < self.n:
             batches += [padding_batch(batches[0])] * (self.n - len(batches))
         host = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *batches)
         return jax.device_put(host, self.batch_sharding)
 
+    def stack_local(self, prepared: Sequence[GraphBatch], pad: GraphBatch | None) -> GraphBatch:
+        """The global stacked batch from this process's batches (those of its first slots; the
+        rest of its slots get ``pad``): several processes (:mod:`.distributed`)."""
+        import jax
+
+        batches = [as_batch(b) for b in prepared]
+        if len(batches) < len(self.local_slots):
+            batches += [as_batch(pad)] * (len(self.local_slots) - len(batches))
+        host = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *batches)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x,
+                                                                             (self.n, *x.shape[1:])), host)
+
     def replicate(self, tree):
         import jax
 
+        if self.multiprocess:  # every process holds the same values: each places its copies
+            return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)),
+                                tree)
         return jax.device_put(tree, self.replicated)
 
     def to_one_device(self, tree):
         """``tree`` on the first device only (what is written to checkpoints, so that they
-        read back on any number of devices)."""
+        read back on any number of devices). Several processes: ``tree`` as it is (replicated;
+        orbax writes it once, and :func:`~.checkpoint.load_params` reads it onto one device)."""
         import jax
 
+        if self.multiprocess:
+            return tree
         return jax.device_put(tree, self.devices[0])
 
     # -- device side

@@ -133,9 +133,12 @@ class Prepared:
 
 def data_parallel(setting: str) -> DataParallel | None:
     """The :class:`DataParallel` over the local devices for ``training.data_parallel``, or
-    None (one device: the plain single-device step)."""
+    None (one device: the plain single-device step). Several processes (:mod:`.distributed`):
+    always, over every process's devices (``data_parallel: off`` is ignored there)."""
     import jax
 
+    if jax.process_count() > 1:
+        return DataParallel(jax.devices())
     devices = jax.local_devices()
     if setting == "off" or len(devices) < 2:
         return None
